@@ -61,3 +61,42 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE INDEX IF NOT EXISTS ix_devices_connection_state ON devices (connection_state);
 CREATE INDEX IF NOT EXISTS ix_devices_status ON devices (status);
 """
+
+# Jobs (issue: jobs engine). ``doc`` holds the JobResponse JSON as served; hot fields are
+# columns so ``/jobs/v2/query`` can filter without parsing.
+JOBS_DDL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id        TEXT PRIMARY KEY,
+    type          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    created_time  TEXT NOT NULL,
+    doc           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_jobs_status ON jobs (status);
+
+-- Per-device job records, queried with SELECT * FROM devices.jobs WHERE devices.jobs.<field> ...
+--   devices.jobs.jobId                  -> job_id
+--   devices.jobs.deviceId               -> device_id
+--   devices.jobs.jobType                -> job_type
+--   devices.jobs.status                 -> status  (pending|scheduled|running|completed|failed|canceled)
+--   devices.jobs.startTimeUtc           -> start_time_utc
+--   devices.jobs.endTimeUtc             -> end_time_utc
+--   devices.jobs.createdDateTimeUtc     -> created_date_time_utc  (alias createdTimeUtc: doc quirk)
+--   devices.jobs.lastUpdatedDateTimeUtc -> last_updated_date_time_utc
+--   devices.jobs.outcome / .error       -> JSON text columns (NULL when absent)
+CREATE TABLE IF NOT EXISTS device_jobs (
+    job_id                     TEXT NOT NULL,
+    device_id                  TEXT NOT NULL,
+    job_type                   TEXT NOT NULL,
+    status                     TEXT NOT NULL,
+    start_time_utc             TEXT,
+    end_time_utc               TEXT,
+    created_date_time_utc      TEXT NOT NULL,
+    last_updated_date_time_utc TEXT NOT NULL,
+    outcome                    TEXT,
+    error                      TEXT,
+    PRIMARY KEY (job_id, device_id)
+);
+CREATE INDEX IF NOT EXISTS ix_device_jobs_device ON device_jobs (device_id);
+CREATE INDEX IF NOT EXISTS ix_device_jobs_status ON device_jobs (job_id, status);
+"""
