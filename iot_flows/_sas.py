@@ -71,9 +71,9 @@ class SasToken:
     expiry: int
     key_name: str | None
 
-    def is_expired(self, now: float | None = None) -> bool:
-        """True once the expiry (plus tolerated clock skew) has passed."""
-        return (now if now is not None else time.time()) > self.expiry + CLOCK_SKEW_SECONDS
+    def is_expired(self, now: float | None = None, *, skew: float = 0) -> bool:
+        """True once the expiry (plus ``skew`` seconds of tolerated clock skew) has passed."""
+        return (now if now is not None else time.time()) > self.expiry + skew
 
 
 def parse_sas_token(token: str) -> SasToken:

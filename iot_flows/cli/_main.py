@@ -1,2 +1,73 @@
-def main() -> None:  # placeholder replaced below
-    raise SystemExit(0)
+"""``iot-flows`` command line: ``iot-flows hub serve`` (more commands join as they land)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="IoT fleet operations as Prefect flows.")
+hub_app = typer.Typer(no_args_is_help=True, help="Run the bundled IoT Hub-compatible hub.")
+app.add_typer(hub_app, name="hub")
+
+
+async def _serve_until_signal(settings: "object") -> None:
+    from iot_flows.hub import Hub
+
+    hub = Hub(settings)  # type: ignore[arg-type]
+    await hub.start()
+    typer.echo(f"iot-flows hub '{hub.settings.hostname}' ready")
+    typer.echo(f"  MQTT  : {hub.settings.host}:{hub.mqtt_port}")
+    if hub.mqtts_port:
+        typer.echo(f"  MQTTS : {hub.settings.host}:{hub.mqtts_port}")
+    typer.echo(f"  REST  : {hub.base_url}")
+    typer.echo(f"  db    : {hub.settings.db}")
+    typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        typer.echo("shutting down")
+        await hub.stop()
+
+
+@hub_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    hostname: Annotated[str, typer.Option(help="The hub's name in SAS 'sr' values and MQTT usernames.")] = "localhost",
+    mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
+    http_port: Annotated[int, typer.Option(help="Service REST API port.")] = 8080,
+    mqtts_port: Annotated[int, typer.Option(help="MQTT over TLS port (with --tls-cert/--tls-key).")] = 8883,
+    db: Annotated[Path, typer.Option(help="SQLite database file.")] = Path("iot-flows-hub.db"),
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
+) -> None:
+    """Serve Azure IoT Hub's device MQTT dialect and service REST API."""
+    from iot_flows.hub import HubSettings
+
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = HubSettings(
+        host=host,
+        hostname=hostname,
+        mqtt_port=mqtt_port,
+        http_port=http_port,
+        mqtts_port=mqtts_port,
+        db=str(db),
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+    )
+    asyncio.run(_serve_until_signal(settings))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,95 @@
+"""The transport-independent device protocol core.
+
+Consumes ``(link, topic, payload)`` from an authenticated device and answers through
+the same link: twin GET and reported PATCH, direct-method replies, telemetry. It knows
+nothing about sockets, so a broker-fronted transport can feed it the same events
+(design.md "Where users outgrow one machine").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from iot_flows._exceptions import BadRequestError, HubError
+from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
+from iot_flows.hub._topics import TopicKind, parse_device_topic, twin_response_topic
+from iot_flows.hub._twins import TwinService
+from iot_flows.twin import TwinTooLargeError
+
+__all__ = ["DeviceEndpoint"]
+
+log = logging.getLogger(__name__)
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: Called with (device_id, property_bag, payload) for each telemetry message.
+TelemetrySink = Callable[[str, str, bytes], None]
+
+
+def _error_body(exc: HubError) -> bytes:
+    return _DUMPS({"errorCode": exc.error_code, "message": exc.message}).encode()
+
+
+class DeviceEndpoint:
+    """Handles what devices publish; one instance per hub."""
+
+    def __init__(
+        self,
+        twins: TwinService,
+        methods: MethodInvoker,
+        sessions: SessionRegistry,
+        telemetry_sink: TelemetrySink | None = None,
+    ) -> None:
+        self._twins = twins
+        self._methods = methods
+        self._sessions = sessions
+        self._telemetry_sink = telemetry_sink
+        self.telemetry_count = 0
+
+    def handle_publish(self, link: DeviceLink, topic: str, payload: bytes) -> bool:
+        """Process one publish; return False when the topic is not one the device may use.
+
+        The caller acknowledges a QoS 1 publish only after this returns True, so a
+        PUBACK (and the 204 twin response) always follows the committed write.
+        """
+        parsed = parse_device_topic(topic, link.device_id)
+        if parsed is None:
+            return False
+        if parsed.kind is TopicKind.TELEMETRY:
+            self.telemetry_count += 1
+            if self._telemetry_sink is not None:
+                self._telemetry_sink(link.device_id, parsed.properties, payload)
+            return True
+        if parsed.kind is TopicKind.METHOD_RESPONSE:
+            assert parsed.rid is not None and parsed.status is not None
+            self._methods.resolve(link.device_id, parsed.rid, parsed.status, payload)
+            return True
+        assert parsed.rid is not None
+        status, version, body = self._twin_request(link.device_id, parsed.kind, payload)
+        if self._sessions.subscribed_link(link.device_id, Subscription.TWIN_RESPONSES) is link:
+            link.send(twin_response_topic(status, parsed.rid, version), body, 0)
+        return True
+
+    def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> tuple[int, int | None, bytes]:
+        try:
+            if kind is TopicKind.TWIN_GET:
+                return 200, None, _DUMPS(self._twins.device_view(device_id)).encode()
+            patch = _parse_json(payload)
+            version = self._twins.report(device_id, patch)
+            return 204, version, b""
+        except TwinTooLargeError as exc:
+            return 413, None, _error_body(exc)
+        except HubError as exc:
+            return exc.status_code, None, _error_body(exc)
+        except Exception:  # the hub must answer, never crash, on any device input
+            log.exception("twin request from %s failed", device_id)
+            return 500, None, _DUMPS({"errorCode": 500001, "message": "internal error"}).encode()
+
+
+def _parse_json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequestError("Malformed JSON in reported properties patch.", error_code=400006) from None

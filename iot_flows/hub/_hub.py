@@ -1,0 +1,195 @@
+"""The hub process: store, services, MQTT listeners and the REST API on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iot_flows._exceptions import HubError, error_for_status
+from iot_flows._sas import ConnectionString
+from iot_flows.hub._auth import ServiceAuthenticator
+from iot_flows.hub._device_endpoint import DeviceEndpoint
+from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._mqtt_server import MqttServer
+from iot_flows.hub._registry import RegistryService
+from iot_flows.hub._sessions import SessionRegistry
+from iot_flows.hub._twins import TwinService
+from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._routes import routes
+from iot_flows.store._sqlite import SqliteStore
+from iot_flows.twin import utc_now
+
+__all__ = ["Hub", "HubSettings"]
+
+log = logging.getLogger(__name__)
+OWNER_KEY_ENV = "IOT_FLOWS_HUB_OWNER_KEY"
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """How a hub listens and where it stores. Port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    hostname: str = "localhost"
+    mqtt_port: int = 1883
+    http_port: int = 8080
+    mqtts_port: int = 8883
+    db: str = "iot-flows-hub.db"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    owner_key: str | None = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(error_for_status(exc.status_code, str(exc.detail)))
+
+
+class Hub:
+    """An IoT Hub-compatible hub. ``await hub.start()``, then ``await hub.stop()``."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.ready = False
+        self.mqtt_port: int | None = None
+        self.mqtts_port: int | None = None
+        self.http_port: int | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
+
+    # ---- wiring -----------------------------------------------------------------------
+    def _open_store(self) -> None:
+        Path(self.settings.db).parent.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteStore(self.settings.db)
+        self.store.reset_connection_states(utc_now())
+        owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
+        stored = self.store.get_meta("policy_keys")
+        keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
+        if owner_key:
+            keys["iothubowner"] = owner_key
+        self.store.set_meta("policy_keys", json.dumps(keys))
+        self.service_auth = ServiceAuthenticator(self.settings.hostname, keys)
+
+    def _on_connection_change(self, device_id: str, connected: bool) -> None:
+        self.store.set_connection_state(device_id, "Connected" if connected else "Disconnected", utc_now())
+
+    def _build_services(self) -> None:
+        self.sessions = SessionRegistry(self._on_connection_change)
+        self.twins = TwinService(self.store, self.sessions)
+        self.methods = MethodInvoker(self.sessions)
+        self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)
+        self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
+        self.mqtt = MqttServer(
+            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not (self.settings.tls_cert and self.settings.tls_key):
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # Azure SDKs speak TLS 1.2
+        ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        ctx.verify_mode = ssl.CERT_NONE  # a client certificate is neither needed nor checked
+        return ctx
+
+    def build_app(self) -> Starlette:
+        app = Starlette(
+            routes=routes(),
+            exception_handlers={
+                HubError: hub_error_handler,
+                HTTPException: _http_exception,
+                Exception: unexpected_error_handler,
+            },
+        )
+        app.state.hub = self
+        return app
+
+    # ---- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store and start every listener; ``ready`` once all accept connections."""
+        s = self.settings
+        self._open_store()
+        self._build_services()
+        self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
+        tls = self._tls_context()
+        if tls is not None:
+            self.mqtts_port = await self.mqtt.listen(s.host, s.mqtts_port, ssl_context=tls)
+        self._http_socket = _bind(s.host, s.http_port)
+        self.http_port = int(self._http_socket.getsockname()[1])
+        config = uvicorn.Config(
+            self.build_app(),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            ssl_certfile=s.tls_cert if tls else None,
+            ssl_keyfile=s.tls_key if tls else None,
+            timeout_graceful_shutdown=2,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[self._http_socket])
+        self._uvicorn = server
+        self._uvicorn_task = asyncio.create_task(server.main_loop(), name="hub-http")
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Close connections and listeners, then the store."""
+        self.ready = False
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            if self._uvicorn_task is not None:
+                await self._uvicorn_task
+            await self._uvicorn.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+            self._uvicorn = None
+        await self.mqtt.close()
+        self.store.close()
+
+    # ---- facts for users --------------------------------------------------------------
+    @property
+    def scheme(self) -> str:
+        return "https" if self.mqtts_port is not None else "http"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.settings.host}:{self.http_port}"
+
+    def connection_string(self, policy: str = "iothubowner") -> str:
+        """The service connection string for ``policy``."""
+        return str(
+            ConnectionString(
+                host_name=self.settings.hostname,
+                shared_access_key_name=policy,
+                shared_access_key=self.service_auth.policy_keys[policy],
+            )
+        )
+
+    def device_connection_string(self, device_id: str) -> str:
+        record = self.registry.get(device_id)
+        return str(
+            ConnectionString(
+                host_name=self.settings.hostname, device_id=device_id, shared_access_key=record.primary_key or ""
+            )
+        )

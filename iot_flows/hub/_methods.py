@@ -1,0 +1,140 @@
+"""Direct methods: send a request to a device and wait for its reply, correlated by ``$rid``.
+
+Reference §5 and "ten things" #1-2: the hub's answer is HTTP 200 with the device's
+own status and payload (device outcomes are data); 404103 when the device is not
+connected and subscribed within ``connectTimeoutInSeconds``; 504101 when it does not
+answer within ``responseTimeoutInSeconds``. Requests go out at QoS 0 and are never
+queued for later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from iot_flows._exceptions import (
+    BadRequestError,
+    DeviceNotOnlineError,
+    GatewayTimeoutError,
+    PayloadTooLargeError,
+)
+from iot_flows.hub._sessions import SessionRegistry, Subscription
+
+__all__ = ["MethodCall", "MethodInvoker", "MethodResult", "parse_method_call"]
+
+MAX_PAYLOAD_BYTES = 128 * 1024
+_NAME_FORBIDDEN = set('$()<>@,;:\\"/[]?={} \t+#')
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class MethodCall:
+    """A validated ``CloudToDeviceMethod`` request."""
+
+    method_name: str
+    payload: Any
+    response_timeout: int = 30
+    connect_timeout: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MethodResult:
+    """What the device answered: its own status code and JSON payload."""
+
+    status: int
+    payload: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "payload": self.payload}
+
+
+def _bounded_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise BadRequestError(f"{name} must be an integer.")
+    if not low <= value <= high:
+        raise BadRequestError(f"{name} must be within [{low}; {high}], got {value}.")
+    return int(value)
+
+
+def parse_method_call(body: Any) -> MethodCall:
+    """Validate a ``CloudToDeviceMethod`` body (timeouts 5-300 and 0-300, payload <= 128 KB)."""
+    if not isinstance(body, dict):
+        raise BadRequestError("The method body must be a JSON object.")
+    name = body.get("methodName")
+    if not isinstance(name, str) or not name or any(ch in _NAME_FORBIDDEN for ch in name) or not name.isprintable():
+        raise BadRequestError("methodName must be a non-empty printable name without $()<>@,;:\\\"/[]?={} or spaces.")
+    payload = body.get("payload")
+    if len(_DUMPS(payload)) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLargeError(f"Method payload is over {MAX_PAYLOAD_BYTES} bytes.")
+    return MethodCall(
+        method_name=name,
+        payload=payload,
+        response_timeout=_bounded_int(body, "responseTimeoutInSeconds", 30, 5, 300),
+        connect_timeout=_bounded_int(body, "connectTimeoutInSeconds", 0, 0, 300),
+    )
+
+
+def _decode_reply(payload: bytes) -> Any:
+    if not payload.strip():
+        return None
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return payload.decode("utf-8", "replace")  # a non-JSON reply is relayed as text
+
+
+class MethodInvoker:
+    """Sends method requests and resolves them with the devices' replies."""
+
+    def __init__(self, sessions: SessionRegistry) -> None:
+        self._sessions = sessions
+        self._pending: dict[tuple[str, str], asyncio.Future[MethodResult]] = {}
+        self._ids = itertools.count(1)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    async def invoke(self, device_id: str, call: MethodCall) -> MethodResult:
+        """Invoke ``call`` on ``device_id``; raise 404103 / 504101 as IoT Hub does."""
+        link = self._sessions.subscribed_link(device_id, Subscription.METHODS)
+        if link is None and call.connect_timeout > 0:
+            link = await self._sessions.wait_for(device_id, Subscription.METHODS, call.connect_timeout)
+        if link is None:
+            info = {"timeout": _hms(call.connect_timeout)} if call.connect_timeout else {}
+            raise DeviceNotOnlineError(
+                "Timed out waiting for device to connect." if call.connect_timeout else "Device is not online.",
+                info=info,
+            )
+        rid = format(next(self._ids), "x")
+        key = (device_id, rid)
+        future: asyncio.Future[MethodResult] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", _DUMPS(call.payload).encode(), 0)
+            return await asyncio.wait_for(future, call.response_timeout)
+        except TimeoutError:
+            raise GatewayTimeoutError("Timed out waiting for the response from device.") from None
+        finally:
+            self._pending.pop(key, None)
+
+    def resolve(self, device_id: str, rid: str, status: int, payload: bytes) -> bool:
+        """Deliver a device's reply; False when no request with that ``$rid`` is pending.
+
+        The key includes the device id: a device can only answer its own requests.
+        """
+        future = self._pending.pop((device_id, rid), None)
+        if future is None or future.done():
+            return False
+        future.set_result(MethodResult(status=status, payload=_decode_reply(payload)))
+        return True
+
+
+def _hms(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,281 @@
+"""The hub's MQTT 3.1.1 device endpoint (plain TCP and TLS), one asyncio protocol per socket.
+
+IoT Hub's dialect (reference §2, sdk-wire-facts): client id = device id, SAS token as
+password, CONNACK 5 (not authorized) for any credential problem, one connection per
+identity, persistent subscriptions with ``clean_session=0``, no QoS 2 (a QoS 2 PUBLISH
+closes the connection), only IoT Hub topics may be subscribed (others get 0x80),
+keep-alive enforced at 1.5x. A malformed packet closes that one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from iot_flows._exceptions import UnauthorizedError
+from iot_flows.hub._auth import check_device_token
+from iot_flows.hub._device_endpoint import DeviceEndpoint
+from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.mqtt import (
+    Connack,
+    Connect,
+    Disconnect,
+    MqttCodecError,
+    PacketReader,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Publish,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    encode,
+)
+from iot_flows.store._sqlite import SqliteStore
+
+__all__ = ["MqttServer"]
+
+log = logging.getLogger(__name__)
+
+CONNACK_ACCEPTED = 0
+CONNACK_BAD_PROTOCOL = 1
+CONNACK_IDENTIFIER_REJECTED = 2
+CONNACK_NOT_AUTHORIZED = 5
+#: Seconds a socket may stay open without sending CONNECT.
+CONNECT_TIMEOUT = 10.0
+_PINGRESP = encode(Pingresp())
+
+
+class _Connection(asyncio.Protocol):
+    """One device socket; becomes a :class:`DeviceLink` once authenticated."""
+
+    def __init__(self, server: MqttServer) -> None:
+        self.server = server
+        self.device_id = ""
+        self.transport: asyncio.Transport | None = None
+        self.reader = PacketReader()
+        self.authenticated = False
+        self.closed = False
+        self.keep_alive = 0.0
+        self.last_seen = time.monotonic()
+        self._expiry_handle: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # Nagle + delayed ACK cost ~40-90 ms per request/response otherwise
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.server._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        try:
+            packets = self.reader.feed(data)
+        except MqttCodecError as exc:
+            log.info("closing %s: malformed packet (%s)", self.device_id or "unauthenticated client", exc)
+            self.close("malformed packet")
+            return
+        for packet in packets:
+            if self.closed:
+                return
+            try:
+                self._handle(packet)
+            except Exception:  # never let one device's input take the hub down
+                log.exception("error handling packet from %s", self.device_id)
+                self.close("internal error")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._connections.discard(self)
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+        if self.authenticated:
+            self.server.sessions.detach(self)
+
+    # ---- DeviceLink ---------------------------------------------------------------
+    def send(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        if self.closed or self.transport is None:
+            return
+        packet_id = self.server._next_packet_id() if qos else None
+        self.transport.write(encode(Publish(topic=topic, payload=payload, qos=qos, retain=False, dup=False, packet_id=packet_id)))
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- packet handling ----------------------------------------------------------
+    def _write(self, packet: Any) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(encode(packet))
+
+    def _handle(self, packet: Any) -> None:
+        if not self.authenticated:
+            if isinstance(packet, Connect):
+                self._on_connect(packet)
+            else:
+                self.close("first packet was not CONNECT")
+            return
+        if isinstance(packet, Publish):
+            self._on_publish(packet)
+        elif isinstance(packet, Pingreq):
+            self.transport.write(_PINGRESP)  # type: ignore[union-attr]
+        elif isinstance(packet, Subscribe):
+            self._on_subscribe(packet)
+        elif isinstance(packet, Unsubscribe):
+            for topic_filter in packet.filters:
+                sub = Subscription.parse(topic_filter, self.device_id)
+                if sub is not None:
+                    self.server.sessions.unsubscribe(self.device_id, sub)
+            self._write(Unsuback(packet_id=packet.packet_id))
+        elif isinstance(packet, Disconnect):
+            self.close("client disconnect")
+        elif isinstance(packet, Connect):
+            self.close("second CONNECT")  # MQTT-3.1.0-2
+        # PUBACKs for the hub's QoS 1 publishes need no action; PUBREC etc. cannot occur
+        # because the hub never sends QoS 2.
+
+    def _refuse(self, code: int, why: str) -> None:
+        log.info("refusing device %r: %s", self.device_id, why)
+        self._write(Connack(session_present=False, return_code=code))
+        self.close(why)
+
+    def _on_connect(self, packet: Connect) -> None:
+        server = self.server
+        self.device_id = packet.client_id
+        if packet.protocol_level != 4:
+            self._refuse(CONNACK_BAD_PROTOCOL, "only MQTT 3.1.1 is supported")
+            return
+        if not packet.client_id or "/" in packet.client_id:
+            self._refuse(CONNACK_IDENTIFIER_REJECTED, "module identities are not supported")
+            return
+        username = packet.username or ""
+        if not username.lower().startswith(f"{server.hostname}/{packet.client_id}/".lower()):
+            self._refuse(CONNACK_NOT_AUTHORIZED, "username must be {hostname}/{deviceId}/?api-version=...")
+            return
+        device = server.store.get(packet.client_id)
+        if device is None or device.status != "enabled":
+            self._refuse(CONNACK_NOT_AUTHORIZED, "unknown or disabled device")
+            return
+        try:
+            token = check_device_token((packet.password or b"").decode("utf-8", "replace"), device, server.hostname)
+        except UnauthorizedError as exc:
+            self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
+            return
+        self.authenticated = True
+        self.keep_alive = float(packet.keep_alive)
+        resumed = server.sessions.attach(self, clean_session=packet.clean_session)
+        self._write(Connack(session_present=resumed, return_code=CONNACK_ACCEPTED))
+        # IoT Hub disconnects a device when its token expires (401003).
+        delay = token.expiry - time.time()
+        loop = asyncio.get_running_loop()
+        self._expiry_handle = loop.call_later(max(delay, 0), self.close, "token expired")
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        codes = []
+        for topic_filter, qos in packet.topics:
+            sub = Subscription.parse(topic_filter, self.device_id)
+            if sub is None:
+                codes.append(0x80)
+                continue
+            self.server.sessions.subscribe(self.device_id, sub)
+            codes.append(min(qos, 1))  # a QoS 2 subscription is granted QoS 1
+        self._write(Suback(packet_id=packet.packet_id, return_codes=tuple(codes)))
+
+    def _on_publish(self, packet: Publish) -> None:
+        if packet.qos == 2:
+            self.close("QoS 2 is not supported")  # IoT Hub closes the connection
+            return
+        if not self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
+            log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
+            self.close("forbidden topic")
+            return
+        if packet.qos == 1:
+            self._write(Puback(packet_id=packet.packet_id))
+
+
+class MqttServer:
+    """Listens for devices; owns the keep-alive sweeper."""
+
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        sessions: SessionRegistry,
+        endpoint: DeviceEndpoint,
+        hostname: str,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.endpoint = endpoint
+        self.hostname = hostname
+        self._connections: set[_Connection] = set()
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._packet_ids = 0
+
+    def _next_packet_id(self) -> int:
+        self._packet_ids = self._packet_ids % 65535 + 1
+        return self._packet_ids
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def listen(self, host: str, port: int, ssl_context: Any = None) -> int:
+        """Start a listener; return the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=4096, reuse_address=True
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="mqtt-keepalive-sweeper")
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        """Close connections silent for 1.5x their keep-alive, or stuck before CONNECT."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                if not conn.authenticated:
+                    limit = CONNECT_TIMEOUT
+                elif conn.keep_alive > 0:
+                    limit = conn.keep_alive * 1.5
+                else:
+                    continue
+                if now - conn.last_seen > limit:
+                    log.info("closing %s: keep-alive expired", conn.device_id or "unauthenticated client")
+                    conn.close("keep-alive expired")
+
+    def disconnect(self, device_id: str) -> None:
+        """Close the device's connection, if any (device disabled or deleted)."""
+        self.sessions.forget(device_id)
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self._connections):
+            conn.close("hub shutting down")
+        for server in self._servers:
+            await server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+        self._servers.clear()
+

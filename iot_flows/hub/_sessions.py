@@ -1,0 +1,158 @@
+"""Which connection holds device X, and what each device has subscribed to.
+
+This is the seam between the device protocol core and its transports: a transport
+(the built-in MQTT endpoint, or later a broker-fronted client) registers a
+:class:`DeviceLink` per authenticated device; the core sends through it by device id.
+Subscriptions belong to the device's *session*, not to the TCP connection: with
+``clean_session=0`` (what every Azure SDK sends) they survive reconnects, because the
+Node SDK never re-subscribes after a reconnect (sdk-wire-facts "Persistent sessions").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+__all__ = ["DeviceLink", "SessionRegistry", "Subscription"]
+
+
+class Subscription(str, Enum):
+    """The IoT Hub topic filters a device may subscribe to."""
+
+    TWIN_RESPONSES = "$iothub/twin/res/#"  #: twin GET/PATCH responses
+    DESIRED = "$iothub/twin/PATCH/properties/desired/#"  #: desired-property notifications
+    METHODS = "$iothub/methods/POST/#"  #: direct-method requests
+    C2D = "devices/{device_id}/messages/devicebound/#"  #: cloud-to-device messages
+
+    @classmethod
+    def parse(cls, topic_filter: str, device_id: str) -> "Subscription | None":
+        """The subscription a filter names for ``device_id``, or None if not allowed."""
+        for sub in cls:
+            if topic_filter == sub.value.format(device_id=device_id):
+                return sub
+        return None
+
+
+class DeviceLink(Protocol):
+    """One authenticated device connection, whatever carries it."""
+
+    device_id: str
+
+    def send(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        """Queue a publish to the device (never blocks)."""
+
+    def close(self, reason: str) -> None:
+        """Drop the connection (e.g. taken over by a newer one)."""
+
+
+@dataclass
+class _Session:
+    subscriptions: set[Subscription] = field(default_factory=set)
+    link: DeviceLink | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class SessionRegistry:
+    """Live links and persistent subscriptions per device id (single event loop)."""
+
+    def __init__(self, on_state_change: Callable[[str, bool], None] | None = None) -> None:
+        self._sessions: dict[str, _Session] = {}
+        self._on_state_change = on_state_change
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.link is not None)
+
+    def attach(self, link: DeviceLink, *, clean_session: bool) -> bool:
+        """Make ``link`` the device's connection; return True if a session was resumed.
+
+        One connection per identity: an existing link is closed (IoT Hub logs
+        400027 ConnectionForcefullyClosedOnNewConnection).
+        """
+        session = self._sessions.get(link.device_id)
+        resumed = session is not None and not clean_session and bool(session.subscriptions)
+        if session is None:
+            session = self._sessions[link.device_id] = _Session()
+        old = session.link
+        session.link = link
+        if clean_session:
+            session.subscriptions.clear()
+        if old is not None and old is not link:
+            old.close("400027 ConnectionForcefullyClosedOnNewConnection")
+        if self._on_state_change is not None:
+            self._on_state_change(link.device_id, True)
+        self._wake(session)
+        return resumed
+
+    def detach(self, link: DeviceLink) -> None:
+        """Forget ``link`` if it is still the device's current connection."""
+        session = self._sessions.get(link.device_id)
+        if session is None or session.link is not link:
+            return
+        session.link = None
+        if self._on_state_change is not None:
+            self._on_state_change(link.device_id, False)
+
+    def forget(self, device_id: str) -> None:
+        """Drop a device's session entirely (device deleted or disabled)."""
+        session = self._sessions.pop(device_id, None)
+        if session is not None and session.link is not None:
+            session.link.close("device removed")
+
+    def subscribe(self, device_id: str, subscription: Subscription) -> None:
+        session = self._sessions.setdefault(device_id, _Session())
+        session.subscriptions.add(subscription)
+        self._wake(session)
+
+    def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
+        session = self._sessions.get(device_id)
+        if session is not None:
+            session.subscriptions.discard(subscription)
+
+    def link(self, device_id: str) -> DeviceLink | None:
+        session = self._sessions.get(device_id)
+        return session.link if session is not None else None
+
+    def is_connected(self, device_id: str) -> bool:
+        return self.link(device_id) is not None
+
+    def subscribed_link(self, device_id: str, subscription: Subscription) -> DeviceLink | None:
+        """The device's link if it is connected and subscribed to ``subscription``."""
+        session = self._sessions.get(device_id)
+        if session is None or session.link is None or subscription not in session.subscriptions:
+            return None
+        return session.link
+
+    async def wait_for(self, device_id: str, subscription: Subscription, timeout: float) -> DeviceLink | None:
+        """Wait up to ``timeout`` s until the device is connected and subscribed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            link = self.subscribed_link(device_id, subscription)
+            if link is not None:
+                return link
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            session = self._sessions.setdefault(device_id, _Session())
+            waiter: asyncio.Future[None] = loop.create_future()
+            session.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return self.subscribed_link(device_id, subscription)
+            finally:
+                if waiter in session.waiters:
+                    session.waiters.remove(waiter)
+
+    def connected_ids(self) -> list[str]:
+        return [d for d, s in self._sessions.items() if s.link is not None]
+
+    @staticmethod
+    def _wake(session: _Session) -> None:
+        waiters, session.waiters = session.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

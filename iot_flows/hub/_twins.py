@@ -1,0 +1,162 @@
+"""Twin operations: service PATCH/PUT, device GET and reported PATCH, desired notifications.
+
+Version rules (reference §1.3, sdk-wire-facts): desired ``$version`` and reported
+``$version`` are independent counters starting at 1; every service write that carries
+``properties.desired`` bumps desired ``$version`` by exactly one and notifies the
+device, even when nothing changed. The root ``version`` and the ``etag`` change on
+every twin change (tags, desired or reported), never on connect/disconnect.
+Every change is committed before it is acknowledged or pushed to the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, PreconditionFailedError
+from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.store._records import DeviceRecord, new_etag
+from iot_flows.store._sqlite import SqliteStore
+from iot_flows.twin import (
+    apply_patch,
+    removed_keys_as_nulls,
+    replace_section,
+    utc_now,
+    validate_patch,
+    validate_section_size,
+)
+
+__all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
+
+#: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
+TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def device_not_found(device_id: str) -> DeviceNotFoundError:
+    return DeviceNotFoundError(f"Device {device_id} not registered")
+
+
+def check_if_match(if_match: str | None, etag: str) -> None:
+    """Enforce ``If-Match``: quoted or bare etag, ``*`` wildcard; mismatch is 412001."""
+    if if_match is None:
+        return
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if value in ("*", etag):
+        return
+    raise PreconditionFailedError(f"Precondition failed: the etag '{if_match}' does not match the current one.")
+
+
+class TwinService:
+    """Twin reads and writes over the store, pushing desired changes to connected devices."""
+
+    def __init__(self, store: SqliteStore, sessions: SessionRegistry) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._listeners: list[TwinChange] = []
+
+    def add_listener(self, listener: TwinChange) -> None:
+        """Call ``listener`` after each committed twin change (change stream, events)."""
+        self._listeners.append(listener)
+
+    def _load(self, device_id: str) -> DeviceRecord:
+        record = self._store.get(device_id)
+        if record is None:
+            raise device_not_found(device_id)
+        return record
+
+    # ---- service side -------------------------------------------------------------
+    def get(self, device_id: str) -> DeviceRecord:
+        return self._load(device_id)
+
+    def update(
+        self, device_id: str, body: Any, *, if_match: str | None = None, replace: bool = False
+    ) -> DeviceRecord:
+        """Service PATCH (merge) or PUT (replace tags + desired) of a twin."""
+        if not isinstance(body, dict):
+            raise BadRequestError("The twin body must be a JSON object.")
+        has_tags, tags = "tags" in body, body.get("tags")
+        properties = body.get("properties")
+        if properties is not None and not isinstance(properties, dict):
+            raise BadRequestError("'properties' must be a JSON object.")
+        properties = properties or {}
+        if properties.get("reported"):
+            raise BadRequestError("Reported properties are read-only for the service.")
+        has_desired, desired = "desired" in properties, properties.get("desired")
+        if replace:
+            has_tags = has_desired = True
+            tags, desired = tags or {}, desired or {}
+        for name, section in (("tags", tags), ("desired", desired)):
+            if section is not None:
+                validate_patch(name, section)
+
+        record = self._load(device_id)
+        check_if_match(if_match, record.twin_etag)
+        now = utc_now()
+        new = copy.deepcopy(record)
+        notification: dict[str, Any] | None = None
+        if has_tags:
+            if replace or tags is None:
+                new.tags, new.tags_meta = replace_section(tags or {}, now, None)
+            else:
+                apply_patch(new.tags, new.tags_meta, tags, now, None)
+            validate_section_size("tags", new.tags)
+        if has_desired:
+            new.desired_version += 1
+            if replace or desired is None:
+                new.desired, new.desired_meta = replace_section(desired or {}, now, new.desired_version)
+                notification = removed_keys_as_nulls(record.desired, new.desired)
+            else:
+                apply_patch(new.desired, new.desired_meta, desired, now, new.desired_version)
+                notification = copy.deepcopy(desired)
+            validate_section_size("desired", new.desired)
+        if not (has_tags or has_desired):
+            return record
+        new.twin_version += 1
+        new.twin_etag = new_etag()
+        self._store.update_twin(new)
+        if notification is not None:
+            self._notify_desired(new, notification)
+            self._emit(device_id, "desired", notification, new)
+        if has_tags:
+            self._emit(device_id, "tags", tags or {}, new)
+        return new
+
+    def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:
+        link = self._sessions.subscribed_link(record.device_id, Subscription.DESIRED)
+        if link is None:
+            return  # not stored for offline devices: they GET the twin on reconnect
+        notification["$version"] = record.desired_version
+        link.send(
+            f"$iothub/twin/PATCH/properties/desired/?$version={record.desired_version}",
+            _DUMPS(notification).encode(),
+        )
+
+    # ---- device side --------------------------------------------------------------
+    def device_view(self, device_id: str) -> dict[str, Any]:
+        return self._load(device_id).device_twin_view()
+
+    def report(self, device_id: str, patch: Any) -> int:
+        """Merge a device's reported patch; return the new reported ``$version``."""
+        validate_patch("reported", patch)
+        record = self._load(device_id)
+        now = utc_now()
+        new = copy.deepcopy(record)
+        apply_patch(new.reported, new.reported_meta, patch, now, None)
+        validate_section_size("reported", new.reported)
+        new.reported_version += 1
+        new.twin_version += 1
+        new.twin_etag = new_etag()
+        self._store.update_twin(new)
+        self._emit(device_id, "reported", patch, new)
+        return new.reported_version
+
+    def _emit(self, device_id: str, section: str, patch: dict[str, Any], record: DeviceRecord) -> None:
+        for listener in self._listeners:
+            listener(device_id, section, patch, record)

@@ -1,0 +1,55 @@
+"""Exception -> IoT Hub error response, in one place for the whole REST API.
+
+Body format (reference §3.8): the JSON error object is itself a JSON *string* inside
+``Message``; the symbolic name goes in the ``iothub-errorcode`` header. DeviceNotFound
+uses the legacy ``ErrorCode:DeviceNotFound;...`` form that the SDKs match on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from iot_flows._exceptions import DeviceNotFoundError, HubError, InternalServerError
+
+__all__ = ["error_response", "hub_error_handler", "unexpected_error_handler"]
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: HubError) -> Response:
+    now = datetime.now(UTC)
+    tracking_id = exc.tracking_id or f"{uuid.uuid4().hex}-G:0-TimeStamp:{now:%m/%d/%Y %H:%M:%S}"
+    if isinstance(exc, DeviceNotFoundError) and exc.error_code == 404001:
+        message = f"ErrorCode:DeviceNotFound;{exc.message}"
+    else:
+        message = json.dumps(
+            {
+                "errorCode": exc.error_code,
+                "trackingId": tracking_id,
+                "message": exc.message,
+                "info": exc.info,
+                "timestampUtc": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            }
+        )
+    body = json.dumps({"Message": message, "ExceptionMessage": f"Tracking ID:{tracking_id}"})
+    headers = {"iothub-errorcode": exc.error_name}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        headers["Retry-After"] = str(int(retry_after))
+    return Response(body, status_code=exc.status_code, media_type="application/json", headers=headers)
+
+
+async def hub_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HubError)
+    return error_response(exc)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(InternalServerError("An internal error occurred."))
