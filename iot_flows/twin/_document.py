@@ -67,9 +67,10 @@ def _check_key(key: str, path: str) -> None:
 
 
 def _check_value(value: Any, path: str, depth: int) -> None:
+    """``depth`` counts the property names on the path from the section root to ``value``."""
+    if depth > MAX_DEPTH:
+        raise BadRequestError(f"Twin property '{path}' is nested deeper than {MAX_DEPTH} levels.")
     if isinstance(value, dict):
-        if depth > MAX_DEPTH:
-            raise BadRequestError(f"Twin object at '{path}' is nested deeper than {MAX_DEPTH} levels.")
         for key, child in value.items():
             if not isinstance(key, str):
                 raise BadRequestError(f"Property name at '{path}' is not a string.")

@@ -1,0 +1,3 @@
+from iot_flows.cli._main import main
+
+main()
