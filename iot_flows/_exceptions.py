@@ -5,7 +5,7 @@
     IoTFlowsError                          base; never raised directly
     ├── HubError                           .status_code .error_code .retryable
     │   ├── BadRequestError         400    ├── QuerySyntaxError
-    │   │                                  └── TwinTooLargeError (400 flavour of size limits)
+    │   │                                  └── TwinTooLargeError (iot_flows.twin: size limits)
     │   ├── UnauthorizedError       401
     │   ├── ForbiddenError          403    └── QuotaExceededError
     │   ├── NotFoundError           404    ├── DeviceNotFoundError, JobNotFoundError
@@ -283,9 +283,13 @@ _BY_STATUS: dict[int, type[HubError]] = {
 # Specific error codes that have their own class (derived from the classes themselves).
 _BY_CODE: dict[int, type[HubError]] = {}
 for _cls in _leaf_classes():
-    if _cls is HubError or _cls in _BY_STATUS.values():
+    _parent = _cls.__mro__[1]
+    # Only classes that introduce their own code; a subclass sharing its parent's code
+    # (QuerySyntaxError, TwinTooLargeError) is raised on purpose, never picked by code.
+    if _cls is HubError or _cls in _BY_STATUS.values() or _cls.default_error_code == getattr(_parent, "default_error_code", None):
         continue
     _BY_CODE.setdefault(_cls.default_error_code, _cls)
+del _cls, _parent
 # 404001 is DeviceNotFound, the most common 404 (NotFoundError's own default).
 _BY_CODE[404001] = DeviceNotFoundError
 _BY_CODE[409001] = DeviceAlreadyExistsError
