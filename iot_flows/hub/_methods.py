@@ -21,6 +21,7 @@ from iot_flows._exceptions import (
     GatewayTimeoutError,
     PayloadTooLargeError,
 )
+from iot_flows._types import MethodResult
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 
 __all__ = ["MethodCall", "MethodInvoker", "MethodResult", "parse_method_call"]
@@ -38,17 +39,6 @@ class MethodCall:
     payload: Any
     response_timeout: int = 30
     connect_timeout: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class MethodResult:
-    """What the device answered: its own status code and JSON payload."""
-
-    status: int
-    payload: Any
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "payload": self.payload}
 
 
 def _bounded_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:

@@ -1,0 +1,293 @@
+"""``HubClient``: async httpx client of IoT Hub's service REST contract.
+
+The same client talks to the bundled hub and to Azure IoT Hub, because both speak
+the contract of reference §3: SAS-signed requests with ``api-version=2021-04-12``,
+quoted ``If-Match``, ``x-ms-continuation`` paging, and error bodies carrying IoT Hub's
+``errorCode``. Responses are translated once, here, into the project's exception
+hierarchy; each error knows whether it is worth retrying.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from iot_flows._exceptions import ConnectError, HubError, TransportError, error_for_status
+from iot_flows._sas import ConnectionString
+from iot_flows._types import JsonObject, MethodResult
+
+__all__ = ["API_VERSION", "HubClient", "QueryPage"]
+
+API_VERSION = "2021-04-12"
+#: Renew the cached service token this long before it expires.
+TOKEN_RENEW_MARGIN = 300
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPage:
+    """One page of ``POST /devices/query`` (or ``/jobs/v2/query``)."""
+
+    items: list[JsonObject]
+    item_type: str | None
+    continuation: str | None = field(default=None)
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def _error_from_response(response: httpx.Response) -> HubError:
+    """Parse IoT Hub's error body (JSON string in ``Message``, or ``ErrorCode:Name;text``)."""
+    name = response.headers.get("iothub-errorcode")
+    code: int | None = None
+    message = response.text
+    try:
+        body = response.json()
+        raw = body.get("Message", body.get("message", "")) if isinstance(body, dict) else ""
+        if isinstance(raw, str) and raw.startswith("ErrorCode:"):
+            head, _, message = raw.partition(";")
+            name = name or head[len("ErrorCode:") :]
+        elif isinstance(raw, str) and raw.startswith("{"):
+            inner = json.loads(raw)
+            code = int(inner.get("errorCode")) if inner.get("errorCode") is not None else None
+            message = inner.get("message", raw)
+        elif raw:
+            message = raw
+        if isinstance(body, dict) and isinstance(body.get("errorCode"), int):
+            code = body["errorCode"]
+    except (ValueError, TypeError):
+        pass
+    if code is None and name == "DeviceNotFound":
+        code = 404001
+    err = error_for_status(response.status_code, message, code, name)
+    retry_after = response.headers.get("retry-after")
+    if retry_after and hasattr(err, "retry_after"):
+        try:
+            err.retry_after = float(retry_after)  # type: ignore[attr-defined]
+        except ValueError:
+            pass
+    return err
+
+
+class HubClient:
+    """Service-side client: registry, twins, direct methods, queries and jobs.
+
+    Example::
+
+        async with HubClient(connection_string, base_url="http://127.0.0.1:8080") as hub:
+            twin = await hub.get_twin("dev1")
+    """
+
+    def __init__(
+        self,
+        connection_string: str,
+        *,
+        base_url: str | None = None,
+        verify: bool | str | ssl.SSLContext = True,
+        timeout: float = 30.0,
+        token_ttl: int = 3600,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._cs = ConnectionString.parse(connection_string)
+        if not self._cs.shared_access_key_name:
+            raise ValueError("HubClient needs a service connection string (with SharedAccessKeyName).")
+        self.base_url = (base_url or f"https://{self._cs.host_name}").rstrip("/")
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
+        self._http = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=timeout, transport=transport)
+        self._token_ttl = token_ttl
+        self._token: str | None = None
+        self._token_expiry = 0.0
+
+    @property
+    def host_name(self) -> str:
+        return self._cs.host_name
+
+    async def __aenter__(self) -> "HubClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _authorization(self) -> str:
+        now = time.time()
+        if self._token is None or now > self._token_expiry - TOKEN_RENEW_MARGIN:
+            self._token = self._cs.token(ttl=self._token_ttl)
+            self._token_expiry = now + self._token_ttl
+        return self._token
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+        allow_statuses: tuple[int, ...] = (),
+    ) -> httpx.Response:
+        """Send one signed request; raise the matching :class:`HubError` on an error status
+        (except those in ``allow_statuses``, which the caller inspects itself)."""
+        hdrs = {"Authorization": self._authorization(), "Accept": "application/json"}
+        if headers:
+            hdrs.update(headers)
+        query = {"api-version": API_VERSION, **(params or {})}
+        kwargs: dict[str, Any] = {"headers": hdrs, "params": query}
+        if json_body is not None:
+            kwargs["content"] = json.dumps(json_body).encode()
+            hdrs["Content-Type"] = "application/json; charset=utf-8"
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise ConnectError(f"cannot reach {self.base_url}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{method} {path} failed: {exc!r}") from exc
+        if response.status_code >= 400 and response.status_code not in allow_statuses:
+            raise _error_from_response(response)
+        return response
+
+    # ---- registry ---------------------------------------------------------------------
+    async def get_device(self, device_id: str) -> JsonObject:
+        return (await self.request("GET", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+
+    async def create_device(
+        self, device_id: str, *, status: str = "enabled", primary_key: str = "", secondary_key: str = ""
+    ) -> JsonObject:
+        body = {
+            "deviceId": device_id,
+            "status": status,
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key}},
+        }
+        return (await self.request("PUT", f"/devices/{device_id}", json_body=body)).json()  # type: ignore[no-any-return]
+
+    async def update_device(self, device: JsonObject, *, etag: str = "*") -> JsonObject:
+        response = await self.request(
+            "PUT", f"/devices/{device['deviceId']}", json_body=device, headers={"If-Match": _quoted(etag)}
+        )
+        return response.json()  # type: ignore[no-any-return]
+
+    async def delete_device(self, device_id: str, *, etag: str = "*") -> None:
+        await self.request("DELETE", f"/devices/{device_id}", headers={"If-Match": _quoted(etag)})
+
+    async def bulk_devices(self, items: list[JsonObject]) -> JsonObject:
+        """Azure's bulk registry operation (at most 100 items).
+
+        Per-device failures are data: the hub answers 400 with ``isSuccessful: false``
+        and an ``errors`` list, which is returned rather than raised.
+        """
+        response = await self.request("POST", "/devices", json_body=items, allow_statuses=(400,))
+        body = response.json()
+        if response.status_code == 400 and not (isinstance(body, dict) and "isSuccessful" in body):
+            raise _error_from_response(response)
+        return body  # type: ignore[no-any-return]
+
+    # ---- twins --------------------------------------------------------------------------
+    async def get_twin(self, device_id: str) -> JsonObject:
+        return (await self.request("GET", f"/twins/{device_id}")).json()  # type: ignore[no-any-return]
+
+    async def update_twin(self, device_id: str, patch: JsonObject, *, etag: str = "*") -> JsonObject:
+        """Merge-patch tags and/or desired properties (``null`` deletes); returns the full twin."""
+        response = await self.request(
+            "PATCH", f"/twins/{device_id}", json_body=patch, headers={"If-Match": _quoted(etag)}
+        )
+        return response.json()  # type: ignore[no-any-return]
+
+    async def replace_twin(self, device_id: str, twin: JsonObject, *, etag: str = "*") -> JsonObject:
+        response = await self.request("PUT", f"/twins/{device_id}", json_body=twin, headers={"If-Match": _quoted(etag)})
+        return response.json()  # type: ignore[no-any-return]
+
+    # ---- direct methods -------------------------------------------------------------------
+    async def invoke_device_method(
+        self,
+        device_id: str,
+        method_name: str,
+        payload: Any = None,
+        *,
+        response_timeout: int = 30,
+        connect_timeout: int = 0,
+    ) -> MethodResult:
+        """Invoke a direct method; the device's status and payload come back as data."""
+        body = {
+            "methodName": method_name,
+            "payload": payload,
+            "responseTimeoutInSeconds": response_timeout,
+            "connectTimeoutInSeconds": connect_timeout,
+        }
+        # The HTTP timeout must cover connect + response plus wire time (the C# SDK adds 15 s).
+        response = await self.request(
+            "POST", f"/twins/{device_id}/methods", json_body=body, timeout=response_timeout + connect_timeout + 15
+        )
+        data = response.json()
+        return MethodResult(status=int(data["status"]), payload=data.get("payload"))
+
+    # ---- queries ----------------------------------------------------------------------------
+    async def query_page(self, query: str, *, continuation: str | None = None, page_size: int = 100) -> QueryPage:
+        headers = {"x-ms-max-item-count": str(page_size)}
+        if continuation:
+            headers["x-ms-continuation"] = continuation
+        response = await self.request("POST", "/devices/query", json_body={"query": query}, headers=headers)
+        return QueryPage(
+            items=response.json(),
+            item_type=response.headers.get("x-ms-item-type"),
+            continuation=response.headers.get("x-ms-continuation") or None,
+        )
+
+    async def query(self, query: str, *, page_size: int = 100) -> AsyncIterator[JsonObject]:
+        """Iterate over every result, following ``x-ms-continuation`` until it is absent."""
+        continuation: str | None = None
+        while True:
+            page = await self.query_page(query, continuation=continuation, page_size=page_size)
+            for item in page.items:
+                yield item
+            if not page.continuation:
+                return
+            continuation = page.continuation
+
+    async def query_all(self, query: str, *, page_size: int = 100) -> list[JsonObject]:
+        return [item async for item in self.query(query, page_size=page_size)]
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    async def create_job(self, job_id: str, job: JsonObject) -> JsonObject:
+        return (await self.request("PUT", f"/jobs/v2/{job_id}", json_body={"jobId": job_id, **job})).json()  # type: ignore[no-any-return]
+
+    async def get_job(self, job_id: str) -> JsonObject:
+        return (await self.request("GET", f"/jobs/v2/{job_id}")).json()  # type: ignore[no-any-return]
+
+    async def cancel_job(self, job_id: str) -> JsonObject:
+        return (await self.request("POST", f"/jobs/v2/{job_id}/cancel")).json()  # type: ignore[no-any-return]
+
+    async def query_jobs(self, *, job_type: str | None = None, job_status: str | None = None) -> list[JsonObject]:
+        params = {k: v for k, v in (("jobType", job_type), ("jobStatus", job_status)) if v}
+        out: list[JsonObject] = []
+        continuation: str | None = None
+        while True:
+            headers = {"x-ms-continuation": continuation} if continuation else None
+            response = await self.request("GET", "/jobs/v2/query", params=params, headers=headers)
+            body = response.json()
+            out.extend(body if isinstance(body, list) else body.get("items", []))
+            continuation = response.headers.get("x-ms-continuation")
+            if not continuation:
+                return out
+
+    async def query_device_jobs(self, job_id: str, *, status: str | None = None) -> list[JsonObject]:
+        """Per-device records of a job (``SELECT * FROM devices.jobs``)."""
+        where = f"devices.jobs.jobId = '{_sql_string(job_id)}'"
+        if status:
+            where += f" AND devices.jobs.status = '{_sql_string(status)}'"
+        return await self.query_all(f"SELECT * FROM devices.jobs WHERE {where}")
+
+
+def _sql_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
