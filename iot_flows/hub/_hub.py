@@ -28,6 +28,10 @@ from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
 from iot_flows.hub.api._routes import routes
+from iot_flows.hub.api._routes_jobs import routes as job_routes
+from iot_flows.hub._query import QueryService
+from iot_flows.jobs import JobEngine, JobSettings
+from iot_flows.query import compile_condition
 from iot_flows.store._sqlite import SqliteStore
 from iot_flows.twin import utc_now
 
@@ -50,6 +54,7 @@ class HubSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     owner_key: str | None = None
+    jobs: JobSettings = JobSettings()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,6 +106,10 @@ class Hub:
         self.methods = MethodInvoker(self.sessions)
         self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
+        self.queries = QueryService(self.store)
+        self.jobs = JobEngine(
+            self.store, self.twins, self.methods, self.sessions, compile_condition, self.settings.jobs
+        )
         self.mqtt = MqttServer(
             store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
         )
@@ -116,7 +125,7 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=routes(),
+            routes=job_routes() + routes(),
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
@@ -153,6 +162,7 @@ class Hub:
         await server.startup(sockets=[self._http_socket])
         self._uvicorn = server
         self._uvicorn_task = asyncio.create_task(server.main_loop(), name="hub-http")
+        self.jobs.resume()
         self.ready = True
 
     async def stop(self) -> None:
@@ -164,6 +174,7 @@ class Hub:
                 await self._uvicorn_task
             await self._uvicorn.shutdown(sockets=[self._http_socket] if self._http_socket else None)
             self._uvicorn = None
+        await self.jobs.stop()
         await self.mqtt.close()
         self.store.close()
 

@@ -182,6 +182,16 @@ class SqliteStore:
         ).fetchall()
         return [_from_row(r) for r in rows]
 
+    @staticmethod
+    def select_records(
+        conn: sqlite3.Connection, where_sql: str, params: tuple[Any, ...], *, after: str, limit: int
+    ) -> list[DeviceRecord]:
+        """Records matching a compiled WHERE body, keyset-paged by device id (any connection)."""
+        rows = conn.execute(
+            f"{_SELECT} WHERE ({where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?", (*params, after, limit)
+        ).fetchall()
+        return [_from_row(r) for r in rows]
+
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
 

@@ -1,0 +1,79 @@
+"""Query and jobs REST routes: ``/devices/query`` and ``/jobs/v2`` (reference §3.4-3.6)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from iot_flows._exceptions import BadRequestError
+from iot_flows.hub._auth import Permission
+from iot_flows.hub.api._routes import authorize, json_body
+
+__all__ = ["routes"]
+
+_S, _R = Permission.SERVICE_CONNECT, Permission.REGISTRY_READ
+
+
+def _page_size(request: Request) -> int | None:
+    raw = request.headers.get("x-ms-max-item-count") or request.query_params.get("pageSize")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequestError("x-ms-max-item-count must be an integer.") from None
+
+
+async def query_devices(request: Request) -> Response:
+    hub = authorize(request, _S, _R)
+    body = await json_body(request)
+    text = body.get("query") if isinstance(body, dict) else None
+    result = await hub.queries.run(text, page_size=_page_size(request), continuation=request.headers.get("x-ms-continuation"))
+    headers = {"x-ms-item-type": result.item_type}
+    if result.continuation:
+        headers["x-ms-continuation"] = result.continuation
+    return JSONResponse(result.items, headers=headers)
+
+
+async def put_job(request: Request) -> Response:
+    hub = authorize(request, _S)
+    return JSONResponse(hub.jobs.create(request.path_params["job_id"], await json_body(request)))
+
+
+async def get_job(request: Request) -> Response:
+    hub = authorize(request, _S)
+    return JSONResponse(hub.jobs.get(request.path_params["job_id"]))
+
+
+async def cancel_job(request: Request) -> Response:
+    hub = authorize(request, _S)
+    return JSONResponse(hub.jobs.cancel(request.path_params["job_id"]))
+
+
+async def query_jobs(request: Request) -> Response:
+    """``GET /jobs/v2/query?jobType=&jobStatus=``: a JSON array, paged with ``x-ms-continuation``."""
+    hub = authorize(request, _S)
+    size = min(max(_page_size(request) or 100, 1), 1000)
+    after = request.headers.get("x-ms-continuation") or request.query_params.get("continuationToken") or ""
+    docs = hub.jobs.list(
+        job_type=request.query_params.get("jobType"),
+        status=request.query_params.get("jobStatus"),
+        after=after,
+        limit=size + 1,
+    )
+    headers = {"x-ms-item-type": "jobResponse"}
+    if len(docs) > size:
+        docs = docs[:size]
+        headers["x-ms-continuation"] = f"{docs[-1]['createdTime']}|{docs[-1]['jobId']}"
+    return JSONResponse(docs, headers=headers)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/devices/query", query_devices, methods=["POST"]),
+        Route("/jobs/v2/query", query_jobs, methods=["GET"]),
+        Route("/jobs/v2/{job_id}", put_job, methods=["PUT"]),
+        Route("/jobs/v2/{job_id}", get_job, methods=["GET"]),
+        Route("/jobs/v2/{job_id}/cancel", cancel_job, methods=["POST"]),
+    ]

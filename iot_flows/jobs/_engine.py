@@ -1,0 +1,391 @@
+"""The jobs engine: ``/jobs/v2`` fan-out inside the hub with bounded concurrency.
+
+A job selects its devices with a twin query *at the moment it starts* and records one
+``devices.jobs`` row per device. Devices move ``pending -> running -> completed|failed``
+(or ``canceled``); "running" is committed *before* a request is sent, so after a crash
+a device is never run twice: on restart, method requests that were in flight become
+``failed`` (outcome unknown), twin updates (idempotent) go back to ``pending``, and the
+job resumes. Every job ends in a terminal state: ``maxExecutionTimeInSeconds`` bounds it.
+
+Beyond Azure (documented extensions): a running job can be cancelled (devices not yet
+reached become ``canceled``); ``waitForOfflineDevices`` keeps offline devices pending
+until they connect, within the job's max execution time; several jobs may run at once
+(``max_concurrent_jobs``; Azure S1 allows one, 429004 beyond the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from iot_flows._exceptions import (
+    DeviceNotOnlineError,
+    GatewayTimeoutError,
+    HubError,
+    ThrottledError,
+)
+from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.hub._twins import TwinService
+from iot_flows.jobs._repository import DeviceOutcome, JobRepository
+from iot_flows.jobs._requests import JobRequest, format_time, parse_job_request, parse_time
+from iot_flows.jobs._states import (
+    ACTIVE_JOB_STATES,
+    DeviceJobStatus,
+    JobStatus,
+    JobType,
+    check_transition,
+)
+from iot_flows.store._sqlite import SqliteStore
+
+__all__ = ["JobEngine", "JobSettings"]
+
+log = logging.getLogger(__name__)
+_D = DeviceJobStatus
+#: Compiles a queryCondition to (SQL WHERE fragment, params) over the devices table.
+ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
+#: Called with the job document whenever a job changes state.
+JobListener = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """Engine limits; every one is a hub setting."""
+
+    max_concurrent_jobs: int = 10  #: active (queued/scheduled/running) jobs; Azure S1: 1
+    device_concurrency: int = 1000  #: in-flight device operations per job
+    batch_size: int = 500  #: device records marked running / committed per transaction
+    subscribe_grace_seconds: float = 2.0  #: wait for a connected device's method SUBSCRIBE
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Run:
+    """In-memory state of one running job."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class JobEngine:
+    """Creates, runs, resumes and cancels jobs."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        twins: TwinService,
+        methods: MethodInvoker,
+        sessions: SessionRegistry,
+        compile_condition: ConditionCompiler,
+        settings: JobSettings | None = None,
+    ) -> None:
+        self._store = store
+        self._repo = JobRepository(store)
+        self._twins = twins
+        self._methods = methods
+        self._sessions = sessions
+        self._compile = compile_condition
+        self.settings = settings or JobSettings()
+        self._runs: dict[str, _Run] = {}
+        self._listeners: list[JobListener] = []
+
+    @property
+    def repository(self) -> JobRepository:
+        return self._repo
+
+    def add_listener(self, listener: JobListener) -> None:
+        self._listeners.append(listener)
+
+    # ---- service API ----------------------------------------------------------------------
+    def create(self, job_id: str, body: Any) -> dict[str, Any]:
+        now = _now()
+        request = parse_job_request(job_id, body, now=now)
+        self._compile(request.query_condition)  # 400 with position before anything is stored
+        if self._repo.count_active() >= self.settings.max_concurrent_jobs:
+            raise ThrottledError(
+                f"The hub allows {self.settings.max_concurrent_jobs} active jobs at once.",
+                error_code=429004,
+                error_name="ThrottlingMaxActiveJobCountExceeded",
+            )
+        status = JobStatus.SCHEDULED if request.start_time > now else JobStatus.QUEUED
+        doc: dict[str, Any] = {
+            "jobId": job_id,
+            "type": request.type.value,
+            "status": status.value,
+            "queryCondition": request.query_condition,
+            "createdTime": format_time(now),
+            "startTime": format_time(request.start_time),
+            "maxExecutionTimeInSeconds": request.max_execution_seconds,
+        }
+        if request.method is not None:
+            doc["cloudToDeviceMethod"] = {
+                "methodName": request.method.method_name,
+                "payload": request.method.payload,
+                "responseTimeoutInSeconds": request.method.response_timeout,
+                "connectTimeoutInSeconds": request.method.connect_timeout,
+            }
+        else:
+            doc["updateTwin"] = request.update_twin
+        if request.wait_for_offline_devices:
+            doc["waitForOfflineDevices"] = True
+        self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+        self._launch(job_id)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        doc = self._repo.get(job_id)
+        doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(job_id))
+        return doc
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued, scheduled or running job; devices not reached become ``canceled``."""
+        doc = self._repo.get(job_id)
+        check_transition(JobStatus(doc["status"]), JobStatus.CANCELLED)
+        now = format_time(_now())
+        with self._store.transaction():
+            doc["status"] = JobStatus.CANCELLED.value
+            doc["endTime"] = now
+            self._repo.save(doc)
+            self._repo.set_status_where(job_id, (_D.PENDING, _D.SCHEDULED), _D.CANCELED, now)
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancelled.set()
+        self._emit(job_id)
+        return self.get(job_id)
+
+    def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        docs = self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
+        for doc in docs:
+            doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(doc["jobId"]))
+        return docs
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Re-arm every job that was active when the hub stopped (call once at start)."""
+        for doc in self._repo.active():
+            self._launch(doc["jobId"])
+
+    async def stop(self) -> None:
+        runs = [r.task for r in self._runs.values() if r.task is not None]
+        for task in runs:
+            task.cancel()
+        for task in runs:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _launch(self, job_id: str) -> None:
+        run = _Run()
+        self._runs[job_id] = run
+        run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
+
+    def _emit(self, job_id: str) -> None:
+        if not self._listeners:
+            return
+        doc = self.get(job_id)
+        for listener in self._listeners:
+            try:
+                listener(copy.deepcopy(doc))
+            except Exception:
+                log.exception("job listener failed")
+
+    # ---- running ----------------------------------------------------------------------------
+    async def _run(self, job_id: str, run: _Run) -> None:
+        try:
+            await self._run_inner(job_id, run)
+        except asyncio.CancelledError:
+            raise  # hub shutdown: the job stays active and resumes on next start
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
+        finally:
+            self._runs.pop(job_id, None)
+
+    async def _run_inner(self, job_id: str, run: _Run) -> None:
+        doc = self._repo.get(job_id)
+        request = parse_job_request(job_id, doc, now=_now())
+        delay = (request.start_time - _now()).total_seconds()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(run.cancelled.wait(), delay)
+                return  # cancelled while scheduled
+            except TimeoutError:
+                pass
+        doc = self._repo.get(job_id)
+        if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
+            return
+        now = format_time(_now())
+        if doc["status"] != JobStatus.RUNNING.value:
+            where_sql, params = self._compile(request.query_condition)
+            with self._store.transaction():
+                ids = self._repo.select_devices(where_sql, params)
+                self._repo.add_devices(job_id, request.type.value, ids, _D.PENDING, now)
+                doc["status"] = JobStatus.RUNNING.value
+                doc["runStartTime"] = now
+                self._repo.save(doc)
+            self._emit(job_id)
+        else:  # resumed after a restart
+            with self._store.transaction():
+                if request.type is JobType.SCHEDULE_UPDATE_TWIN:
+                    self._repo.set_status_where(job_id, (_D.RUNNING,), _D.PENDING, now)
+                else:
+                    self._repo.set_status_where(
+                        job_id, (_D.RUNNING,), _D.FAILED, now,
+                        {"code": "HubRestarted", "description": "The hub restarted while the request was in flight; outcome unknown."},
+                    )  # fmt: skip
+        deadline = parse_time(doc["runStartTime"]).timestamp() + request.max_execution_seconds
+        loop = asyncio.get_running_loop()
+        deadline_loop = loop.time() + (deadline - _now().timestamp())
+        timed_out = await self._fan_out(job_id, request, run, deadline_loop)
+        if run.cancelled.is_set():
+            return  # cancel() already wrote the terminal state
+        if timed_out:
+            self._finish(job_id, JobStatus.FAILED, "maxExecutionTimeInSeconds exceeded")
+        else:
+            self._finish(job_id, JobStatus.COMPLETED, None)
+
+    def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
+        doc = self._repo.get(job_id)
+        if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
+            return
+        now = format_time(_now())
+        with self._store.transaction():
+            if status is JobStatus.FAILED:
+                self._repo.set_status_where(
+                    job_id, (_D.PENDING, _D.RUNNING, _D.SCHEDULED), _D.FAILED, now,
+                    {"code": "JobTimedOut", "description": reason or "job failed"},
+                )  # fmt: skip
+                doc["failureReason"] = reason
+            doc["status"] = status.value
+            doc["endTime"] = now
+            self._repo.save(doc)
+        self._emit(job_id)
+
+    async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
+        """Run every pending device; return True if the deadline cut the job short."""
+        loop = asyncio.get_running_loop()
+        pending = self._repo.device_ids(job_id, _D.PENDING)
+        outcomes: list[DeviceOutcome] = []
+        batch = self.settings.batch_size
+
+        def flush() -> None:
+            if outcomes:
+                with self._store.transaction():
+                    self._repo.record(job_id, outcomes, format_time(_now()))
+                outcomes.clear()
+
+        if request.type is JobType.SCHEDULE_UPDATE_TWIN:
+            for start in range(0, len(pending), batch):
+                if run.cancelled.is_set() or loop.time() > deadline:
+                    break
+                chunk = pending[start : start + batch]
+                with self._store.transaction():
+                    self._repo.record(job_id, [self._update_twin(d, request) for d in chunk], format_time(_now()))
+                await asyncio.sleep(0)  # let device traffic through between chunks
+            return loop.time() > deadline and bool(self._repo.device_ids(job_id, _D.PENDING))
+
+        sem = asyncio.Semaphore(self.settings.device_concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        flusher_stop = asyncio.Event()
+
+        async def flusher() -> None:
+            while not flusher_stop.is_set():
+                try:
+                    await asyncio.wait_for(flusher_stop.wait(), 0.1)
+                except TimeoutError:
+                    pass
+                flush()
+
+        async def one(device_id: str) -> None:
+            try:
+                outcomes.append(await self._invoke(device_id, request, sem, deadline))
+            finally:
+                sem.release()
+
+        flusher_task = loop.create_task(flusher())
+        timed_out = False
+        try:
+            for start in range(0, len(pending), batch):
+                chunk = pending[start : start + batch]
+                with self._store.transaction():
+                    self._repo.mark_running(job_id, chunk, format_time(_now()))
+                for index, device_id in enumerate(chunk):
+                    await sem.acquire()
+                    if run.cancelled.is_set() or loop.time() > deadline:
+                        sem.release()
+                        rest = chunk[index:]
+                        status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
+                        err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
+                        outcomes.extend((d, status, None, format_time(_now()), None, err) for d in rest)
+                        break
+                    task = loop.create_task(one(device_id))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                else:
+                    continue
+                break
+            if tasks:
+                done, still = await asyncio.wait(set(tasks), timeout=max(deadline - loop.time(), 0))
+                for task in still:
+                    task.cancel()
+                if still:
+                    await asyncio.wait(still)
+                    timed_out = True
+            timed_out = timed_out or loop.time() > deadline
+        finally:
+            flusher_stop.set()
+            await flusher_task
+            flush()
+        return timed_out
+
+    async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
+        assert request.method is not None
+        loop = asyncio.get_running_loop()
+        started = format_time(_now())
+        call = request.method
+        try:
+            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
+                if request.wait_for_offline_devices:
+                    sem.release()  # a parked device does not hold a concurrency slot
+                    try:
+                        await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
+                    finally:
+                        await sem.acquire()
+                elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
+                    # Connected but its method SUBSCRIBE may still be in flight (sdk-wire-facts "Jobs").
+                    call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
+            result = await self._methods.invoke(device_id, call)
+        except asyncio.CancelledError:
+            return (device_id, _D.FAILED, started, format_time(_now()), None,
+                    {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
+        except (DeviceNotOnlineError, GatewayTimeoutError) as exc:
+            return (device_id, _D.FAILED, started, format_time(_now()), None,
+                    {"code": exc.error_name, "description": exc.message})  # fmt: skip
+        outcome = {"deviceMethodResponse": result.to_json()}
+        if result.succeeded:
+            return device_id, _D.COMPLETED, started, format_time(_now()), outcome, None
+        error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
+        return device_id, _D.FAILED, started, format_time(_now()), outcome, error
+
+    def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
+        assert request.update_twin is not None
+        started = format_time(_now())
+        body = {k: v for k, v in request.update_twin.items() if k in ("tags", "properties")}
+        props = body.get("properties")
+        if isinstance(props, dict):
+            body["properties"] = {k: v for k, v in props.items() if k == "desired"}
+        etag = request.update_twin.get("etag")
+        try:
+            self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
+        except HubError as exc:
+            return device_id, _D.FAILED, started, format_time(_now()), None, {"code": exc.error_name, "description": exc.message}
+        return device_id, _D.COMPLETED, started, format_time(_now()), None, None
