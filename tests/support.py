@@ -7,12 +7,17 @@ depend on the code they would otherwise be testing against.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -83,10 +88,19 @@ class Device:
         self.disconnected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda c, u, m: self.messages.put(Received(m.topic, m.payload))
+        self.method_requests: "queue.Queue[Received]" = queue.Queue()
+        self._serving_methods = False
+        self.client.on_message = self._on_message
         self.client.on_socket_open = lambda c, u, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._rid = 0
+        self._stopped = False
         self._method_thread: threading.Thread | None = None
+
+    def _on_message(self, client: Any, userdata: Any, m: Any) -> None:
+        if self._serving_methods and m.topic.startswith("$iothub/methods/POST/"):
+            self.method_requests.put(Received(m.topic, m.payload))
+        else:
+            self.messages.put(Received(m.topic, m.payload))
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connack = 0 if not rc.is_failure else int(rc.value)
@@ -169,12 +183,14 @@ class Device:
     def serve_methods(self, handler: Callable[[str, Any], tuple[int, Any]]) -> None:
         """Answer method requests from a background thread with ``handler(name, payload)``."""
 
+        self._serving_methods = True
+
         def run() -> None:
-            while self.client.is_connected() or not self.disconnected.is_set():
+            while True:
                 try:
-                    msg = self.wait_message(lambda m: m.topic.startswith("$iothub/methods/POST/"), timeout=0.5)
-                except TimeoutError:
-                    if self.disconnected.is_set():
+                    msg = self.method_requests.get(timeout=0.5)
+                except queue.Empty:
+                    if self._stopped:
                         return
                     continue
                 name = msg.topic.split("/")[3]
@@ -186,11 +202,13 @@ class Device:
         self._method_thread.start()
 
     def disconnect(self) -> None:
+        self._stopped = True
         self.client.disconnect()
         self.client.loop_stop()
 
     def drop(self) -> None:
         """Close the socket without DISCONNECT (a crash or network loss)."""
+        self._stopped = True
         sock = self.client.socket()
         if sock is not None:
             sock.close()
@@ -211,3 +229,45 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10, interval: floa
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+CLI = [sys.executable, "-m", "iot_flows.cli"]
+
+
+class HubProcess:
+    """``iot-flows hub serve`` in a subprocess; reads the printed connection string."""
+
+    def __init__(self, db: Path, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.mqtt_port, self.http_port = ports or (free_port(), free_port())
+        self.proc = subprocess.Popen(
+            [*CLI, "hub", "serve", "--db", str(db), "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port),
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"hub exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("HostName="):
+                self.connection_string = line.strip()
+                break
+        wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, timeout=10)
+        self.output = "".join(lines)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()  # type: ignore[union-attr]
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(15)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()  # type: ignore[union-attr]
+        return code

@@ -10,9 +10,12 @@ from typing import Annotated
 
 import typer
 
+from iot_flows.cli._fleet import fleet_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="IoT fleet operations as Prefect flows.")
 hub_app = typer.Typer(no_args_is_help=True, help="Run the bundled IoT Hub-compatible hub.")
 app.add_typer(hub_app, name="hub")
+app.add_typer(fleet_app, name="fleet")
 
 
 async def _serve_until_signal(settings: "object") -> None:
@@ -48,10 +51,13 @@ def serve(
     db: Annotated[Path, typer.Option(help="SQLite database file.")] = Path("iot-flows-hub.db"),
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    max_concurrent_jobs: Annotated[int, typer.Option(help="Active jobs at once (Azure S1: 1).")] = 10,
+    job_device_concurrency: Annotated[int, typer.Option(help="In-flight device operations per job.")] = 1000,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
 ) -> None:
     """Serve Azure IoT Hub's device MQTT dialect and service REST API."""
     from iot_flows.hub import HubSettings
+    from iot_flows.jobs import JobSettings
 
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
@@ -65,6 +71,7 @@ def serve(
         db=str(db),
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None,
+        jobs=JobSettings(max_concurrent_jobs=max_concurrent_jobs, device_concurrency=job_device_concurrency),
     )
     asyncio.run(_serve_until_signal(settings))
 

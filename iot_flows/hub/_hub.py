@@ -101,7 +101,7 @@ class Hub:
         self.store.set_connection_state(device_id, "Connected" if connected else "Disconnected", utc_now())
 
     def _build_services(self) -> None:
-        self.sessions = SessionRegistry(self._on_connection_change)
+        self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
         self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-__all__ = ["DeviceLink", "SessionRegistry", "Subscription"]
+__all__ = ["DeviceLink", "SessionRegistry", "SessionStore", "Subscription"]
 
 
 class Subscription(str, Enum):
@@ -53,14 +53,29 @@ class _Session:
     subscriptions: set[Subscription] = field(default_factory=set)
     link: DeviceLink | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: False until the stored session was loaded (first connection since hub start).
+    restored: bool = False
+
+
+class SessionStore(Protocol):
+    """Where persistent sessions outlive the hub process."""
+
+    def get_subscriptions(self, device_id: str) -> list[str]: ...
+
+    def set_subscriptions(self, device_id: str, filters: list[str]) -> None: ...
 
 
 class SessionRegistry:
     """Live links and persistent subscriptions per device id (single event loop)."""
 
-    def __init__(self, on_state_change: Callable[[str, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_state_change: Callable[[str, bool], None] | None = None,
+        persistence: SessionStore | None = None,
+    ) -> None:
         self._sessions: dict[str, _Session] = {}
         self._on_state_change = on_state_change
+        self._persistence = persistence
 
     def __len__(self) -> int:
         return sum(1 for s in self._sessions.values() if s.link is not None)
@@ -71,14 +86,21 @@ class SessionRegistry:
         One connection per identity: an existing link is closed (IoT Hub logs
         400027 ConnectionForcefullyClosedOnNewConnection).
         """
-        session = self._sessions.get(link.device_id)
-        resumed = session is not None and not clean_session and bool(session.subscriptions)
-        if session is None:
-            session = self._sessions[link.device_id] = _Session()
+        session = self._sessions.setdefault(link.device_id, _Session())
+        if not session.restored:
+            session.restored = True
+            if not clean_session and self._persistence is not None:
+                # First connection since the hub started: restore the stored session.
+                for topic_filter in self._persistence.get_subscriptions(link.device_id):
+                    sub = Subscription.parse(topic_filter, link.device_id)
+                    if sub is not None:
+                        session.subscriptions.add(sub)
+        resumed = not clean_session and bool(session.subscriptions)
         old = session.link
         session.link = link
-        if clean_session:
+        if clean_session and session.subscriptions:
             session.subscriptions.clear()
+            self._persist(link.device_id, session)
         if old is not None and old is not link:
             old.close("400027 ConnectionForcefullyClosedOnNewConnection")
         if self._on_state_change is not None:
@@ -103,13 +125,22 @@ class SessionRegistry:
 
     def subscribe(self, device_id: str, subscription: Subscription) -> None:
         session = self._sessions.setdefault(device_id, _Session())
-        session.subscriptions.add(subscription)
+        if subscription not in session.subscriptions:
+            session.subscriptions.add(subscription)
+            self._persist(device_id, session)
         self._wake(session)
 
     def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
         session = self._sessions.get(device_id)
-        if session is not None:
+        if session is not None and subscription in session.subscriptions:
             session.subscriptions.discard(subscription)
+            self._persist(device_id, session)
+
+    def _persist(self, device_id: str, session: _Session) -> None:
+        if self._persistence is not None:
+            self._persistence.set_subscriptions(
+                device_id, [s.value.format(device_id=device_id) for s in session.subscriptions]
+            )
 
     def link(self, device_id: str) -> DeviceLink | None:
         session = self._sessions.get(device_id)

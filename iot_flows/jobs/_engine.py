@@ -314,27 +314,36 @@ class JobEngine:
         flusher_task = loop.create_task(flusher())
         timed_out = False
         try:
-            for start in range(0, len(pending), batch):
-                chunk = pending[start : start + batch]
+            index = 0
+            while index < len(pending):
+                # Wait for one free slot, then take every other slot free right now: only
+                # devices about to be sent are marked running (one transaction per group),
+                # so after a crash no unsent device is mistaken for an in-flight one.
+                try:
+                    await asyncio.wait_for(sem.acquire(), max(deadline - loop.time(), 0.001))
+                except TimeoutError:
+                    break
+                if run.cancelled.is_set() or loop.time() > deadline:
+                    sem.release()
+                    break
+                group = [pending[index]]
+                index += 1
+                while index < len(pending) and len(group) < batch and not sem.locked():
+                    await sem.acquire()  # free slot: returns without suspending
+                    group.append(pending[index])
+                    index += 1
                 with self._store.transaction():
-                    self._repo.mark_running(job_id, chunk, format_time(_now()))
-                for index, device_id in enumerate(chunk):
-                    await sem.acquire()
-                    if run.cancelled.is_set() or loop.time() > deadline:
-                        sem.release()
-                        rest = chunk[index:]
-                        status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
-                        err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
-                        outcomes.extend((d, status, None, format_time(_now()), None, err) for d in rest)
-                        break
+                    self._repo.mark_running(job_id, group, format_time(_now()))
+                for device_id in group:
                     task = loop.create_task(one(device_id))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                else:
-                    continue
-                break
+            if index < len(pending):
+                status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
+                err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
+                outcomes.extend((d, status, None, format_time(_now()), None, err) for d in pending[index:])
             if tasks:
-                done, still = await asyncio.wait(set(tasks), timeout=max(deadline - loop.time(), 0))
+                _, still = await asyncio.wait(set(tasks), timeout=max(deadline - loop.time(), 0))
                 for task in still:
                     task.cancel()
                 if still:

@@ -55,7 +55,10 @@ CREATE TABLE IF NOT EXISTS devices (
     desired_version      INTEGER NOT NULL DEFAULT 1,
     reported_version     INTEGER NOT NULL DEFAULT 1,
     twin_version         INTEGER NOT NULL DEFAULT 1,
-    twin_etag            TEXT NOT NULL
+    twin_etag            TEXT NOT NULL,
+    -- MQTT persistent session (clean_session=0): subscribed IoT Hub topic filters, so a
+    -- device that does not re-subscribe after a hub restart still gets its messages.
+    mqtt_subscriptions   TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX IF NOT EXISTS ix_devices_connection_state ON devices (connection_state);

@@ -210,6 +210,15 @@ class SqliteStore:
                 (state, when, device_id),
             )
 
+    def get_subscriptions(self, device_id: str) -> list[str]:
+        row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return [s for s in row[0].split("\n") if s] if row else []
+
+    def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+        self._conn.execute(
+            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
+        )
+
     def reset_connection_states(self, when: str) -> None:
         """Mark every device disconnected (hub start: no connection survives a restart)."""
         self._conn.execute(

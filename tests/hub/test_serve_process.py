@@ -5,53 +5,8 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
-
-from tests.support import Device, Service, free_port, wait_until
-
-CLI = [sys.executable, "-m", "iot_flows.cli"]
-
-
-class HubProcess:
-    def __init__(self, db: Path, env: dict[str, str] | None = None) -> None:
-        self.mqtt_port, self.http_port = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [*CLI, "hub", "serve", "--db", str(db), "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-        )
-        self.base_url = f"http://127.0.0.1:{self.http_port}"
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise AssertionError(f"hub exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("HostName="):
-                self.connection_string = line.strip()
-                break
-        wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, timeout=10)
-        self.output = "".join(lines)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.proc.stderr.close()  # type: ignore[union-attr]
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(15)
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.proc.stderr.close()  # type: ignore[union-attr]
-        return code
-
+from tests.support import Device, HubProcess, Service
 
 def test_owner_key_from_env_and_clean_sigterm(tmp_path):
     key = base64.b64encode(os.urandom(32)).decode()
