@@ -10,6 +10,7 @@ hierarchy; each error knows whether it is worth retrying.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -100,7 +101,13 @@ class HubClient:
         self.base_url = (base_url or f"https://{self._cs.host_name}").rstrip("/")
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
-        self._http = httpx.AsyncClient(base_url=self.base_url, verify=verify, timeout=timeout, transport=transport)
+        if transport is None:
+            # h11 writes headers and body separately: without TCP_NODELAY, Nagle plus the
+            # peer's delayed ACK add ~40 ms to every request with a body.
+            transport = httpx.AsyncHTTPTransport(
+                verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            )
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self._token_ttl = token_ttl
         self._token: str | None = None
         self._token_expiry = 0.0
