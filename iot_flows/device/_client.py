@@ -549,10 +549,10 @@ class DeviceClient:
             except (TransportError, HubError, TimeoutError) as exc:
                 log.debug("%s: renewal failed (%s); reconnecting", self.device_id, exc)
                 self._renew_task = None
+                self._set_ready(False)  # offline until the reconnect succeeds
                 if self._auto_reconnect and not self._closing:
                     self._start_reconnect()
                 else:
-                    self._set_ready(False)
                     self._wake_waiters(ConnectionLostError(str(exc)))
         finally:
             if self._renew_task is asyncio.current_task():
