@@ -66,7 +66,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
