@@ -1,0 +1,138 @@
+"""Test helpers: a throw-away store database, twin/job documents and row mapping.
+
+Twins are built complete (every root field present) so the oracle, which reads the
+REST document, and SQL, which reads columns with defaults, see the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from iot_flows.query import CompiledQuery, compile_query, row_to_item
+from iot_flows.store._schema import DDL, JOBS_DDL
+
+TS = "2024-01-01T00:00:00.0000000Z"
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # as the store writes JSON
+
+
+def make_db(path: str = ":memory:") -> sqlite3.Connection:
+    """A connection with the store schema created."""
+    conn = sqlite3.connect(path)
+    conn.executescript(DDL + JOBS_DDL)
+    return conn
+
+
+def make_twin(device_id: str, **fields: Any) -> dict[str, Any]:
+    """A full REST-shaped twin; keyword arguments override fields."""
+    twin: dict[str, Any] = {
+        "deviceId": device_id,
+        "etag": "AAAAAAAAAAE=",
+        "deviceEtag": "MA==",
+        "status": "enabled",
+        "statusReason": None,
+        "statusUpdateTime": TS,
+        "connectionState": "Disconnected",
+        "lastActivityTime": TS,
+        "cloudToDeviceMessageCount": 0,
+        "authenticationType": "sas",
+        "capabilities": {"iotEdge": False},
+        "version": 1,
+        "tags": {},
+        "properties": {"desired": {"$version": 1}, "reported": {"$version": 1}},
+    }
+    props = fields.pop("properties", None)
+    twin.update(fields)
+    if props:
+        for section in ("desired", "reported"):
+            if section in props:
+                twin["properties"][section] = {"$version": 1, **props[section]}
+    return twin
+
+
+def _section(twin: dict[str, Any], name: str) -> dict[str, Any]:
+    return twin.get("properties", {}).get(name, {})
+
+
+def insert_twin(conn: sqlite3.Connection, twin: dict[str, Any]) -> None:
+    """Insert a twin document as a ``devices`` row (placeholders for other NOT NULLs)."""
+    desired, reported = _section(twin, "desired"), _section(twin, "reported")
+    row = {
+        "device_id": twin["deviceId"],
+        "generation_id": "g1",
+        "device_etag": twin.get("deviceEtag", "MA=="),
+        "status": twin.get("status", "enabled"),
+        "status_reason": twin.get("statusReason"),
+        "status_updated_time": twin.get("statusUpdateTime", TS),
+        "auth_type": twin.get("authenticationType", "sas"),
+        "capabilities": _dumps(twin.get("capabilities", {"iotEdge": False})),
+        "connection_state": twin.get("connectionState", "Disconnected"),
+        "connection_state_updated_time": TS,
+        "last_activity_time": twin.get("lastActivityTime", TS),
+        "c2d_message_count": twin.get("cloudToDeviceMessageCount", 0),
+        "tags": _dumps(twin.get("tags", {})),
+        "desired": _dumps({k: v for k, v in desired.items() if not k.startswith("$")}),
+        "reported": _dumps({k: v for k, v in reported.items() if not k.startswith("$")}),
+        "desired_version": desired.get("$version", 1),
+        "reported_version": reported.get("$version", 1),
+        "twin_version": twin.get("version", 1),
+        "twin_etag": twin.get("etag", "AAAAAAAAAAE="),
+    }
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    conn.execute(f"INSERT INTO devices ({cols}) VALUES ({marks})", tuple(row.values()))
+
+
+def insert_job(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+    """Insert a device-job record (reference section 3.6 shape) into ``device_jobs``."""
+    def js(value: Any) -> str | None:
+        return None if value is None else _dumps(value)
+
+    conn.execute(
+        "INSERT INTO device_jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            job["jobId"], job["deviceId"], job["jobType"], job["status"], job.get("startTimeUtc"),
+            job.get("endTimeUtc"), job["createdDateTimeUtc"], job["lastUpdatedDateTimeUtc"],
+            js(job.get("outcome")), js(job.get("error")),
+        ),
+    )
+
+
+def execute(conn: sqlite3.Connection, compiled: CompiledQuery) -> list[Any]:
+    """Run a compiled query the way the store would: ids for twins/jobs, items for raw."""
+    if compiled.item_type == "twin":
+        sql = f"SELECT device_id FROM devices WHERE {compiled.where_sql} ORDER BY device_id"
+    elif compiled.item_type == "deviceJob":
+        sql = f"SELECT job_id, device_id FROM device_jobs WHERE {compiled.where_sql} ORDER BY job_id, device_id"
+    else:
+        sql = compiled.sql
+    if compiled.top is not None:
+        sql += f" LIMIT {compiled.top}"
+    rows = conn.execute(sql, compiled.params).fetchall()
+    if compiled.item_type == "twin":
+        return [r[0] for r in rows]
+    if compiled.item_type == "deviceJob":
+        return [tuple(r) for r in rows]
+    return [row_to_item(compiled, r) for r in rows]
+
+
+def sql_query(conn: sqlite3.Connection, text: str) -> list[Any]:
+    """Compile and run ``text``."""
+    return execute(conn, compile_query(text))
+
+
+def normalize(value: Any) -> Any:
+    """Numbers as floats (1 and 1.0 alike), recursively, for order-free comparisons."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    return [normalize(v) for v in value]
+
+
+def as_multiset(items: list[Any]) -> list[str]:
+    """Items as a sorted list of canonical JSON strings."""
+    return sorted(json.dumps(normalize(i), sort_keys=True) for i in items)
