@@ -18,10 +18,14 @@
     │   ├── InternalServerError     500
     │   ├── ServiceUnavailableError 503
     │   └── GatewayTimeoutError     504    (device did not answer a direct method in time)
-    └── TransportError                     below the hub protocol
-        ├── ConnectError
-        ├── ConnectionLostError
-        └── ProtocolError
+    ├── TransportError                     below the hub protocol
+    │   ├── ConnectError
+    │   ├── ConnectionLostError
+    │   └── ProtocolError
+    └── OperationFailedError               a fleet operation (flow) ended badly
+        ├── JobFailedError                 the hub job failed / was cancelled / too many device failures
+        ├── ConfirmationTimeoutError       devices did not report the expected state in time
+        └── FirmwareUpdateFailedError      devices reported downloadFailed / applyFailed
 
 The same table serves the hub's MQTT twin responses (``$iothub/twin/res/{status}``),
 the REST API (exception -> response) and the httpx client (response -> exception):
@@ -37,10 +41,12 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "ConnectError",
+    "ConfirmationTimeoutError",
     "ConnectionLostError",
     "DeviceAlreadyExistsError",
     "DeviceNotFoundError",
     "DeviceNotOnlineError",
+    "FirmwareUpdateFailedError",
     "ForbiddenError",
     "GatewayTimeoutError",
     "HubError",
@@ -48,8 +54,10 @@ __all__ = [
     "InvalidJobTransitionError",
     "IoTFlowsError",
     "JobAlreadyExistsError",
+    "JobFailedError",
     "JobNotFoundError",
     "NotFoundError",
+    "OperationFailedError",
     "PayloadTooLargeError",
     "PreconditionFailedError",
     "ProtocolError",
@@ -265,6 +273,26 @@ class ProtocolError(TransportError):
     """Raised when the peer breaks the wire protocol."""
 
     retryable = False
+
+
+class OperationFailedError(IoTFlowsError):
+    """Raised by a flow when the fleet operation it ran ended badly; ``summary`` says how."""
+
+    def __init__(self, message: str, *, summary: Any = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class JobFailedError(OperationFailedError):
+    """Raised when a job fails, is cancelled, or more devices failed than allowed."""
+
+
+class ConfirmationTimeoutError(OperationFailedError):
+    """Raised when devices did not report the expected state before the deadline."""
+
+
+class FirmwareUpdateFailedError(OperationFailedError):
+    """Raised when devices report a failed download or apply."""
 
 
 def _leaf_classes() -> list[type[HubError]]:

@@ -296,5 +296,17 @@ class HubClient:
         return await self.query_all(f"SELECT * FROM devices.jobs WHERE {where}")
 
 
+    # ---- iot-flows hub extension ---------------------------------------------------------
+    async def read_changes(self, since: int = 0, *, wait: float = 0.0, limit: int = 1000) -> JsonObject:
+        """Long-poll the bundled hub's change stream (``GET /iot-flows/changes``; not on Azure)."""
+        response = await self.request(
+            "GET",
+            "/iot-flows/changes",
+            params={"since": str(since), "wait": str(wait), "limit": str(limit)},
+            timeout=wait + 30,
+        )
+        return response.json()  # type: ignore[no-any-return]
+
+
 def _sql_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")

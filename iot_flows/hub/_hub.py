@@ -28,7 +28,9 @@ from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
 from iot_flows.hub.api._routes import routes
+from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
+from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
 from iot_flows.jobs import JobEngine, JobSettings
 from iot_flows.query import compile_condition
@@ -101,17 +103,21 @@ class Hub:
 
     def _on_connection_change(self, device_id: str, connected: bool) -> None:
         self.store.set_connection_state(device_id, "Connected" if connected else "Disconnected", utc_now())
+        self.changes.on_connection_change(device_id, connected)
 
     def _build_services(self) -> None:
+        self.changes = ChangeFeed()
         self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
         self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
+        self.twins.add_listener(self.changes.on_twin_change)
         self.queries = QueryService(self.store)
         self.jobs = JobEngine(
             self.store, self.twins, self.methods, self.sessions, compile_condition, self.settings.jobs
         )
+        self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
             store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
         )
@@ -127,7 +133,7 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=job_routes() + routes(),
+            routes=job_routes() + extension_routes() + routes(),
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from iot_flows._exceptions import BadRequestError
+from iot_flows._time import format_time, parse_time
 from iot_flows.hub._methods import MethodCall, parse_method_call
 from iot_flows.jobs._states import JobType
 
@@ -34,26 +35,6 @@ class JobRequest:
     #: job's max execution time) instead of failing them after connectTimeoutInSeconds.
     wait_for_offline_devices: bool
     raw: dict[str, Any]
-
-
-def parse_time(value: str) -> datetime:
-    """Parse IoT Hub's ISO 8601 times (``Z`` suffix, up to 7 fractional digits)."""
-    text = value.strip()
-    if text.endswith("Z") or text.endswith("z"):
-        text = text[:-1] + "+00:00"
-    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
-    if match and match.group(2):
-        # Python parses at most 6 fractional digits; IoT Hub sends 7.
-        frac = match.group(2)[1:][:6].ljust(6, "0")
-        text = f"{match.group(1)}.{frac}{match.group(3)}"
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    """UTC ISO 8601 with seven fractional digits and ``Z``."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond:06d}0Z"
 
 
 def parse_job_request(job_id: str, body: Any, *, now: datetime) -> JobRequest:

@@ -11,10 +11,10 @@ still leaves a trace of when the parent changed. Desired metadata carries
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
 from typing import Any
 
 from iot_flows._exceptions import BadRequestError
+from iot_flows._time import utc_now
 
 __all__ = [
     "MAX_DEPTH",
@@ -45,12 +45,6 @@ class TwinTooLargeError(BadRequestError):
     REST answers 400 as Azure does; the MQTT endpoint answers such a reported patch
     with status 413.
     """
-
-
-def utc_now() -> str:
-    """UTC time in IoT Hub's format: ISO 8601 with seven fractional digits and ``Z``."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}0Z"
 
 
 def _check_key(key: str, path: str) -> None:

@@ -77,3 +77,22 @@ def routes() -> list[Route]:
         Route("/jobs/v2/{job_id}", get_job, methods=["GET"]),
         Route("/jobs/v2/{job_id}/cancel", cancel_job, methods=["POST"]),
     ]
+
+
+async def read_changes(request: Request) -> Response:
+    """Extension: ``GET /iot-flows/changes?since=N&wait=S&limit=L`` (long poll of the change stream)."""
+    hub = authorize(request, _S)
+    try:
+        since = int(request.query_params.get("since", "0"))
+        wait = min(float(request.query_params.get("wait", "0")), 60.0)
+        limit = min(max(int(request.query_params.get("limit", "1000")), 1), 10000)
+    except ValueError:
+        raise BadRequestError("since, wait and limit must be numbers.") from None
+    await hub.changes.wait(since, wait)
+    changes, truncated = hub.changes.read(since, limit)
+    last = changes[-1]["sequence"] if changes else max(since, 0)
+    return JSONResponse({"changes": changes, "next": last, "truncated": truncated})
+
+
+def extension_routes() -> list[Route]:
+    return [Route("/iot-flows/changes", read_changes, methods=["GET"])]

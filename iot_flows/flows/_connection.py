@@ -1,0 +1,48 @@
+"""Which hub a flow talks to: a block, a saved block's name, or the embedded default.
+
+With nothing configured, flows start an embedded hub (SQLite in a temporary folder,
+free ports on 127.0.0.1) once per process, so a flow run on a laptop works with no
+set-up. ``IOT_FLOWS_HUB_CONNECTION`` names a saved :class:`HubConnection` to use instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+import threading
+
+from iot_flows.blocks import HubConnection
+
+__all__ = ["ConnectionRef", "embedded_hub", "resolve_connection"]
+
+ConnectionRef = HubConnection | str | None
+_lock = threading.Lock()
+_embedded = None
+
+
+def embedded_hub():  # type: ignore[no-untyped-def]
+    """The process-wide embedded hub, started on first use and stopped at exit."""
+    global _embedded
+    with _lock:
+        if _embedded is None:
+            from iot_flows.hub import HubSettings
+            from iot_flows.hub._embedded import EmbeddedHub
+
+            folder = tempfile.mkdtemp(prefix="iot-flows-hub-")
+            hub = EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db")))
+            hub.start()
+            atexit.register(hub.stop)
+            _embedded = hub
+        return _embedded
+
+
+async def resolve_connection(connection: ConnectionRef) -> HubConnection:
+    """Turn a flow's ``connection`` parameter into a :class:`HubConnection`."""
+    if isinstance(connection, HubConnection):
+        return connection
+    name = connection or os.environ.get("IOT_FLOWS_HUB_CONNECTION")
+    if name:
+        return await HubConnection.load(name)  # type: ignore[no-any-return, misc]
+    hub = embedded_hub()
+    return HubConnection(connection_string=hub.connection_string(), base_url=hub.base_url)

@@ -1,0 +1,107 @@
+"""Job flows (seed 000): a direct method or a desired-property update over a twin query."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from iot_flows._exceptions import JobFailedError
+from iot_flows.flows._common import JobSummary, follow_job, new_job_id, summarize_job
+from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.tasks import create_method_job, create_twin_update_job
+
+__all__ = ["MethodJobRequest", "TwinUpdateJobRequest", "run_method_job", "run_twin_update_job"]
+
+
+class MethodJobRequest(BaseModel):
+    """A direct method to run on every device a query selects."""
+
+    method_name: str = Field(description="Direct method, e.g. lockDoor.")
+    payload: Any = Field(default=None, description="JSON payload sent to each device.")
+    query_condition: str = Field(default="*", description="WHERE body selecting devices ('*' = all).")
+    start_time: datetime | None = Field(default=None, description="Start later (UTC); empty = now.")
+    response_timeout_seconds: int = Field(default=30, ge=5, le=300)
+    connect_timeout_seconds: int = Field(default=0, ge=0, le=300)
+    max_execution_time_seconds: int = Field(default=3600, ge=1)
+    wait_for_offline_devices: bool = Field(default=False, description="iot-flows hub extension.")
+    max_failure_ratio: float = Field(default=0.0, ge=0, le=1, description="Fail the flow above this share.")
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    job_id: str | None = Field(default=None, description="Job id; generated when empty.")
+
+
+class TwinUpdateJobRequest(BaseModel):
+    """Desired properties (and/or tags) to set on every device a query selects."""
+
+    query_condition: str = Field(description="WHERE body selecting devices ('*' = all).")
+    desired: dict[str, Any] | None = Field(default=None, description="Desired-property merge patch.")
+    tags: dict[str, Any] | None = Field(default=None, description="Tags merge patch.")
+    start_time: datetime | None = None
+    max_execution_time_seconds: int = Field(default=3600, ge=1)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    job_id: str | None = None
+
+
+def _check(summary: JobSummary, max_failure_ratio: float) -> JobSummary:
+    if summary.status != "completed":
+        raise JobFailedError(f"job {summary.job_id} ended {summary.status}", summary=summary)
+    if summary.failure_ratio > max_failure_ratio:
+        raise JobFailedError(
+            f"job {summary.job_id}: {summary.failed}/{summary.device_count} devices failed "
+            f"(allowed {max_failure_ratio:.0%})",
+            summary=summary,
+        )
+    return summary
+
+
+@flow(name="Run a direct-method job", log_prints=True)
+async def run_method_job(request: MethodJobRequest, connection: ConnectionRef = None) -> JobSummary:
+    """Schedule a method job over a query and follow it to completion (seed 000 ``MonitorJob``).
+
+    Args:
+        request: what to invoke and on which devices.
+        connection: a :class:`HubConnection`, a saved block's name, or None (embedded hub).
+
+    Returns:
+        A :class:`JobSummary` with counts and the devices that failed.
+
+    Raises:
+        JobFailedError: the job failed or was cancelled, or too many devices failed.
+    """
+    conn = await resolve_connection(connection)
+    started = time.monotonic()
+    job_id = request.job_id or new_job_id(f"method-{request.method_name.lower()}")
+    await create_method_job(
+        conn, job_id, request.method_name, request.query_condition, request.payload,
+        start_time=request.start_time, response_timeout=request.response_timeout_seconds,
+        connect_timeout=request.connect_timeout_seconds, max_execution_time=request.max_execution_time_seconds,
+        wait_for_offline_devices=request.wait_for_offline_devices,
+    )  # fmt: skip
+    get_run_logger().info("created method job %s (%s on %s)", job_id, request.method_name, request.query_condition)
+    job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
+                           max_wait=request.max_execution_time_seconds + 60, title=f"{request.method_name} job")  # fmt: skip
+    return _check(await summarize_job(conn, job, started), request.max_failure_ratio)
+
+
+@flow(name="Update desired properties across devices", log_prints=True)
+async def run_twin_update_job(request: TwinUpdateJobRequest, connection: ConnectionRef = None) -> JobSummary:
+    """Schedule a twin-update job (seed 000 ``Building``/``Floor``) and follow it to completion.
+
+    Raises:
+        JobFailedError: the job did not complete, or any device update failed.
+    """
+    if request.desired is None and request.tags is None:
+        raise ValueError("set desired and/or tags")
+    conn = await resolve_connection(connection)
+    started = time.monotonic()
+    job_id = request.job_id or new_job_id("twin-update")
+    await create_twin_update_job(
+        conn, job_id, request.query_condition, desired=request.desired, tags=request.tags,
+        start_time=request.start_time, max_execution_time=request.max_execution_time_seconds,
+    )  # fmt: skip
+    job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
+                           max_wait=request.max_execution_time_seconds + 60, title="twin update job")  # fmt: skip
+    return _check(await summarize_job(conn, job, started), 0.0)
