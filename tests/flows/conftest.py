@@ -23,6 +23,8 @@ def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Tasks are also called standalone (outside flows) in tests: their logs stay local.
+    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
