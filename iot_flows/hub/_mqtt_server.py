@@ -205,6 +205,19 @@ class _Connection(asyncio.Protocol):
             self._write(Puback(packet_id=packet.packet_id))
 
 
+#: Per-connection TLS read buffer. asyncio allocates 256 KiB per TLS connection by default
+#: (``SSLProtocol.max_size``): 2.8 GB at 10,000 devices. MQTT packets from devices are small
+#: and larger ones are simply read in several chunks.
+TLS_READ_BUFFER = 16 * 1024
+
+
+def _shrink_tls_buffers() -> None:
+    import asyncio.sslproto
+
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
+
+
 class MqttServer:
     """Listens for devices; owns the keep-alive sweeper."""
 
@@ -236,6 +249,8 @@ class MqttServer:
     async def listen(self, host: str, port: int, ssl_context: Any = None) -> int:
         """Start a listener; return the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
+        if ssl_context is not None:
+            _shrink_tls_buffers()
         server = await loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl_context, backlog=4096, reuse_address=True
         )
