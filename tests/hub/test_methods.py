@@ -68,11 +68,12 @@ def test_connect_timeout_waits_for_the_device_to_connect_and_subscribe(embedded_
     dev = Device("127.0.0.1", hub.mqtt_port, hub.settings.hostname, record["deviceId"],
                  record["authentication"]["symmetricKey"]["primaryKey"])
 
+    dev.serve_methods(lambda name, payload: (201, "late but here"))  # ready before the request can arrive
+
     def late_device():
         time.sleep(1.0)
         assert dev.connect() == 0
         dev.subscribe_iothub()
-        dev.serve_methods(lambda name, payload: (201, "late but here"))
 
     t = threading.Thread(target=late_device)
     t.start()
