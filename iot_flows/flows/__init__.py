@@ -5,6 +5,7 @@ from iot_flows.flows.device_management import factory_reset_devices, reboot_devi
 from iot_flows.flows.hub import forward_hub_events, serve_hub
 from iot_flows.flows.jobs import run_method_job, run_twin_update_job
 from iot_flows.flows.report import fleet_report
+from iot_flows.flows.rollout import roll_out_firmware
 
 __all__ = [
     "factory_reset_devices",
@@ -12,6 +13,7 @@ __all__ = [
     "forward_hub_events",
     "read_device_property",
     "reboot_devices",
+    "roll_out_firmware",
     "run_method_job",
     "run_twin_update_job",
     "serve_hub",

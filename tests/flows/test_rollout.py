@@ -1,0 +1,83 @@
+"""Staged firmware rollout against a real hub and simulated devices."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from iot_flows.client import HubClient
+from iot_flows.device import BehaviourConfig
+from iot_flows.flows.rollout import (
+    RolloutAbortedError,
+    RolloutRequest,
+    Window,
+    roll_out_firmware,
+    split_waves,
+    wave_condition,
+)
+from tests.flows.conftest import make_fleet
+
+FAST_FW = dict(fw_wait_seconds=0.05, fw_download_seconds=0.2, fw_apply_seconds=0.2, jitter=0.1)
+
+
+def test_split_waves_is_stable_and_gives_the_canary_one_device():
+    ids = [f"d{i:03d}" for i in range(200)]
+    waves = split_waves(ids, [1, 10, 50, 100])
+    assert [len(w) for w in waves] == [2, 18, 80, 100]
+    assert sum(waves, []) == ids
+    assert [len(w) for w in split_waves(ids[:3], [1, 10, 50, 100])] == [1, 1, 1]
+    cond = wave_condition("tags.ring = 'x'", ids[:5], "2.0")
+    assert "deviceId >= 'd000'" in cond and "deviceId <= 'd004'" in cond and len(cond) < 300
+
+
+def test_window_math():
+    noon = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert Window(start="11:00", end="13:00").seconds_until_open(noon) == 0
+    assert Window(start="13:00", end="14:00").seconds_until_open(noon) == 3600
+    assert Window(start="22:00", end="04:00").seconds_until_open(noon) == 10 * 3600
+    assert Window(start="22:00", end="04:00").seconds_until_open(noon.replace(hour=1)) == 0
+    assert Window(start="11:00", end="11:30").seconds_until_open(noon) == timedelta(hours=23).total_seconds()
+
+
+async def test_rollout_in_waves_skips_current_devices(flow_hub, connection):
+    fleet = make_fleet(flow_hub, "roll", 12, behaviour=BehaviourConfig(**FAST_FW))
+    await fleet.start(timeout=60)
+    try:
+        async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
+            for device_id in fleet.device_ids():
+                await client.update_twin(device_id, {"tags": {"ring": "roll"}})
+        result = await roll_out_firmware(RolloutRequest(
+            package_uri="https://example.invalid/fw-5.0.0.bin", version="5.0.0", target_condition="tags.ring = 'roll'",
+            waves=[10, 50, 100], device_timeout_seconds=20, poll_interval_seconds=0.2, retry_backoff_seconds=0), connection)
+        assert result.status == "completed" and result.targets == 12 and result.already_current == 0
+        assert [w.devices for w in result.waves] == [1, 5, 6]
+        assert all(w.updated == w.devices for w in result.waves)
+        again = await roll_out_firmware(RolloutRequest(
+            package_uri="https://example.invalid/fw-5.0.0.bin", version="5.0.0", target_condition="tags.ring = 'roll'",
+            device_timeout_seconds=20, poll_interval_seconds=0.2), connection)
+        assert again.targets == 0 and again.already_current == 12 and again.waves == []
+    finally:
+        await fleet.stop()
+
+
+async def test_rollout_aborts_when_the_canary_fails(flow_hub, connection):
+    fleet = make_fleet(flow_hub, "abort", 10, behaviour=BehaviourConfig(download_failure_rate=1.0, **FAST_FW))
+    await fleet.start(timeout=60)
+    try:
+        async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
+            for device_id in fleet.device_ids():
+                await client.update_twin(device_id, {"tags": {"ring": "abort"}})
+        with pytest.raises(RolloutAbortedError) as info:
+            await roll_out_firmware(RolloutRequest(
+                package_uri="https://example.invalid/fw-6.0.0.bin", version="6.0.0", target_condition="tags.ring = 'abort'",
+                waves=[20, 100], retries=1, retry_backoff_seconds=0.1, device_timeout_seconds=10,
+                poll_interval_seconds=0.2), connection)
+        summary = info.value.summary
+        assert summary.status == "aborted" and len(summary.waves) == 1  # the second wave never started
+        assert summary.waves[0].attempts == 2 and len(summary.waves[0].failed) == 2
+        async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
+            untouched = await client.get_twin(fleet.device_ids()[-1])
+        assert untouched["properties"]["reported"].get("iothubDM", {}).get("firmwareUpdate") is None
+    finally:
+        await fleet.stop()
