@@ -1,0 +1,202 @@
+"""What the demo runs against: an embedded hub, a simulated fleet, and the fleet's tags.
+
+The hub and the fleet each own an event loop in a background thread, so Prefect's
+blocking moments in the main thread (starting its temporary API server takes ~10 s)
+never stall device replies. :meth:`DemoEnvironment.stop` stops both and is safe to call
+at any point, also half-way through :meth:`DemoEnvironment.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from iot_flows.blocks import HubConnection
+from iot_flows.client import HubClient
+from iot_flows.device import BehaviourConfig, Fleet, FleetStats
+from iot_flows.hub import HubSettings
+from iot_flows.hub._embedded import EmbeddedHub
+
+__all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
+
+T = TypeVar("T")
+
+#: Device timings in seconds (the simulator's defaults are closer to real devices).
+DEMO_BEHAVIOUR = BehaviourConfig(
+    reboot_seconds=1.0, factory_reset_seconds=1.0, fw_wait_seconds=0.5, fw_download_seconds=1.0,
+    fw_apply_seconds=1.0, config_apply_seconds=0.5, jitter=0.3,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FleetLayout:
+    """Which device sits where: two buildings (halves), and rollout rings inside each.
+
+    Devices are ``{prefix}-{i:05d}``; every group is a range of ids, so the tags are set
+    with a handful of twin-update jobs (fan-out in the hub) instead of one call per device.
+    Per building: the first 0.5 % are ``canary``, the next 4.5 % ``wave1``, the rest ``wave2``.
+    """
+
+    count: int
+    prefix: str = "demo"
+
+    def device_id(self, index: int) -> str:
+        return f"{self.prefix}-{index:05d}"
+
+    @property
+    def half(self) -> int:
+        return self.count // 2
+
+    @property
+    def canary_per_building(self) -> int:
+        return max(1, round(self.count * 0.005))
+
+    @property
+    def wave1_per_building(self) -> int:
+        return max(1, round(self.count * 0.045))
+
+    def _range(self, start: int, stop: int | None) -> str:
+        low = f"deviceId >= '{self.device_id(start)}'"
+        return low if stop is None else f"({low} AND deviceId < '{self.device_id(stop)}')"
+
+    def _in_both(self, start: int, stop: int | None) -> str:
+        first = self._range(start, self.half if stop is None else stop)
+        second = self._range(self.half + start, None if stop is None else self.half + stop)
+        return f"{first} OR {second}"
+
+    def tag_jobs(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(query condition, tags)`` of each tagging job."""
+        c, w = self.canary_per_building, self.canary_per_building + self.wave1_per_building
+        return [
+            (self._range(0, self.half), {"building": "43"}),
+            (self._range(self.half, None), {"building": "44"}),
+            (self._in_both(0, c), {"ring": "canary"}),
+            (self._in_both(c, w), {"ring": "wave1"}),
+            (self._in_both(w, None), {"ring": "wave2"}),
+        ]
+
+    def size(self, building: str | None = None, rings: tuple[str, ...] = ()) -> int:
+        """How many devices a building and/or a set of rings holds."""
+        per = {"canary": self.canary_per_building, "wave1": self.wave1_per_building}
+        halves = {"43": self.half, "44": self.count - self.half}
+        buildings = [building] if building else ["43", "44"]
+        if not rings:
+            return sum(halves[b] for b in buildings)
+        total = 0
+        for b in buildings:
+            for ring in rings:
+                total += per[ring] if ring in per else halves[b] - sum(per.values())
+        return total
+
+
+class _LoopThread:
+    """An event loop in a daemon thread; :meth:`submit` runs a coroutine there."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+
+class DemoEnvironment:
+    """An embedded hub (SQLite in a temporary folder, free ports) and a simulated fleet."""
+
+    def __init__(self, layout: FleetLayout, *, behaviour: BehaviourConfig = DEMO_BEHAVIOUR, seed: int = 7) -> None:
+        self.layout = layout
+        self.behaviour = behaviour
+        self.seed = seed
+        self.folder: str | None = None
+        self.hub: EmbeddedHub | None = None
+        self.fleet: Fleet | None = None
+        self._fleet_thread: _LoopThread | None = None
+        self._fleet_started: concurrent.futures.Future[FleetStats] | None = None
+
+    # ---- start --------------------------------------------------------------------------
+    def start_hub(self) -> EmbeddedHub:
+        self.folder = tempfile.mkdtemp(prefix="iot-flows-demo-")
+        settings = HubSettings(mqtt_port=0, http_port=0, db=os.path.join(self.folder, "hub.db"))
+        self.hub = EmbeddedHub(settings).start()
+        return self.hub
+
+    @property
+    def connection(self) -> HubConnection:
+        """The one hub every flow of the demo talks to (passed explicitly, never the default)."""
+        assert self.hub is not None
+        return HubConnection(connection_string=self.hub.connection_string(), base_url=self.hub.base_url)
+
+    def start_fleet(self) -> None:
+        """Provision and connect the fleet in its own thread; :meth:`wait_fleet` waits for it."""
+        assert self.hub is not None
+        self.fleet = Fleet(
+            self.hub.connection_string(), count=self.layout.count, prefix=self.layout.prefix,
+            mqtt_host="127.0.0.1", mqtt_port=self.hub.hub.mqtt_port, http_url=self.hub.base_url, tls=False,
+            behaviour=self.behaviour, seed=self.seed,
+        )  # fmt: skip
+        self._fleet_thread = _LoopThread("iot-flows-demo-fleet")
+        self._fleet_started = self._fleet_thread.submit(self.fleet.start(timeout=300))
+
+    async def wait_fleet(self) -> FleetStats:
+        assert self._fleet_started is not None
+        return await asyncio.wrap_future(self._fleet_started)
+
+    async def tag(self, poll: float = 0.1, timeout: float = 120.0) -> int:
+        """Tag building and ring with twin-update jobs (one after the other); returns jobs run."""
+        assert self.hub is not None
+        async with HubClient(self.hub.connection_string(), base_url=self.hub.base_url) as client:
+            for n, (condition, tags) in enumerate(self.layout.tag_jobs()):
+                job_id = f"demo-tags-{n}-{int(time.time() * 1000)}"
+                await client.create_job(job_id, {
+                    "type": "scheduleUpdateTwin", "queryCondition": condition,
+                    "updateTwin": {"etag": "*", "tags": tags}, "maxExecutionTimeInSeconds": int(timeout),
+                })  # fmt: skip
+                deadline = time.monotonic() + timeout
+                while (job := await client.get_job(job_id))["status"] not in ("completed", "failed", "cancelled"):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"tagging job {job_id} still {job['status']} after {timeout:.0f} s")
+                    await asyncio.sleep(poll)
+                stats = job.get("deviceJobStatistics") or {}
+                if job["status"] != "completed" or stats.get("failedCount"):
+                    raise RuntimeError(f"tagging job {job_id} ({tags}) ended {job['status']}: {stats}")
+        return len(self.layout.tag_jobs())
+
+    # ---- stop ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the fleet, then the hub, then remove the temporary folder (idempotent)."""
+        if self._fleet_thread is not None:
+            if self._fleet_started is not None and not self._fleet_started.done():
+                self._fleet_started.cancel()
+            if self.fleet is not None:
+                try:
+                    self._fleet_thread.submit(self.fleet.stop()).result(60)
+                except Exception:  # noqa: BLE001 - stopping must go on
+                    pass
+            self._fleet_thread.close()
+            self._fleet_thread = None
+        if self.hub is not None:
+            self.hub.stop()
+            self.hub = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
