@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import tempfile
 import threading
 
@@ -32,7 +33,12 @@ def embedded_hub():  # type: ignore[no-untyped-def]
             folder = tempfile.mkdtemp(prefix="iot-flows-hub-")
             hub = EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db")))
             hub.start()
-            atexit.register(hub.stop)
+
+            def stop() -> None:
+                hub.stop()
+                shutil.rmtree(folder, ignore_errors=True)
+
+            atexit.register(stop)
             _embedded = hub
         return _embedded
 

@@ -41,7 +41,9 @@ async def run_hub(request: HubServeRequest) -> dict[str, object]:
     await hub.start()
     logger = get_run_logger()
     logger.info("hub ready: MQTT %s:%s, REST %s", request.host, hub.mqtt_port, hub.base_url)
-    logger.info("service connection string: %s", hub.connection_string())
+    # Never log the key: logs go to the Prefect API and UI.
+    logger.info("service connection string: HostName=%s;SharedAccessKeyName=iothubowner;SharedAccessKey=<hidden>"
+                " (printed by `iot-flows hub serve`, stored in %s)", request.hostname, request.db)
     started = time.monotonic()
     try:
         if request.duration_seconds is None:
@@ -64,13 +66,17 @@ async def serve_hub(request: HubServeRequest | None = None) -> dict[str, object]
 async def forward_hub_events(
     connection: ConnectionRef = None,
     duration_seconds: float = 60.0,
-    since: int = 0,
+    since: int = -1,
     include_connection_events: bool = False,
 ) -> dict[str, int]:
     """Turn the hub's change stream into Prefect events (``iot-flows.twin.reported-changed``, ...).
 
     A Prefect automation on these events can start the next rollout wave or a follow-up
     flow (see the README). Bundled hub only: Azure routes the same changes to Event Hubs.
+
+    Args:
+        since: emit changes after this sequence number; -1 (default) starts from now,
+            0 replays what the hub still keeps.
 
     Returns:
         ``{"emitted": n, "next": sequence}``; pass ``next`` as ``since`` to resume.

@@ -90,3 +90,14 @@ def test_missing_query_body_and_bad_token(service):
     assert r.status_code == 400
     r = _query(service, "SELECT * FROM devices", **{"x-ms-continuation": "not-a-token!"})
     assert r.status_code == 400
+
+
+def test_change_stream_from_now_and_long_poll(service, seeded):
+    _, ids = seeded
+    now = service.request("GET", "/iot-flows/changes?since=-1").json()
+    assert now["changes"] == [] and now["next"] >= 1
+    service.request("PATCH", f"/twins/{ids[0]}", json_body={"properties": {"desired": {"probe": 1}}})
+    after = service.request("GET", f"/iot-flows/changes?since={now['next']}&wait=5").json()
+    kinds = [(c["kind"], c.get("deviceId")) for c in after["changes"]]
+    assert ("twin.desired", ids[0]) in kinds and after["next"] > now["next"]
+    assert next(c for c in after["changes"] if c["kind"] == "twin.desired")["patch"] == {"probe": 1}

@@ -88,6 +88,8 @@ async def read_changes(request: Request) -> Response:
         limit = min(max(int(request.query_params.get("limit", "1000")), 1), 10000)
     except ValueError:
         raise BadRequestError("since, wait and limit must be numbers.") from None
+    if since < 0:  # "from now": skip everything the hub kept so far
+        since = hub.changes.last_sequence
     await hub.changes.wait(since, wait)
     changes, truncated = hub.changes.read(since, limit)
     last = changes[-1]["sequence"] if changes else max(since, 0)
