@@ -33,11 +33,7 @@ async def run_hub(request: HubServeRequest) -> dict[str, object]:
     """Run the hub in this task's event loop until the duration ends or the run is cancelled."""
     from iot_flows.hub import Hub, HubSettings
 
-    settings = HubSettings(
-        host=request.host, hostname=request.hostname, mqtt_port=request.mqtt_port, http_port=request.http_port,
-        mqtts_port=request.mqtts_port, db=request.db, tls_cert=request.tls_cert, tls_key=request.tls_key,
-    )  # fmt: skip
-    hub = Hub(settings)
+    hub = Hub(HubSettings(**request.model_dump(exclude={"duration_seconds"})))
     await hub.start()
     logger = get_run_logger()
     logger.info("hub ready: MQTT %s:%s, REST %s", request.host, hub.mqtt_port, hub.base_url)

@@ -7,8 +7,6 @@ the whole session.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from iot_flows.device import Backoff, BehaviourConfig, DeviceClient, Fleet
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 from tests.support import Service
+from tests.tlsutil import make_test_pki
 
 #: Fast timings for behaviour tests.
 FAST = BehaviourConfig(
@@ -147,77 +146,17 @@ async def make_fleet(embedded_hub: EmbeddedHub) -> AsyncIterator[Callable[..., A
 
 
 # ---- a second hub with TLS, for the TLS test ------------------------------------------
-def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iot-flows test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "hub.pem", directory / "hub.key"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def tls_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedHub, Path]]:
     """A hub with TLS on MQTT (and HTTPS on REST); yields (hub, CA file)."""
     directory = tmp_path_factory.mktemp("tls-hub")
-    ca, cert, key = _make_certificates(directory)
+    pki = make_test_pki(directory)
     settings = HubSettings(
-        mqtt_port=0, http_port=0, mqtts_port=0, db=str(directory / "hub.db"), tls_cert=str(cert), tls_key=str(key)
+        mqtt_port=0, http_port=0, mqtts_port=0, db=str(directory / "hub.db"),
+        tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
     )
     with EmbeddedHub(settings) as hub:
-        yield hub, ca
+        yield hub, pki.ca_cert
 
 
 class ReportedLog:
