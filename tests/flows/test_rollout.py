@@ -81,3 +81,40 @@ async def test_rollout_aborts_when_the_canary_fails(flow_hub, connection):
         assert untouched["properties"]["reported"].get("iothubDM", {}).get("firmwareUpdate") is None
     finally:
         await fleet.stop()
+
+
+async def test_rollout_pauses_for_approval_after_the_canary(flow_hub, connection):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.flow_runs import resume_flow_run
+
+    fleet = make_fleet(flow_hub, "approve", 4, behaviour=BehaviourConfig(**FAST_FW))
+    await fleet.start(timeout=60)
+    try:
+        async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
+            for device_id in fleet.device_ids():
+                await client.update_twin(device_id, {"tags": {"ring": "approve"}})
+        run = asyncio.create_task(roll_out_firmware(RolloutRequest(
+            package_uri="https://example.invalid/fw-7.0.0.bin", version="7.0.0", target_condition="tags.ring = 'approve'",
+            waves=[25, 100], approval_after_canary=True, approval_timeout_seconds=60, device_timeout_seconds=20,
+            poll_interval_seconds=0.2), connection))
+        paused = []
+        async with get_client() as prefect:
+            for _ in range(300):
+                paused = await prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+                if paused or run.done():
+                    break
+                await asyncio.sleep(0.1)
+        assert paused, "the rollout should pause after the canary"
+        async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
+            versions = [installed for d in fleet.device_ids()
+                        if (installed := (await client.get_twin(d))["properties"]["reported"].get("firmware", {}).get("version")) == "7.0.0"]
+        assert len(versions) == 1  # only the canary was updated while paused
+        await resume_flow_run(paused[0].id)
+        result = await asyncio.wait_for(run, 60)
+        assert result.status == "completed" and [w.devices for w in result.waves] == [1, 3]
+    finally:
+        await fleet.stop()
