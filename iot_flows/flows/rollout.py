@@ -24,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.events import emit_event
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from iot_flows._exceptions import OperationFailedError
+from iot_flows._window import MaintenanceWindow
 from iot_flows.blocks import HubConnection
 from iot_flows.flows._common import confirm_reported, follow_job, new_job_id, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
@@ -50,26 +51,23 @@ class RolloutAbortedError(OperationFailedError):
 
 
 class Window(BaseModel):
-    """A daily UTC maintenance window ``start``-``end`` (``HH:MM``); may cross midnight."""
+    """A maintenance window, in the same JSON form devices honour (see ``iot_flows._window``)."""
 
-    start: str = Field(description="HH:MM (UTC)")
-    end: str = Field(description="HH:MM (UTC)")
+    start: str = Field(description="HH:MM, local to timezone")
+    end: str = Field(description="HH:MM; before start = crosses midnight")
+    timezone: str = Field(default="UTC", description="UTC, an IANA name or an offset like +02:00")
+    days: list[str] | None = Field(default=None, description="Only on these days, e.g. ['Sat', 'Sun']")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Window":
+        self.parsed()  # a ValueError here becomes a parameter validation error
+        return self
+
+    def parsed(self) -> MaintenanceWindow:
+        return MaintenanceWindow.parse(self.model_dump(exclude_none=True))
 
     def seconds_until_open(self, now: datetime | None = None) -> float:
-        now = now or datetime.now(UTC)
-        sh, sm = (int(x) for x in self.start.split(":"))
-        eh, em = (int(x) for x in self.end.split(":"))
-        start, end = now.replace(hour=sh, minute=sm, second=0, microsecond=0), now.replace(hour=eh, minute=em, second=0, microsecond=0)
-        if start == end:
-            return 0.0
-        if end < start:  # crosses midnight
-            if now >= start or now < end:
-                return 0.0
-        elif start <= now < end:
-            return 0.0
-        if start <= now:
-            start += timedelta(days=1)
-        return (start - now).total_seconds()
+        return self.parsed().seconds_until_open(now)
 
 
 class RolloutRequest(BaseModel):

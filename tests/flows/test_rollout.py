@@ -38,6 +38,10 @@ def test_window_math():
     assert Window(start="22:00", end="04:00").seconds_until_open(noon) == 10 * 3600
     assert Window(start="22:00", end="04:00").seconds_until_open(noon.replace(hour=1)) == 0
     assert Window(start="11:00", end="11:30").seconds_until_open(noon) == timedelta(hours=23).total_seconds()
+    assert Window(start="13:00", end="14:00", timezone="+02:00").seconds_until_open(noon) == 23 * 3600
+    assert Window(start="13:00", end="14:00", days=["Fri"]).seconds_until_open(noon) == 24 * 3600 + 3600  # 2026-01-01 is a Thursday
+    with pytest.raises(ValueError):
+        Window(start="25:00", end="01:00")
 
 
 async def test_rollout_in_waves_skips_current_devices(flow_hub, connection):
