@@ -7,7 +7,8 @@ patterns of reference §7 (reboot, firmware update, factory reset, configuration
 maintenance windows) with seeded fault injection.
 """
 
-from iot_flows.device._behaviours import BehaviourConfig, DeviceBehaviour, MaintenanceWindow
+from iot_flows._window import MaintenanceWindow
+from iot_flows.device._behaviours import BehaviourConfig, DeviceBehaviour
 from iot_flows.device._client import (
     Backoff,
     DesiredUpdate,
