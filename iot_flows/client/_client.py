@@ -23,7 +23,7 @@ from iot_flows._exceptions import ConnectError, HubError, TransportError, error_
 from iot_flows._sas import ConnectionString
 from iot_flows._types import JsonObject, MethodResult
 
-__all__ = ["API_VERSION", "HubClient", "QueryPage"]
+__all__ = ["API_VERSION", "HubClient", "QueryPage", "quote_string"]
 
 API_VERSION = "2021-04-12"
 #: Renew the cached service token this long before it expires.
@@ -290,9 +290,9 @@ class HubClient:
 
     async def query_device_jobs(self, job_id: str, *, status: str | None = None) -> list[JsonObject]:
         """Per-device records of a job (``SELECT * FROM devices.jobs``)."""
-        where = f"devices.jobs.jobId = '{_sql_string(job_id)}'"
+        where = f"devices.jobs.jobId = {quote_string(job_id)}"
         if status:
-            where += f" AND devices.jobs.status = '{_sql_string(status)}'"
+            where += f" AND devices.jobs.status = {quote_string(status)}"
         return await self.query_all(f"SELECT * FROM devices.jobs WHERE {where}")
 
 
@@ -308,5 +308,6 @@ class HubClient:
         return response.json()  # type: ignore[no-any-return]
 
 
-def _sql_string(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
+def quote_string(value: str) -> str:
+    """A single-quoted IoT Hub query string literal (``\\`` and ``'`` escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, FirmwareUpdateFailedError, JobFailedError
 from iot_flows._time import parse_time
+from iot_flows.client import quote_string
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.flows.jobs import MethodJobRequest, run_method_job
@@ -150,7 +151,7 @@ class FirmwareUpdateResult(BaseModel):
 
 def _condition(request: FirmwareUpdateRequest) -> str:
     if request.device_id:
-        return "deviceId = '" + request.device_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return f"deviceId = {quote_string(request.device_id)}"
     return request.query_condition
 
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from iot_flows._exceptions import OperationFailedError
 from iot_flows._window import MaintenanceWindow
 from iot_flows.blocks import HubConnection
+from iot_flows.client import quote_string
 from iot_flows.flows._common import confirm_reported, follow_job, new_job_id, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.tasks import cancel_job, create_method_job, query_device_jobs, query_twins
@@ -136,16 +137,12 @@ def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[st
     return waves
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def wave_condition(target: str, ids: list[str], version: str) -> str:
     """A short condition for a wave: its id range within the target, minus current devices."""
     base = "" if target.strip() == "*" else f"({target}) AND "
     fw = "properties.reported.firmware.version"
-    return (f"{base}deviceId >= {_quote(ids[0])} AND deviceId <= {_quote(ids[-1])} AND "
-            f"(NOT IS_DEFINED({fw}) OR {fw} != {_quote(version)})")  # fmt: skip
+    return (f"{base}deviceId >= {quote_string(ids[0])} AND deviceId <= {quote_string(ids[-1])} AND "
+            f"(NOT IS_DEFINED({fw}) OR {fw} != {quote_string(version)})")  # fmt: skip
 
 
 async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str):  # type: ignore[no-untyped-def]
@@ -209,7 +206,7 @@ async def roll_out_firmware(request: RolloutRequest, connection: ConnectionRef =
                 delay = request.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                 logger.info("wave %d: retrying %d devices in %.1f s", index, len(remaining), delay)
                 await asyncio.sleep(delay)
-                ids = ", ".join(_quote(d) for d in sorted(remaining))
+                ids = ", ".join(quote_string(d) for d in sorted(remaining))
                 condition = f"deviceId IN [{ids}]"
             ok, failed, timed_out = await _attempt(conn, request, condition, remaining, f"w{index}a{attempt}")
             updated |= ok

@@ -20,6 +20,11 @@ from iot_flows.hub._auth import check_device_token
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.mqtt import (
+    CONNACK_ACCEPTED,
+    CONNACK_IDENTIFIER_REJECTED,
+    CONNACK_NOT_AUTHORIZED,
+    CONNACK_UNACCEPTABLE_PROTOCOL,
+    SUBACK_FAILURE,
     Connack,
     Connect,
     Disconnect,
@@ -41,10 +46,6 @@ __all__ = ["MqttServer"]
 
 log = logging.getLogger(__name__)
 
-CONNACK_ACCEPTED = 0
-CONNACK_BAD_PROTOCOL = 1
-CONNACK_IDENTIFIER_REJECTED = 2
-CONNACK_NOT_AUTHORIZED = 5
 #: Seconds a socket may stay open without sending CONNECT.
 CONNECT_TIMEOUT = 10.0
 _PINGRESP = encode(Pingresp())
@@ -155,7 +156,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         self.device_id = packet.client_id
         if packet.protocol_level != 4:
-            self._refuse(CONNACK_BAD_PROTOCOL, "only MQTT 3.1.1 is supported")
+            self._refuse(CONNACK_UNACCEPTABLE_PROTOCOL, "only MQTT 3.1.1 is supported")
             return
         if not packet.client_id or "/" in packet.client_id:
             self._refuse(CONNACK_IDENTIFIER_REJECTED, "module identities are not supported")
@@ -187,7 +188,7 @@ class _Connection(asyncio.Protocol):
         for topic_filter, qos in packet.topics:
             sub = Subscription.parse(topic_filter, self.device_id)
             if sub is None:
-                codes.append(0x80)
+                codes.append(SUBACK_FAILURE)
                 continue
             self.server.sessions.subscribe(self.device_id, sub)
             codes.append(min(qos, 1))  # a QoS 2 subscription is granted QoS 1
