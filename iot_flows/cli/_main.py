@@ -29,6 +29,8 @@ async def _serve_until_signal(settings: "object") -> None:
         typer.echo(f"  MQTTS : {hub.settings.host}:{hub.mqtts_port}")
     typer.echo(f"  REST  : {hub.base_url}")
     typer.echo(f"  db    : {hub.settings.db}")
+    if hub.cluster is not None:
+        typer.echo(f"  node  : {hub.cluster.node_id} on {hub.cluster.bus.url}")
     typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,6 +56,9 @@ def serve(
     max_concurrent_jobs: Annotated[int, typer.Option(help="Active jobs at once (Azure S1: 1).")] = 10,
     job_device_concurrency: Annotated[int, typer.Option(help="In-flight device operations per job.")] = 1000,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
+    bus: Annotated[str | None, typer.Option(help="NATS URL (nats://host:4222): run as one node of several sharing --db.")] = None,
+    node_id: Annotated[str | None, typer.Option(help="This node's unique name with --bus (default: <hostname>-<pid>).")] = None,
+    node_lease_seconds: Annotated[float, typer.Option(min=0.5, help="With --bus: a silent node loses its devices and jobs after this long.")] = 10.0,
 ) -> None:
     """Serve Azure IoT Hub's device MQTT dialect and service REST API."""
     from iot_flows.hub import HubSettings
@@ -72,8 +77,25 @@ def serve(
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None,
         jobs=JobSettings(max_concurrent_jobs=max_concurrent_jobs, device_concurrency=job_device_concurrency),
+        cluster=_cluster_settings(bus, node_id, node_lease_seconds),
     )
-    asyncio.run(_serve_until_signal(settings))
+    from iot_flows.cluster import BusUnavailableError
+
+    try:
+        asyncio.run(_serve_until_signal(settings))
+    except BusUnavailableError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _cluster_settings(bus: str | None, node_id: str | None, lease_seconds: float) -> "object | None":
+    if bus is None:
+        if node_id is not None:
+            raise typer.BadParameter("--node-id needs --bus")
+        return None
+    from iot_flows.cluster import ClusterSettings
+
+    return ClusterSettings(bus=bus, node_id=node_id or "", lease_seconds=lease_seconds)
 
 
 def main() -> None:

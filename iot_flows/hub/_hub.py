@@ -10,6 +10,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -37,6 +38,9 @@ from iot_flows.query import compile_condition
 from iot_flows.store._sqlite import SqliteStore
 from iot_flows.twin import utc_now
 
+if TYPE_CHECKING:
+    from iot_flows.cluster import ClusterNode, ClusterSettings
+
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ class HubSettings:
     tls_key: str | None = None
     owner_key: str | None = None
     jobs: JobSettings = JobSettings()
+    #: Run as one node of several sharing the store and a NATS bus (None: a single hub).
+    cluster: "ClusterSettings | None" = None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -87,12 +93,14 @@ class Hub:
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
+        self.cluster: ClusterNode | None = None
 
     # ---- wiring -----------------------------------------------------------------------
     def _open_store(self) -> None:
         Path(self.settings.db).parent.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(self.settings.db)
-        self.store.reset_connection_states(utc_now())
+        if self.settings.cluster is None:  # a cluster node resets only its own (ClusterNode.connect)
+            self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
         stored = self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
@@ -102,15 +110,35 @@ class Hub:
         self.service_auth = ServiceAuthenticator(self.settings.hostname, keys)
 
     def _on_connection_change(self, device_id: str, connected: bool) -> None:
+        if self.cluster is not None and not self.cluster.on_connection_change(device_id, connected):
+            return  # the device is connected to another node now
         self.store.set_connection_state(device_id, "Connected" if connected else "Disconnected", utc_now())
         self.changes.on_connection_change(device_id, connected)
+
+    def _on_revoked(self, device_id: str) -> None:
+        self.sessions.forget(device_id)
+        if self.cluster is not None:
+            self.cluster.on_revoked(device_id)
+
+    async def _join_cluster(self) -> None:
+        from iot_flows.cluster import ClusterNode
+
+        assert self.settings.cluster is not None
+        node = ClusterNode(self, self.settings.cluster)
+        try:
+            await node.connect()
+        except BaseException:
+            self.store.close()
+            raise
+        await node.start()
+        self.cluster = node
 
     def _build_services(self) -> None:
         self.changes = ChangeFeed()
         self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
-        self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)
+        self.registry = RegistryService(self.store, on_revoked=self._on_revoked)
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
         self.twins.add_listener(self.changes.on_twin_change)
         self.queries = QueryService(self.store)
@@ -149,6 +177,8 @@ class Hub:
         s = self.settings
         self._open_store()
         self._build_services()
+        if s.cluster is not None:
+            await self._join_cluster()
         self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
         tls = self._tls_context()
         if tls is not None:
@@ -184,6 +214,9 @@ class Hub:
             self._uvicorn = None
         await self.jobs.stop()
         await self.mqtt.close()
+        if self.cluster is not None:
+            self.cluster.leave()
+            await self.cluster.stop()
         self.store.close()
 
     # ---- facts for users --------------------------------------------------------------

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from iot_flows._exceptions import (
     DeviceNotOnlineError,
@@ -51,6 +51,14 @@ _D = DeviceJobStatus
 ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 #: Called with the job document whenever a job changes state.
 JobListener = Callable[[dict[str, Any]], None]
+
+
+class JobLease(Protocol):
+    """Who may run a job when several hub nodes share the store."""
+
+    def acquire(self, job_id: str) -> bool: ...
+
+    def release(self, job_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,10 @@ class JobEngine:
         self.settings = settings or JobSettings()
         self._runs: dict[str, _Run] = {}
         self._listeners: list[JobListener] = []
+        #: Set by a cluster node: exactly one node runs each job (a lease in the store).
+        self.lease: JobLease | None = None
+        #: Set by a cluster node: True when another node holds the device's connection.
+        self.held_elsewhere: Callable[[str], bool] | None = None
 
     @property
     def repository(self) -> JobRepository:
@@ -183,7 +195,17 @@ class JobEngine:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def interrupt(self, job_id: str) -> None:
+        """Stop running ``job_id`` here (another hub node cancelled it)."""
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancelled.set()
+
     def _launch(self, job_id: str) -> None:
+        if job_id in self._runs:
+            return
+        if self.lease is not None and not self.lease.acquire(job_id):
+            return  # another live node runs it
         run = _Run()
         self._runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
@@ -209,6 +231,8 @@ class JobEngine:
             self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
         finally:
             self._runs.pop(job_id, None)
+            if self.lease is not None:
+                self.lease.release(job_id)
 
     async def _run_inner(self, job_id: str, run: _Run) -> None:
         doc = self._repo.get(job_id)
@@ -362,7 +386,9 @@ class JobEngine:
         started = format_time(_now())
         call = request.method
         try:
-            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
+            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None and not (
+                self.held_elsewhere is not None and self.held_elsewhere(device_id)
+            ):
                 if request.wait_for_offline_devices:
                     sem.release()  # a parked device does not hold a concurrency slot
                     try:

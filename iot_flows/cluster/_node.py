@@ -1,0 +1,181 @@
+"""One hub node of a cluster: presence, take-over, revocation, change stream and job leases.
+
+Design ("Where users outgrow one machine"): N identical hub processes share one store
+and one NATS. A :class:`ClusterNode` hooks into a started hub's seams:
+
+- ``SessionRegistry`` (via the hub's connection-state hook): a device that connects
+  here is claimed in the presence table and announced on ``takeover``; the node that
+  held it before closes its connection (one connection per identity across nodes);
+- ``MethodInvoker.router``: direct methods go to the node holding the device;
+- ``TwinService`` listeners: desired notifications go to the device's node;
+- ``RegistryService(on_revoked=...)``: a disabled, deleted or re-keyed device is dropped
+  on every node;
+- ``ChangeFeed.publisher``: every node's change stream carries every node's changes;
+- ``JobEngine.lease``: exactly one node runs each job; a live node adopts the jobs of a
+  dead one (the engine's restart rules apply: in-flight method calls become
+  failed/HubRestarted, nothing is invoked twice).
+
+A heartbeat renews the node's lease every ``lease_seconds / 3``; a node killed with
+``kill -9`` loses its claims and its jobs once its lease passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from iot_flows.cluster._bus import Bus
+from iot_flows.cluster._routing import DesiredRelay, MethodRouter
+from iot_flows.cluster._store import ClusterStore
+
+if TYPE_CHECKING:
+    from iot_flows.hub import Hub
+
+__all__ = ["ClusterNode", "ClusterSettings", "default_node_id"]
+
+log = logging.getLogger(__name__)
+
+
+def default_node_id() -> str:
+    """``<hostname>-<pid>``: unique per process on one machine."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """How a hub node joins a cluster (``iot-flows hub serve --bus ... --node-id ...``)."""
+
+    bus: str  #: NATS URL, e.g. ``nats://127.0.0.1:4222``
+    node_id: str = ""  #: unique per node; empty picks ``<hostname>-<pid>``
+    lease_seconds: float = 10.0  #: a silent node loses its devices and jobs after this long
+
+
+class ClusterNode:
+    """Joins a hub to a cluster; ``await start()`` after the hub built its services."""
+
+    def __init__(self, hub: "Hub", settings: ClusterSettings) -> None:
+        self._hub = hub
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id()
+        self.store = ClusterStore(hub.store.connection, self.node_id, settings.lease_seconds)
+        self.bus = Bus(settings.bus, self.node_id)
+        self.methods = MethodRouter(hub, self.store, self.bus)
+        self.desired = DesiredRelay(hub, self.store, self.bus)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._lease_expires = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Reach NATS (raises BusUnavailableError, one line), then register this node."""
+        await self.bus.connect()
+        alone = self.store.register()
+        self._lease_expires = time.time() + self.settings.lease_seconds
+        self.store.reset_own(everything=alone)
+        self.store.expire_dead()
+
+    async def start(self) -> None:
+        """Install the hooks and subscribe (before the hub accepts devices)."""
+        hub = self._hub
+        await self.methods.start()
+        await self.desired.start()
+        await self.bus.subscribe(self.bus.subject("takeover"), self._on_takeover)
+        await self.bus.subscribe(self.bus.subject("revoked"), self._on_revoked)
+        await self.bus.subscribe(self.bus.subject("changes"), self._on_change)
+        hub.changes.publisher = self._publish_change
+        hub.jobs.lease = self
+        hub.jobs.held_elsewhere = self.held_elsewhere
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"node-{self.node_id}")
+
+    async def stop(self) -> None:
+        """Leave the cluster: claims and job leases are released at once."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except asyncio.CancelledError:
+                pass
+        await self.bus.close()
+
+    def leave(self) -> None:
+        """Drop this node's rows (after its jobs stopped and connections closed)."""
+        try:
+            self.store.leave()
+        except Exception:
+            log.exception("node %s could not release its claims", self.node_id)
+
+    async def _beat(self) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = time.time()
+                if now > self._lease_expires:
+                    # We were silent longer than our lease: others may have adopted our jobs.
+                    log.warning("node %s missed its lease; stopping its jobs before adopting again", self.node_id)
+                    await self._hub.jobs.stop()
+                self._lease_expires = self.store.renew()
+                self.store.expire_dead()
+                self._hub.jobs.resume()  # adopt active jobs no live node runs
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s heartbeat failed", self.node_id)
+
+    # ---- presence and take-over --------------------------------------------------------
+    def on_connection_change(self, device_id: str, connected: bool) -> bool:
+        """Hub hook before it records a connect/disconnect; False: do not record it."""
+        if connected:
+            self.store.claim(device_id)
+            self.bus.publish(self.bus.subject("takeover"), {"deviceId": device_id, "node": self.node_id})
+            return True
+        return self.store.release(device_id)  # False: it connected to another node since
+
+    def held_elsewhere(self, device_id: str) -> bool:
+        holder = self.store.holder(device_id)
+        return holder is not None and holder != self.node_id
+
+    async def _on_takeover(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] == self.node_id:
+            return
+        device_id = data["deviceId"]
+        self.desired.forget(device_id)
+        self._hub.sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
+
+    def on_revoked(self, device_id: str) -> None:
+        """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
+        self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
+
+    async def _on_revoked(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] != self.node_id:
+            self._hub.sessions.forget(data["deviceId"])
+
+    # ---- change stream ---------------------------------------------------------------
+    def _publish_change(self, change: dict[str, Any]) -> None:
+        self.bus.publish(self.bus.subject("changes"), {"node": self.node_id, "change": change})
+
+    async def _on_change(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] == self.node_id:
+            return
+        change = data["change"]
+        self._hub.changes.ingest({**change, "node": data["node"]})
+        if change.get("kind") == "job.cancelled":
+            self._hub.jobs.interrupt(change["jobId"])
+
+    # ---- job leases (JobEngine.lease protocol) -----------------------------------------
+    def acquire(self, job_id: str) -> bool:
+        """True when this node may run ``job_id`` (lease free, ours, or its node dead)."""
+        return self.store.acquire_job(job_id)
+
+    def release(self, job_id: str) -> None:
+        self.store.release_job(job_id)
