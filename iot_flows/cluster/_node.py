@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from iot_flows.cluster._bus import Bus
 from iot_flows.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.cluster._store import ClusterStore
+from iot_flows.hub import Subscription
 
 if TYPE_CHECKING:
     from iot_flows.hub import Hub
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["ClusterNode", "ClusterSettings", "default_node_id"]
 
 log = logging.getLogger(__name__)
+_POLL = 0.25  #: seconds between presence checks while waiting for a device
 
 
 def default_node_id() -> str:
@@ -92,6 +94,7 @@ class ClusterNode:
         hub.changes.publisher = self._publish_change
         hub.jobs.lease = self
         hub.jobs.held_elsewhere = self.held_elsewhere
+        hub.jobs.wait_online = self.wait_online
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"node-{self.node_id}")
 
     async def stop(self) -> None:
@@ -141,6 +144,17 @@ class ClusterNode:
     def held_elsewhere(self, device_id: str) -> bool:
         holder = self.store.holder(device_id)
         return holder is not None and holder != self.node_id
+
+    async def wait_online(self, device_id: str, timeout: float) -> None:
+        """Return once the device is subscribed here or held by another live node (or after ``timeout`` s)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sessions = self._hub.sessions
+        while not self.held_elsewhere(device_id):
+            left = deadline - loop.time()
+            if left <= 0 or sessions.subscribed_link(device_id, Subscription.METHODS) is not None:
+                return
+            await sessions.wait_for(device_id, Subscription.METHODS, min(_POLL, left))
 
     async def _on_takeover(self, msg: Msg) -> None:
         data = json.loads(msg.data)

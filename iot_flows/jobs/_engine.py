@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -108,6 +108,8 @@ class JobEngine:
         self.lease: JobLease | None = None
         #: Set by a cluster node: True when another node holds the device's connection.
         self.held_elsewhere: Callable[[str], bool] | None = None
+        #: Set by a cluster node: wait up to N s until the device is reachable on any node.
+        self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
 
     @property
     def repository(self) -> JobRepository:
@@ -386,17 +388,22 @@ class JobEngine:
         started = format_time(_now())
         call = request.method
         try:
-            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None and not (
-                self.held_elsewhere is not None and self.held_elsewhere(device_id)
-            ):
-                if request.wait_for_offline_devices:
+            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
+                elsewhere = self.held_elsewhere is not None and self.held_elsewhere(device_id)
+                if request.wait_for_offline_devices and not elsewhere:
                     sem.release()  # a parked device does not hold a concurrency slot
                     try:
-                        await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
+                        if self.wait_online is not None:  # cluster: it may connect to any node
+                            await self.wait_online(device_id, max(deadline - loop.time(), 0))
+                        else:
+                            await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
                     finally:
                         await sem.acquire()
                 elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
                     # Connected but its method SUBSCRIBE may still be in flight (sdk-wire-facts "Jobs").
+                    call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
+                if call.connect_timeout == 0 and self.held_elsewhere is not None and self.held_elsewhere(device_id):
+                    # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
             result = await self._methods.invoke(device_id, call)
         except asyncio.CancelledError:

@@ -17,6 +17,7 @@ import pytest
 from iot_flows.cluster import ClusterSettings
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
+from iot_flows.jobs import JobSettings
 from tests.support import Device, Service, free_port
 
 LEASE = 1.5  #: node lease of in-process test nodes (seconds)
@@ -75,9 +76,9 @@ class Cluster:
         self.nodes: dict[str, EmbeddedHub] = {}
         self.devices: list[Device] = []
 
-    def start_node(self, node_id: str) -> EmbeddedHub:
+    def start_node(self, node_id: str, jobs: JobSettings = JobSettings()) -> EmbeddedHub:
         settings = HubSettings(
-            mqtt_port=0, http_port=0, db=str(self.db),
+            mqtt_port=0, http_port=0, db=str(self.db), jobs=jobs,
             cluster=ClusterSettings(bus=self.nats_url, node_id=node_id, lease_seconds=LEASE),
         )  # fmt: skip
         node = EmbeddedHub(settings).start()
