@@ -47,7 +47,13 @@ class NoResponderError(IoTFlowsError):
 class Bus:
     """One NATS connection of one node."""
 
-    def __init__(self, url: str, node_id: str, prefix: str = "iotflows") -> None:
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        prefix: str = "iotflows",
+        on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise BusUnavailableError(f"--bus must be a NATS URL like nats://host:4222, got {url!r}")
         self.url = url
@@ -55,6 +61,7 @@ class Bus:
         self.prefix = prefix
         self._nc: Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_reconnected = on_reconnected
 
     def subject(self, *parts: str) -> str:
         return ".".join((self.prefix, *parts))
@@ -74,6 +81,11 @@ class Bus:
 
         async def on_reconnected() -> None:
             log.warning("node %s reconnected to NATS at %s", self.node_id, self.url)
+            if self._on_reconnected is not None:
+                try:
+                    await self._on_reconnected()
+                except Exception:
+                    log.exception("node %s: reconciling after the NATS outage failed", self.node_id)
 
         try:
             self._nc = await asyncio.wait_for(

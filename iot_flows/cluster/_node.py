@@ -36,6 +36,7 @@ from iot_flows.cluster._bus import Bus
 from iot_flows.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.cluster._store import ClusterStore
 from iot_flows.hub import Subscription
+from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
     from iot_flows.hub import Hub
@@ -68,7 +69,7 @@ class ClusterNode:
         self.settings = settings
         self.node_id = settings.node_id or default_node_id()
         self.store = ClusterStore(hub.store.connection, self.node_id, settings.lease_seconds)
-        self.bus = Bus(settings.bus, self.node_id)
+        self.bus = Bus(settings.bus, self.node_id, on_reconnected=self.reconcile)
         self.methods = MethodRouter(hub, self.store, self.bus)
         self.desired = DesiredRelay(hub, self.store, self.bus)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -161,17 +162,41 @@ class ClusterNode:
         if data["node"] == self.node_id:
             return
         device_id = data["deviceId"]
+        if self.store.holder(device_id) == self.node_id:
+            return  # both connected at once: the store's last claim (ours) wins
         self.desired.forget(device_id)
         self._hub.sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
 
     def on_revoked(self, device_id: str) -> None:
         """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
+        self._release_revoked(device_id)
         self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
 
     async def _on_revoked(self, msg: Msg) -> None:
         data = json.loads(msg.data)
         if data["node"] != self.node_id:
             self._hub.sessions.forget(data["deviceId"])
+            self._release_revoked(data["deviceId"])
+
+    def _release_revoked(self, device_id: str) -> None:
+        if self.store.release(device_id):  # it was connected here
+            self._hub.store.set_connection_state(device_id, "Disconnected", utc_now())
+
+    async def reconcile(self) -> None:
+        """After a NATS outage: drop local connections that another node took over, or whose
+        device was disabled or deleted, while take-over and revocation messages could not travel."""
+        sessions = self._hub.sessions
+        local = sessions.connected_ids()
+        for start in range(0, len(local), 500):
+            chunk = local[start : start + 500]
+            for device_id in self.store.held_by_others(chunk):
+                sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
+            enabled = {r.device_id for r in self._hub.store.get_many(chunk) if r.status == "enabled"}
+            for device_id in chunk:
+                if device_id not in enabled:
+                    sessions.forget(device_id)
+                    self._release_revoked(device_id)
+            await asyncio.sleep(0)
 
     # ---- change stream ---------------------------------------------------------------
     def _publish_change(self, change: dict[str, Any]) -> None:

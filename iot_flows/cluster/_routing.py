@@ -115,7 +115,7 @@ class MethodRouter:
 
 
 class DesiredRelay:
-    """Sends desired notifications to the device's node; delivers those sent to this node."""
+    """Sends desired notifications to the device's node; delivers them there in order, once."""
 
     def __init__(self, hub: "Hub", store: ClusterStore, bus: Bus) -> None:
         self._hub = hub
@@ -126,47 +126,58 @@ class DesiredRelay:
 
     async def start(self) -> None:
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "desired"), self._receive)
-        self._hub.twins.add_listener(self._on_twin_change)
+        self._hub.twins.desired_sender = self.send
 
     def forget(self, device_id: str) -> None:
         """The device left this node: its ordering state restarts on its next visit."""
         self._last.pop(device_id, None)
         self._held.pop(device_id, None)
 
-    def _on_twin_change(self, device_id: str, section: str, patch: dict[str, Any], record: Any) -> None:
-        if section != "desired":
-            return
-        version = int(record.desired_version)
+    def send(self, record: Any, notification: dict[str, Any]) -> None:
+        """``TwinService.desired_sender``: called once per committed desired change."""
+        device_id, version = record.device_id, int(record.desired_version)
         if self._hub.sessions.is_connected(device_id):
-            self._last[device_id] = max(version, self._last.get(device_id, 0))  # pushed locally
+            self._accept(device_id, version, notification)
             return
         holder = self._store.holder(device_id)
         if holder is None or holder == self._store.node_id:
             return  # offline: the device GETs its twin when it connects
-        body = {k: v for k, v in patch.items() if k != "$version"}
         self._bus.publish(
-            self._bus.subject("node", holder, "desired"), {"deviceId": device_id, "version": version, "patch": body}
+            self._bus.subject("node", holder, "desired"),
+            {"deviceId": device_id, "version": version, "patch": notification},
         )
 
     async def _receive(self, msg: Msg) -> None:
         data = json.loads(msg.data)
-        device_id, version = data["deviceId"], int(data["version"])
+        self._accept(data["deviceId"], int(data["version"]), data["patch"])
+
+    def _accept(self, device_id: str, version: int, patch: dict[str, Any]) -> None:
         last = self._last.get(device_id)
         if last is not None and version <= last:
             return  # already delivered (exactly once)
-        if last is not None and version > last + 1:
-            held = self._held.setdefault(device_id, {})
-            held[version] = data["patch"]
-            await asyncio.sleep(_REORDER_WAIT)
-            if version in held:  # the gap did not fill: deliver what we have, in order
-                for v in sorted(held):
-                    self._deliver(device_id, v, held.pop(v))
+        if last is None or version == last + 1:
+            self._deliver(device_id, version, patch)
+            self._drain(device_id)
             return
-        self._deliver(device_id, version, data["patch"])
-        held = self._held.get(device_id, {})
-        while held and (self._last.get(device_id, 0) + 1) in held:
-            v = self._last[device_id] + 1
+        # An earlier $version (written on another node) may still be on its way: wait for it.
+        self._held.setdefault(device_id, {})[version] = patch
+        asyncio.get_running_loop().call_later(_REORDER_WAIT, self._give_up_gap, device_id, version)
+
+    def _drain(self, device_id: str) -> None:
+        held = self._held.get(device_id)
+        while held and self._last.get(device_id, 0) + 1 in held:
+            version = self._last[device_id] + 1
+            self._deliver(device_id, version, held.pop(version))
+        if held is not None and not held:
+            self._held.pop(device_id, None)
+
+    def _give_up_gap(self, device_id: str, version: int) -> None:
+        held = self._held.get(device_id)
+        if not held or version not in held:
+            return
+        for v in sorted(v for v in held if v <= version):
             self._deliver(device_id, v, held.pop(v))
+        self._drain(device_id)
 
     def _deliver(self, device_id: str, version: int, patch: dict[str, Any]) -> None:
         if version <= self._last.get(device_id, 0):

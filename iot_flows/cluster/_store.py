@@ -122,6 +122,16 @@ class ClusterStore:
         ).fetchone()
         return row[0] if row else None
 
+    def held_by_others(self, device_ids: list[str]) -> list[str]:
+        """Those of ``device_ids`` that another live node claims."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._db.execute(
+            f"SELECT device_id FROM cluster_presence WHERE node_id != ? AND device_id IN ({marks}) "
+            f"AND node_id IN ({_ALIVE})",
+            (self.node_id, *device_ids, time.time()),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def _release_devices_of(self, node_where: str, params: tuple[object, ...], now: float) -> int:
         """Mark the devices of the selected nodes disconnected and drop their claims."""
         sub = f"SELECT device_id FROM cluster_presence WHERE {node_where}"

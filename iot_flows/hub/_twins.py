@@ -60,6 +60,8 @@ class TwinService:
         self._store = store
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
+        #: Set by a cluster node: delivers desired notifications wherever the device is.
+        self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], None] | None = None
 
     def add_listener(self, listener: TwinChange) -> None:
         """Call ``listener`` after each committed twin change (change stream, events)."""
@@ -129,6 +131,9 @@ class TwinService:
         return new
 
     def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:
+        if self.desired_sender is not None:
+            self.desired_sender(record, copy.deepcopy(notification))
+            return
         link = self._sessions.subscribed_link(record.device_id, Subscription.DESIRED)
         if link is None:
             return  # not stored for offline devices: they GET the twin on reconnect

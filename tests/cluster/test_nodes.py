@@ -185,3 +185,25 @@ def test_losing_nats_keeps_same_node_traffic(cluster: Cluster, nats_server: Nats
     wait_until(lambda: all(n.hub.cluster.bus.connected for n in cluster.nodes.values()), timeout=20)  # type: ignore[union-attr]
     r = wait_until(lambda: (x := _invoke(b, "n-1")).status_code == 200 and x, timeout=10, interval=0.2)
     assert r.json()["payload"]["node"] == "a"
+
+
+def test_takeover_and_disable_during_nats_outage_apply_after_it(cluster: Cluster, nats_server: NatsServer) -> None:
+    a, b = cluster.service("a"), cluster.service("b")
+    key = _register(a, "o-1")
+    first = _online(cluster, "a", "o-1", key)
+    first.client.reconnect_delay_set(30, 60)
+    key2 = _register(a, "o-2")
+    other = _online(cluster, "a", "o-2", key2)
+    other.client.reconnect_delay_set(30, 60)
+    nats_server.stop()
+    wait_until(lambda: not any(n.hub.cluster.bus.connected for n in cluster.nodes.values()), timeout=10)  # type: ignore[union-attr]
+    second = _online(cluster, "b", "o-1", key)
+    etag = b.request("GET", "/devices/o-2").json()["etag"]
+    r = b.request("PUT", "/devices/o-2", json_body={"deviceId": "o-2", "status": "disabled"}, headers={"If-Match": f'"{etag}"'})
+    assert r.status_code == 200
+    nats_server.start()
+    assert first.disconnected.wait(20), "old connection survived the outage"
+    assert other.disconnected.wait(20), "disabled device survived the outage"
+    assert second.connected.is_set()
+    r = wait_until(lambda: (x := _invoke(a, "o-1")).status_code == 200 and x, timeout=10, interval=0.2)
+    assert r.json()["payload"]["node"] == "b"
