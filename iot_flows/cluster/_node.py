@@ -98,14 +98,19 @@ class ClusterNode:
         hub.jobs.wait_online = self.wait_online
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"node-{self.node_id}")
 
-    async def stop(self) -> None:
-        """Leave the cluster: claims and job leases are released at once."""
+    async def stop_heartbeat(self) -> None:
+        """First step of a shutdown: stop renewing the lease and adopting jobs."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             try:
                 await self._heartbeat
             except asyncio.CancelledError:
                 pass
+            self._heartbeat = None
+
+    async def stop(self) -> None:
+        """Last step of a shutdown (after :meth:`leave`): close the bus."""
+        await self.stop_heartbeat()
         await self.bus.close()
 
     def leave(self) -> None:

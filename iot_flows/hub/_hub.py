@@ -206,6 +206,8 @@ class Hub:
     async def stop(self) -> None:
         """Close connections and listeners, then the store."""
         self.ready = False
+        if self.cluster is not None:
+            await self.cluster.stop_heartbeat()  # adopts no job while this node shuts down
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._uvicorn_task is not None:
