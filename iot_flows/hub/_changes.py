@@ -14,7 +14,7 @@ import itertools
 from collections import deque
 from typing import Any
 
-from iot_flows.store._records import DeviceRecord
+from iot_flows.store import DeviceRecord
 from iot_flows.twin import utc_now
 
 __all__ = ["ChangeFeed"]

@@ -41,13 +41,13 @@ from iot_flows.jobs._states import (
     JobType,
     check_transition,
 )
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import HubStore
 
 __all__ = ["JobEngine", "JobSettings"]
 
 log = logging.getLogger(__name__)
 _D = DeviceJobStatus
-#: Compiles a queryCondition to (SQL WHERE fragment, params) over the devices table.
+#: Checks a queryCondition (raises QuerySyntaxError, 400) before anything is stored.
 ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 #: Called with the job document whenever a job changes state.
 JobListener = Callable[[dict[str, Any]], None]
@@ -80,7 +80,7 @@ class JobEngine:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: HubStore,
         twins: TwinService,
         methods: MethodInvoker,
         sessions: SessionRegistry,
@@ -105,11 +105,11 @@ class JobEngine:
         self._listeners.append(listener)
 
     # ---- service API ----------------------------------------------------------------------
-    def create(self, job_id: str, body: Any) -> dict[str, Any]:
+    async def create(self, job_id: str, body: Any) -> dict[str, Any]:
         now = _now()
         request = parse_job_request(job_id, body, now=now)
         self._compile(request.query_condition)  # 400 with position before anything is stored
-        if self._repo.count_active() >= self.settings.max_concurrent_jobs:
+        if await self._repo.count_active() >= self.settings.max_concurrent_jobs:
             raise ThrottledError(
                 f"The hub allows {self.settings.max_concurrent_jobs} active jobs at once.",
                 error_code=429004,
@@ -136,41 +136,41 @@ class JobEngine:
             doc["updateTwin"] = request.update_twin
         if request.wait_for_offline_devices:
             doc["waitForOfflineDevices"] = True
-        self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+        await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
         self._launch(job_id)
-        return self.get(job_id)
+        return await self.get(job_id)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        doc = self._repo.get(job_id)
-        doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(job_id))
+    async def get(self, job_id: str) -> dict[str, Any]:
+        doc = await self._repo.get(job_id)
+        doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
         return doc
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued, scheduled or running job; devices not reached become ``canceled``."""
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         check_transition(JobStatus(doc["status"]), JobStatus.CANCELLED)
         now = format_time(_now())
-        with self._store.transaction():
+        async with self._store.transaction():
             doc["status"] = JobStatus.CANCELLED.value
             doc["endTime"] = now
-            self._repo.save(doc)
-            self._repo.set_status_where(job_id, (_D.PENDING, _D.SCHEDULED), _D.CANCELED, now)
+            await self._repo.save(doc)
+            await self._repo.set_status_where(job_id, (_D.PENDING, _D.SCHEDULED), _D.CANCELED, now)
         run = self._runs.get(job_id)
         if run is not None:
             run.cancelled.set()
-        self._emit(job_id)
-        return self.get(job_id)
+        await self._emit(job_id)
+        return await self.get(job_id)
 
-    def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
-        docs = self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
+    async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
-            doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(doc["jobId"]))
+            doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))
         return docs
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def resume(self) -> None:
+    async def resume(self) -> None:
         """Re-arm every job that was active when the hub stopped (call once at start)."""
-        for doc in self._repo.active():
+        for doc in await self._repo.active():
             self._launch(doc["jobId"])
 
     async def stop(self) -> None:
@@ -188,10 +188,10 @@ class JobEngine:
         self._runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
 
-    def _emit(self, job_id: str) -> None:
+    async def _emit(self, job_id: str) -> None:
         if not self._listeners:
             return
-        doc = self.get(job_id)
+        doc = await self.get(job_id)
         for listener in self._listeners:
             try:
                 listener(copy.deepcopy(doc))
@@ -206,12 +206,12 @@ class JobEngine:
             raise  # hub shutdown: the job stays active and resumes on next start
         except Exception as exc:
             log.exception("job %s crashed", job_id)
-            self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
+            await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
         finally:
             self._runs.pop(job_id, None)
 
     async def _run_inner(self, job_id: str, run: _Run) -> None:
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         request = parse_job_request(job_id, doc, now=_now())
         delay = (request.start_time - _now()).total_seconds()
         if delay > 0:
@@ -220,25 +220,24 @@ class JobEngine:
                 return  # cancelled while scheduled
             except TimeoutError:
                 pass
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
         if doc["status"] != JobStatus.RUNNING.value:
-            where_sql, params = self._compile(request.query_condition)
-            with self._store.transaction():
-                ids = self._repo.select_devices(where_sql, params)
-                self._repo.add_devices(job_id, request.type.value, ids, _D.PENDING, now)
+            async with self._store.transaction():
+                ids = await self._repo.select_devices(request.query_condition)
+                await self._repo.add_devices(job_id, request.type.value, ids, _D.PENDING, now)
                 doc["status"] = JobStatus.RUNNING.value
                 doc["runStartTime"] = now
-                self._repo.save(doc)
-            self._emit(job_id)
+                await self._repo.save(doc)
+            await self._emit(job_id)
         else:  # resumed after a restart
-            with self._store.transaction():
+            async with self._store.transaction():
                 if request.type is JobType.SCHEDULE_UPDATE_TWIN:
-                    self._repo.set_status_where(job_id, (_D.RUNNING,), _D.PENDING, now)
+                    await self._repo.set_status_where(job_id, (_D.RUNNING,), _D.PENDING, now)
                 else:
-                    self._repo.set_status_where(
+                    await self._repo.set_status_where(
                         job_id, (_D.RUNNING,), _D.FAILED, now,
                         {"code": "HubRestarted", "description": "The hub restarted while the request was in flight; outcome unknown."},
                     )  # fmt: skip
@@ -249,49 +248,51 @@ class JobEngine:
         if run.cancelled.is_set():
             return  # cancel() already wrote the terminal state
         if timed_out:
-            self._finish(job_id, JobStatus.FAILED, "maxExecutionTimeInSeconds exceeded")
+            await self._finish(job_id, JobStatus.FAILED, "maxExecutionTimeInSeconds exceeded")
         else:
-            self._finish(job_id, JobStatus.COMPLETED, None)
+            await self._finish(job_id, JobStatus.COMPLETED, None)
 
-    def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
-        doc = self._repo.get(job_id)
+    async def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
+        doc = await self._repo.get(job_id)
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
-        with self._store.transaction():
+        async with self._store.transaction():
             if status is JobStatus.FAILED:
-                self._repo.set_status_where(
+                await self._repo.set_status_where(
                     job_id, (_D.PENDING, _D.RUNNING, _D.SCHEDULED), _D.FAILED, now,
                     {"code": "JobTimedOut", "description": reason or "job failed"},
                 )  # fmt: skip
                 doc["failureReason"] = reason
             doc["status"] = status.value
             doc["endTime"] = now
-            self._repo.save(doc)
-        self._emit(job_id)
+            await self._repo.save(doc)
+        await self._emit(job_id)
 
     async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
         """Run every pending device; return True if the deadline cut the job short."""
         loop = asyncio.get_running_loop()
-        pending = self._repo.device_ids(job_id, _D.PENDING)
+        pending = await self._repo.device_ids(job_id, _D.PENDING)
         outcomes: list[DeviceOutcome] = []
         batch = self.settings.batch_size
 
-        def flush() -> None:
+        async def flush() -> None:
             if outcomes:
-                with self._store.transaction():
-                    self._repo.record(job_id, outcomes, format_time(_now()))
+                done = list(outcomes)
                 outcomes.clear()
+                async with self._store.transaction():
+                    await self._repo.record(job_id, done, format_time(_now()))
 
         if request.type is JobType.SCHEDULE_UPDATE_TWIN:
             for start in range(0, len(pending), batch):
                 if run.cancelled.is_set() or loop.time() > deadline:
                     break
                 chunk = pending[start : start + batch]
-                with self._store.transaction():
-                    self._repo.record(job_id, [self._update_twin(d, request) for d in chunk], format_time(_now()))
+                async with self._store.transaction():
+                    results = [await self._update_twin(d, request) for d in chunk]
+                    await self._repo.record(job_id, results, format_time(_now()))
                 await asyncio.sleep(0)  # let device traffic through between chunks
-            return loop.time() > deadline and bool(self._repo.device_ids(job_id, _D.PENDING))
+            return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
         sem = asyncio.Semaphore(self.settings.device_concurrency)
         tasks: set[asyncio.Task[None]] = set()
@@ -303,7 +304,7 @@ class JobEngine:
                     await asyncio.wait_for(flusher_stop.wait(), 0.1)
                 except TimeoutError:
                     pass
-                flush()
+                await flush()
 
         async def one(device_id: str) -> None:
             try:
@@ -332,8 +333,8 @@ class JobEngine:
                     await sem.acquire()  # free slot: returns without suspending
                     group.append(pending[index])
                     index += 1
-                with self._store.transaction():
-                    self._repo.mark_running(job_id, group, format_time(_now()))
+                async with self._store.transaction():
+                    await self._repo.mark_running(job_id, group, format_time(_now()))
                 for device_id in group:
                     task = loop.create_task(one(device_id))
                     tasks.add(task)
@@ -353,7 +354,7 @@ class JobEngine:
         finally:
             flusher_stop.set()
             await flusher_task
-            flush()
+            await flush()
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
@@ -385,7 +386,7 @@ class JobEngine:
         error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
         return device_id, _D.FAILED, started, format_time(_now()), outcome, error
 
-    def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
+    async def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
         assert request.update_twin is not None
         started = format_time(_now())
         body = {k: v for k, v in request.update_twin.items() if k in ("tags", "properties")}
@@ -394,7 +395,7 @@ class JobEngine:
             body["properties"] = {k: v for k, v in props.items() if k == "desired"}
         etag = request.update_twin.get("etag")
         try:
-            self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
+            await self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
         except HubError as exc:
             return device_id, _D.FAILED, started, format_time(_now()), None, {"code": exc.error_name, "description": exc.message}
         return device_id, _D.COMPLETED, started, format_time(_now()), None, None
