@@ -21,8 +21,15 @@ app.add_typer(fleet_app, name="fleet")
 async def _serve_until_signal(settings: "object") -> None:
     from iot_flows.hub import Hub
 
+    from iot_flows._exceptions import HubError
+    from iot_flows.store import StoreConfigError
+
     hub = Hub(settings)  # type: ignore[arg-type]
-    await hub.start()
+    try:
+        await hub.start()
+    except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
+        typer.echo(f"iot-flows hub: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"iot-flows hub '{hub.settings.hostname}' ready")
     typer.echo(f"  MQTT  : {hub.settings.host}:{hub.mqtt_port}")
     if hub.mqtts_port:
@@ -50,7 +57,10 @@ def serve(
     mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
     http_port: Annotated[int, typer.Option(help="Service REST API port.")] = 8080,
     mqtts_port: Annotated[int, typer.Option(help="MQTT over TLS port (with --tls-cert/--tls-key).")] = 8883,
-    db: Annotated[Path, typer.Option(help="SQLite database file.")] = Path("iot-flows-hub.db"),
+    db: Annotated[
+        str,
+        typer.Option(help="SQLite database file (or sqlite:///path), or postgresql://user@host:port/dbname."),
+    ] = "iot-flows-hub.db",
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
     max_concurrent_jobs: Annotated[int, typer.Option(help="Active jobs at once (Azure S1: 1).")] = 10,

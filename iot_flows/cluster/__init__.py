@@ -6,6 +6,5 @@ any node accepts any device and any REST call. See :class:`ClusterNode` for the 
 
 from iot_flows.cluster._bus import Bus, BusUnavailableError
 from iot_flows.cluster._node import ClusterNode, ClusterSettings, default_node_id
-from iot_flows.cluster._store import ClusterStore
 
-__all__ = ["Bus", "BusUnavailableError", "ClusterNode", "ClusterSettings", "ClusterStore", "default_node_id"]
+__all__ = ["Bus", "BusUnavailableError", "ClusterNode", "ClusterSettings", "default_node_id"]

@@ -34,8 +34,8 @@ from nats.aio.msg import Msg
 
 from iot_flows.cluster._bus import Bus
 from iot_flows.cluster._routing import DesiredRelay, MethodRouter
-from iot_flows.cluster._store import ClusterStore
 from iot_flows.hub import Subscription
+from iot_flows.store import ClusterStore, open_cluster_store
 from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
@@ -68,21 +68,25 @@ class ClusterNode:
         self._hub = hub
         self.settings = settings
         self.node_id = settings.node_id or default_node_id()
-        self.store = ClusterStore(hub.store.connection, self.node_id, settings.lease_seconds)
         self.bus = Bus(settings.bus, self.node_id, on_reconnected=self.reconcile)
-        self.methods = MethodRouter(hub, self.store, self.bus)
-        self.desired = DesiredRelay(hub, self.store, self.bus)
+        self.store: ClusterStore
+        self.methods: MethodRouter
+        self.desired: DesiredRelay
         self._heartbeat: asyncio.Task[None] | None = None
         self._lease_expires = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
         """Reach NATS (raises BusUnavailableError, one line), then register this node."""
         await self.bus.connect()
-        alone = self.store.register()
+        self.store = await open_cluster_store(self._hub.store, self.node_id, self.settings.lease_seconds)
+        self.methods = MethodRouter(self._hub, self.store, self.bus)
+        self.desired = DesiredRelay(self._hub, self.store, self.bus)
+        alone = await self.store.register()
         self._lease_expires = time.time() + self.settings.lease_seconds
-        self.store.reset_own(everything=alone)
-        self.store.expire_dead()
+        await self.store.reset_own(everything=alone)
+        await self.store.expire_dead()
 
     async def start(self) -> None:
         """Install the hooks and subscribe (before the hub accepts devices)."""
@@ -113,10 +117,12 @@ class ClusterNode:
         await self.stop_heartbeat()
         await self.bus.close()
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """Drop this node's rows (after its jobs stopped and connections closed)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=2)
         try:
-            self.store.leave()
+            await self.store.leave()
         except Exception:
             log.exception("node %s could not release its claims", self.node_id)
 
@@ -130,25 +136,26 @@ class ClusterNode:
                     # We were silent longer than our lease: others may have adopted our jobs.
                     log.warning("node %s missed its lease; stopping its jobs before adopting again", self.node_id)
                     await self._hub.jobs.stop()
-                self._lease_expires = self.store.renew()
-                self.store.expire_dead()
-                self._hub.jobs.resume()  # adopt active jobs no live node runs
+                await self.store.renew()
+                self._lease_expires = now + self.settings.lease_seconds
+                await self.store.expire_dead()
+                await self._hub.jobs.resume()  # adopt active jobs no live node runs
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("node %s heartbeat failed", self.node_id)
 
     # ---- presence and take-over --------------------------------------------------------
-    def on_connection_change(self, device_id: str, connected: bool) -> bool:
+    async def on_connection_change(self, device_id: str, connected: bool) -> bool:
         """Hub hook before it records a connect/disconnect; False: do not record it."""
         if connected:
-            self.store.claim(device_id)
+            await self.store.claim(device_id)
             self.bus.publish(self.bus.subject("takeover"), {"deviceId": device_id, "node": self.node_id})
             return True
-        return self.store.release(device_id)  # False: it connected to another node since
+        return await self.store.release(device_id)  # False: it connected to another node since
 
-    def held_elsewhere(self, device_id: str) -> bool:
-        holder = self.store.holder(device_id)
+    async def held_elsewhere(self, device_id: str) -> bool:
+        holder = await self.store.holder(device_id)
         return holder is not None and holder != self.node_id
 
     async def wait_online(self, device_id: str, timeout: float) -> None:
@@ -156,7 +163,7 @@ class ClusterNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         sessions = self._hub.sessions
-        while not self.held_elsewhere(device_id):
+        while not await self.held_elsewhere(device_id):
             left = deadline - loop.time()
             if left <= 0 or sessions.subscribed_link(device_id, Subscription.METHODS) is not None:
                 return
@@ -167,25 +174,27 @@ class ClusterNode:
         if data["node"] == self.node_id:
             return
         device_id = data["deviceId"]
-        if self.store.holder(device_id) == self.node_id:
+        if await self.store.holder(device_id) == self.node_id:
             return  # both connected at once: the store's last claim (ours) wins
         self.desired.forget(device_id)
         self._hub.sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
 
     def on_revoked(self, device_id: str) -> None:
         """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
-        self._release_revoked(device_id)
+        task = asyncio.get_running_loop().create_task(self._release_revoked(device_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
 
     async def _on_revoked(self, msg: Msg) -> None:
         data = json.loads(msg.data)
         if data["node"] != self.node_id:
             self._hub.sessions.forget(data["deviceId"])
-            self._release_revoked(data["deviceId"])
+            await self._release_revoked(data["deviceId"])
 
-    def _release_revoked(self, device_id: str) -> None:
-        if self.store.release(device_id):  # it was connected here
-            self._hub.store.set_connection_state(device_id, "Disconnected", utc_now())
+    async def _release_revoked(self, device_id: str) -> None:
+        if await self.store.release(device_id):  # it was connected here
+            await self._hub.store.set_connection_state(device_id, "Disconnected", utc_now())
 
     async def reconcile(self) -> None:
         """After a NATS outage: drop local connections that another node took over, or whose
@@ -194,14 +203,13 @@ class ClusterNode:
         local = sessions.connected_ids()
         for start in range(0, len(local), 500):
             chunk = local[start : start + 500]
-            for device_id in self.store.held_by_others(chunk):
+            for device_id in await self.store.held_by_others(chunk):
                 sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
-            enabled = {r.device_id for r in self._hub.store.get_many(chunk) if r.status == "enabled"}
+            enabled = {r.device_id for r in await self._hub.store.get_many(chunk) if r.status == "enabled"}
             for device_id in chunk:
                 if device_id not in enabled:
                     sessions.forget(device_id)
-                    self._release_revoked(device_id)
-            await asyncio.sleep(0)
+                    await self._release_revoked(device_id)
 
     # ---- change stream ---------------------------------------------------------------
     def _publish_change(self, change: dict[str, Any]) -> None:
@@ -217,9 +225,9 @@ class ClusterNode:
             self._hub.jobs.interrupt(change["jobId"])
 
     # ---- job leases (JobEngine.lease protocol) -----------------------------------------
-    def acquire(self, job_id: str) -> bool:
+    async def acquire(self, job_id: str) -> bool:
         """True when this node may run ``job_id`` (lease free, ours, or its node dead)."""
-        return self.store.acquire_job(job_id)
+        return await self.store.acquire_job(job_id)
 
-    def release(self, job_id: str) -> None:
-        self.store.release_job(job_id)
+    async def release(self, job_id: str) -> None:
+        await self.store.release_job(job_id)

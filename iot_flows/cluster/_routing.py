@@ -25,8 +25,8 @@ from nats.aio.msg import Msg
 from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError, ServiceUnavailableError, error_for_status
 from iot_flows._types import MethodResult
 from iot_flows.cluster._bus import Bus, BusUnavailableError, NoResponderError
-from iot_flows.cluster._store import ClusterStore
 from iot_flows.hub import Subscription, parse_method_call
+from iot_flows.store import ClusterStore
 
 if TYPE_CHECKING:
     from iot_flows.hub import Hub
@@ -63,13 +63,17 @@ class MethodRouter:
         sessions, methods = self._hub.sessions, self._hub.methods
         loop = asyncio.get_running_loop()
         deadline = loop.time() + call.connect_timeout
+        gone: str | None = None  # a holder that did not answer on the bus (died, lease not yet expired)
         while True:
             remaining = max(0, math.ceil(deadline - loop.time()))
             if sessions.is_connected(device_id):
                 return await methods.invoke_local(device_id, replace(call, connect_timeout=remaining))
-            holder = self._store.holder(device_id)
-            if holder is not None and holder != self._store.node_id:
-                return await self._forward(holder, device_id, replace(call, connect_timeout=remaining))
+            holder = await self._store.holder(device_id)
+            if holder is not None and holder not in (self._store.node_id, gone):
+                try:
+                    return await self._forward(holder, device_id, replace(call, connect_timeout=remaining))
+                except NoResponderError:
+                    gone = holder  # wait (within connectTimeoutInSeconds) for it to connect elsewhere
             left = deadline - loop.time()
             if left <= 0:
                 raise _not_online(call.connect_timeout)
@@ -86,8 +90,6 @@ class MethodRouter:
         timeout = call.connect_timeout + call.response_timeout + _BUS_MARGIN
         try:
             reply = await self._bus.request(self._bus.subject("node", node, "method"), body, timeout)
-        except NoResponderError:
-            raise _not_online(call.connect_timeout) from None  # the node died or left
         except TimeoutError:
             raise GatewayTimeoutError("Timed out waiting for the response from device.") from None
         except BusUnavailableError:
@@ -133,13 +135,13 @@ class DesiredRelay:
         self._last.pop(device_id, None)
         self._held.pop(device_id, None)
 
-    def send(self, record: Any, notification: dict[str, Any]) -> None:
+    async def send(self, record: Any, notification: dict[str, Any]) -> None:
         """``TwinService.desired_sender``: called once per committed desired change."""
         device_id, version = record.device_id, int(record.desired_version)
         if self._hub.sessions.is_connected(device_id):
             self._accept(device_id, version, notification)
             return
-        holder = self._store.holder(device_id)
+        holder = await self._store.holder(device_id)
         if holder is None or holder == self._store.node_id:
             return  # offline: the device GETs its twin when it connects
         self._bus.publish(

@@ -12,7 +12,7 @@ from enum import Enum
 
 from iot_flows._exceptions import UnauthorizedError
 from iot_flows._sas import SasToken, generate_key, parse_sas_token, verify_signature
-from iot_flows.store._records import DeviceRecord
+from iot_flows.store import DeviceRecord
 
 __all__ = ["DEFAULT_POLICIES", "Permission", "ServiceAuthenticator", "check_device_token"]
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from iot_flows.store._records import DeviceRecord
+from iot_flows.store import DeviceRecord
 from iot_flows.twin import utc_now
 
 __all__ = ["ChangeFeed"]

@@ -48,7 +48,7 @@ class DeviceEndpoint:
         self._telemetry_sink = telemetry_sink
         self.telemetry_count = 0
 
-    def handle_publish(self, link: DeviceLink, topic: str, payload: bytes) -> bool:
+    async def handle_publish(self, link: DeviceLink, topic: str, payload: bytes) -> bool:
         """Process one publish; return False when the topic is not one the device may use.
 
         The caller acknowledges a QoS 1 publish only after this returns True, so a
@@ -67,17 +67,17 @@ class DeviceEndpoint:
             self._methods.resolve(link.device_id, parsed.rid, parsed.status, payload)
             return True
         assert parsed.rid is not None
-        status, version, body = self._twin_request(link.device_id, parsed.kind, payload)
+        status, version, body = await self._twin_request(link.device_id, parsed.kind, payload)
         if self._sessions.subscribed_link(link.device_id, Subscription.TWIN_RESPONSES) is link:
             link.send(twin_response_topic(status, parsed.rid, version), body, 0)
         return True
 
-    def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> tuple[int, int | None, bytes]:
+    async def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> tuple[int, int | None, bytes]:
         try:
             if kind is TopicKind.TWIN_GET:
-                return 200, None, _DUMPS(self._twins.device_view(device_id)).encode()
+                return 200, None, _DUMPS(await self._twins.device_view(device_id)).encode()
             patch = _parse_json(payload)
-            version = self._twins.report(device_id, patch)
+            version = await self._twins.report(device_id, patch)
             return 204, version, b""
         except TwinTooLargeError as exc:
             return 413, None, _error_body(exc)

@@ -9,8 +9,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -35,7 +34,7 @@ from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
 from iot_flows.jobs import JobEngine, JobSettings
 from iot_flows.query import compile_condition
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
@@ -56,6 +55,7 @@ class HubSettings:
     mqtt_port: int = 1883
     http_port: int = 8080
     mqtts_port: int = 8883
+    #: SQLite file path (or ``sqlite:///path``), or ``postgresql://user@host:port/dbname``.
     db: str = "iot-flows-hub.db"
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -93,26 +93,44 @@ class Hub:
         self._uvicorn: uvicorn.Server | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
+        self.store: HubStore
+        #: per device: [lock, users] serialising its connection-state writes
+        self._state_locks: dict[str, list[Any]] = {}
         self.cluster: ClusterNode | None = None
 
     # ---- wiring -----------------------------------------------------------------------
-    def _open_store(self) -> None:
-        Path(self.settings.db).parent.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(self.settings.db)
+    async def _open_store(self) -> None:
+        self.store = await open_store(self.settings.db)
         if self.settings.cluster is None:  # a cluster node resets only its own (ClusterNode.connect)
-            self.store.reset_connection_states(utc_now())
+            await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
-        stored = self.store.get_meta("policy_keys")
+        stored = await self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
         if owner_key:
             keys["iothubowner"] = owner_key
-        self.store.set_meta("policy_keys", json.dumps(keys))
+        await self.store.set_meta("policy_keys", json.dumps(keys))
         self.service_auth = ServiceAuthenticator(self.settings.hostname, keys)
 
-    def _on_connection_change(self, device_id: str, connected: bool) -> None:
-        if self.cluster is not None and not self.cluster.on_connection_change(device_id, connected):
-            return  # the device is connected to another node now
-        self.store.set_connection_state(device_id, "Connected" if connected else "Disconnected", utc_now())
+    async def _on_connection_change(self, device_id: str, connected: bool) -> None:
+        # Writes for one device run one at a time and store what is true when each runs,
+        # so a late disconnect of an old connection never overwrites a newer connect.
+        entry = self._state_locks.setdefault(device_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                now_connected = self.sessions.is_connected(device_id)
+                if self.cluster is None or await self.cluster.on_connection_change(device_id, now_connected):
+                    await self.store.set_connection_state(
+                        device_id, "Connected" if now_connected else "Disconnected", utc_now()
+                    )
+        except Exception:
+            if connected:
+                raise  # the CONNECT fails: the device retries
+            log.warning("could not store the disconnect of %s", device_id, exc_info=True)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._state_locks.pop(device_id, None)
         self.changes.on_connection_change(device_id, connected)
 
     def _on_revoked(self, device_id: str) -> None:
@@ -128,7 +146,7 @@ class Hub:
         try:
             await node.connect()
         except BaseException:
-            self.store.close()
+            await self.store.close()
             raise
         await node.start()
         self.cluster = node
@@ -175,7 +193,7 @@ class Hub:
     async def start(self) -> None:
         """Open the store and start every listener; ``ready`` once all accept connections."""
         s = self.settings
-        self._open_store()
+        await self._open_store()
         self._build_services()
         if s.cluster is not None:
             await self._join_cluster()
@@ -200,7 +218,7 @@ class Hub:
         await server.startup(sockets=[self._http_socket])
         self._uvicorn = server
         self._uvicorn_task = asyncio.create_task(server.main_loop(), name="hub-http")
-        self.jobs.resume()
+        await self.jobs.resume()
         self.ready = True
 
     async def stop(self) -> None:
@@ -217,9 +235,9 @@ class Hub:
         await self.jobs.stop()
         await self.mqtt.close()
         if self.cluster is not None:
-            self.cluster.leave()
+            await self.cluster.leave()
             await self.cluster.stop()
-        self.store.close()
+        await self.store.close()
 
     # ---- facts for users --------------------------------------------------------------
     @property
@@ -240,8 +258,9 @@ class Hub:
             )
         )
 
-    def device_connection_string(self, device_id: str) -> str:
-        record = self.registry.get(device_id)
+    async def device_connection_string(self, device_id: str) -> str:
+        """The device connection string of a registered device (404001 when unknown)."""
+        record = await self.registry.get(device_id)
         return str(
             ConnectionString(
                 host_name=self.settings.hostname, device_id=device_id, shared_access_key=record.primary_key or ""

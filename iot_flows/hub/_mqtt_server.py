@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from iot_flows._exceptions import UnauthorizedError
@@ -40,7 +41,7 @@ from iot_flows.mqtt import (
     Unsubscribe,
     encode,
 )
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import HubStore
 
 __all__ = ["MqttServer"]
 
@@ -64,6 +65,11 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = 0.0
         self.last_seen = time.monotonic()
         self._expiry_handle: asyncio.TimerHandle | None = None
+        # Packets are handled one at a time, in order, by one task per busy connection
+        # (handling awaits the store); sends before CONNACK are held until it is written.
+        self._inbox: deque[Any] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._held: list[bytes] | None = []
 
     # ---- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,14 +91,26 @@ class _Connection(asyncio.Protocol):
             log.info("closing %s: malformed packet (%s)", self.device_id or "unauthenticated client", exc)
             self.close("malformed packet")
             return
-        for packet in packets:
-            if self.closed:
-                return
-            try:
-                self._handle(packet)
-            except Exception:  # never let one device's input take the hub down
-                log.exception("error handling packet from %s", self.device_id)
-                self.close("internal error")
+        if not packets:
+            return
+        self._inbox.extend(packets)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._inbox:
+                packet = self._inbox.popleft()
+                if self.closed:
+                    self._inbox.clear()
+                    return
+                try:
+                    await self._handle(packet)
+                except Exception:  # never let one device's input take the hub down
+                    log.exception("error handling packet from %s", self.device_id)
+                    self.close("internal error")
+        finally:
+            self._worker = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -107,7 +125,11 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         packet_id = self.server._next_packet_id() if qos else None
-        self.transport.write(encode(Publish(topic=topic, payload=payload, qos=qos, retain=False, dup=False, packet_id=packet_id)))
+        data = encode(Publish(topic=topic, payload=payload, qos=qos, retain=False, dup=False, packet_id=packet_id))
+        if self._held is not None:
+            self._held.append(data)  # attached but CONNACK not written yet
+            return
+        self.transport.write(data)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -121,24 +143,24 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(encode(packet))
 
-    def _handle(self, packet: Any) -> None:
+    async def _handle(self, packet: Any) -> None:
         if not self.authenticated:
             if isinstance(packet, Connect):
-                self._on_connect(packet)
+                await self._on_connect(packet)
             else:
                 self.close("first packet was not CONNECT")
             return
         if isinstance(packet, Publish):
-            self._on_publish(packet)
+            await self._on_publish(packet)
         elif isinstance(packet, Pingreq):
             self.transport.write(_PINGRESP)  # type: ignore[union-attr]
         elif isinstance(packet, Subscribe):
-            self._on_subscribe(packet)
+            await self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
             for topic_filter in packet.filters:
                 sub = Subscription.parse(topic_filter, self.device_id)
                 if sub is not None:
-                    self.server.sessions.unsubscribe(self.device_id, sub)
+                    await self.server.sessions.unsubscribe(self.device_id, sub)
             self._write(Unsuback(packet_id=packet.packet_id))
         elif isinstance(packet, Disconnect):
             self.close("client disconnect")
@@ -152,7 +174,7 @@ class _Connection(asyncio.Protocol):
         self._write(Connack(session_present=False, return_code=code))
         self.close(why)
 
-    def _on_connect(self, packet: Connect) -> None:
+    async def _on_connect(self, packet: Connect) -> None:
         server = self.server
         self.device_id = packet.client_id
         if packet.protocol_level != 4:
@@ -165,7 +187,9 @@ class _Connection(asyncio.Protocol):
         if not username.lower().startswith(f"{server.hostname}/{packet.client_id}/".lower()):
             self._refuse(CONNACK_NOT_AUTHORIZED, "username must be {hostname}/{deviceId}/?api-version=...")
             return
-        device = server.store.get(packet.client_id)
+        device = await server.store.get(packet.client_id)
+        if self.closed:
+            return
         if device is None or device.status != "enabled":
             self._refuse(CONNACK_NOT_AUTHORIZED, "unknown or disabled device")
             return
@@ -176,29 +200,35 @@ class _Connection(asyncio.Protocol):
             return
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
-        resumed = server.sessions.attach(self, clean_session=packet.clean_session)
+        resumed = await server.sessions.attach(self, clean_session=packet.clean_session)
+        if self.closed:  # the socket went away while attaching
+            server.sessions.detach(self)
+            return
         self._write(Connack(session_present=resumed, return_code=CONNACK_ACCEPTED))
+        held, self._held = self._held or [], None
+        for data in held:
+            self.transport.write(data)  # type: ignore[union-attr]
         # IoT Hub disconnects a device when its token expires (401003).
         delay = token.expiry - time.time()
         loop = asyncio.get_running_loop()
         self._expiry_handle = loop.call_later(max(delay, 0), self.close, "token expired")
 
-    def _on_subscribe(self, packet: Subscribe) -> None:
+    async def _on_subscribe(self, packet: Subscribe) -> None:
         codes = []
         for topic_filter, qos in packet.topics:
             sub = Subscription.parse(topic_filter, self.device_id)
             if sub is None:
                 codes.append(SUBACK_FAILURE)
                 continue
-            self.server.sessions.subscribe(self.device_id, sub)
+            await self.server.sessions.subscribe(self.device_id, sub)
             codes.append(min(qos, 1))  # a QoS 2 subscription is granted QoS 1
         self._write(Suback(packet_id=packet.packet_id, return_codes=tuple(codes)))
 
-    def _on_publish(self, packet: Publish) -> None:
+    async def _on_publish(self, packet: Publish) -> None:
         if packet.qos == 2:
             self.close("QoS 2 is not supported")  # IoT Hub closes the connection
             return
-        if not self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
+        if not await self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
             self.close("forbidden topic")
             return
@@ -225,7 +255,7 @@ class MqttServer:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: HubStore,
         sessions: SessionRegistry,
         endpoint: DeviceEndpoint,
         hostname: str,

@@ -23,8 +23,7 @@ from iot_flows._exceptions import (
 )
 from iot_flows._sas import generate_key
 from iot_flows.hub._twins import check_if_match, device_not_found
-from iot_flows.store._records import DeviceRecord, new_etag
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import DeviceRecord, HubStore, new_etag
 from iot_flows.twin import utc_now
 
 __all__ = ["MAX_BULK_DEVICES", "RegistryService", "validate_device_id"]
@@ -93,12 +92,12 @@ def _parse_identity(body: dict[str, Any]) -> dict[str, Any]:
 class RegistryService:
     """Device identities in the store; tells the hub when a device must be dropped."""
 
-    def __init__(self, store: SqliteStore, on_revoked: Callable[[str], None]) -> None:
+    def __init__(self, store: HubStore, on_revoked: Callable[[str], None]) -> None:
         self._store = store
         self._on_revoked = on_revoked
 
-    def get(self, device_id: str) -> DeviceRecord:
-        record = self._store.get(device_id)
+    async def get(self, device_id: str) -> DeviceRecord:
+        record = await self._store.get(device_id)
         if record is None:
             raise device_not_found(device_id)
         return record
@@ -114,26 +113,26 @@ class RegistryService:
             **_parse_identity(body),
         )
 
-    def put(self, device_id: str, body: Any, *, if_match: str | None) -> DeviceRecord:
+    async def put(self, device_id: str, body: Any, *, if_match: str | None) -> DeviceRecord:
         """``PUT /devices/{id}``: create, or update when ``If-Match`` is given."""
         if not isinstance(body, dict):
             raise BadRequestError("The device body must be a JSON object.")
         body_id = body.get("deviceId")
         if body_id is not None and body_id != device_id:
             raise BadRequestError("deviceId in the body does not match the URL.")
-        existing = self._store.get(device_id)
+        existing = await self._store.get(device_id)
         if existing is None:
             if if_match is not None and if_match.strip().strip('"') != "*":
                 raise device_not_found(device_id)
             record = self._new_record(device_id, body)
-            self._store.insert(record)
+            await self._store.insert(record)
             return record
         if if_match is None:
             raise DeviceAlreadyExistsError(f"A device with ID '{device_id}' is already registered.")
         check_if_match(if_match, existing.device_etag)
-        return self._update(existing, body)
+        return await self._update(existing, body)
 
-    def _update(self, existing: DeviceRecord, body: dict[str, Any]) -> DeviceRecord:
+    async def _update(self, existing: DeviceRecord, body: dict[str, Any]) -> DeviceRecord:
         fields = _parse_identity(body)
         old_keys = (existing.primary_key, existing.secondary_key, existing.primary_thumbprint, existing.secondary_thumbprint)
         sym = (body.get("authentication") or {}).get("symmetricKey") or {}
@@ -145,22 +144,22 @@ class RegistryService:
         for name, value in fields.items():
             setattr(existing, name, value)
         existing.device_etag = new_etag()
-        self._store.update_identity(existing)
+        await self._store.update_identity(existing)
         new_keys = (existing.primary_key, existing.secondary_key, existing.primary_thumbprint, existing.secondary_thumbprint)
         if existing.status == "disabled" or new_keys != old_keys:
             self._on_revoked(existing.device_id)  # disabled or re-keyed: its connection goes
         return existing
 
-    def delete(self, device_id: str, *, if_match: str | None) -> None:
-        existing = self.get(device_id)
+    async def delete(self, device_id: str, *, if_match: str | None) -> None:
+        existing = await self.get(device_id)
         check_if_match(if_match, existing.device_etag)
-        self._store.delete(device_id)
+        await self._store.delete(device_id)
         self._on_revoked(device_id)
 
-    def list(self, *, after: str = "", top: int = 1000) -> list[DeviceRecord]:
-        return self._store.list(after=after, limit=top)
+    async def list(self, *, after: str = "", top: int = 1000) -> list[DeviceRecord]:
+        return await self._store.list(after=after, limit=top)
 
-    def bulk(self, items: Any) -> dict[str, Any]:
+    async def bulk(self, items: Any) -> dict[str, Any]:
         """``POST /devices``: Azure's bulk registry operation, at most 100 devices per call.
 
         Each item is applied in its own step; failures are listed in ``errors`` and do
@@ -171,39 +170,39 @@ class RegistryService:
         if len(items) > MAX_BULK_DEVICES:
             raise BadRequestError(f"At most {MAX_BULK_DEVICES} devices per bulk operation, got {len(items)}.")
         errors: list[dict[str, Any]] = []
-        with self._store.transaction():
+        async with self._store.transaction():
             for item in items:
                 device_id = item.get("id") if isinstance(item, dict) else None
                 try:
                     if not isinstance(item, dict):
                         raise BadRequestError("Each bulk item must be an object.")
-                    self._bulk_one(item)
+                    await self._bulk_one(item)
                 except HubError as exc:
                     errors.append(
                         {"deviceId": device_id, "errorCode": exc.error_name, "errorStatus": exc.message}
                     )
         return {"isSuccessful": not errors, "errors": errors, "warnings": []}
 
-    def _bulk_one(self, item: dict[str, Any]) -> None:
+    async def _bulk_one(self, item: dict[str, Any]) -> None:
         device_id = item.get("id")
         mode = str(item.get("importMode") or "createOrUpdate").lower()
         if mode not in _IMPORT_MODES:
             raise BadRequestError(f"Unknown importMode {item.get('importMode')!r}.")
         validate_device_id(device_id)  # type: ignore[arg-type]
         etag = item.get("eTag") or item.get("etag")
-        existing = self._store.get(device_id)  # type: ignore[arg-type]
+        existing = await self._store.get(device_id)  # type: ignore[arg-type]
         if mode.endswith("ifmatchetag") and existing is not None and etag not in (existing.device_etag, "*"):
             raise PreconditionFailedError(f"ETag mismatch for device '{device_id}'.")
         if mode.startswith("delete"):
             if existing is None:
                 raise device_not_found(device_id)  # type: ignore[arg-type]
-            self._store.delete(device_id)  # type: ignore[arg-type]
+            await self._store.delete(device_id)  # type: ignore[arg-type]
             self._on_revoked(device_id)  # type: ignore[arg-type]
         elif existing is None:
             if mode.startswith("update"):
                 raise device_not_found(device_id)  # type: ignore[arg-type]
-            self._store.insert(self._new_record(device_id, item))  # type: ignore[arg-type]
+            await self._store.insert(self._new_record(device_id, item))  # type: ignore[arg-type]
         elif mode == "create":
             raise DeviceAlreadyExistsError(f"A device with ID '{device_id}' is already registered.")
         else:
-            self._update(existing, item)
+            await self._update(existing, item)

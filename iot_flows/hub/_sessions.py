@@ -11,7 +11,7 @@ Node SDK never re-subscribes after a reconnect (sdk-wire-facts "Persistent sessi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -60,27 +60,32 @@ class _Session:
 class SessionStore(Protocol):
     """Where persistent sessions outlive the hub process."""
 
-    def get_subscriptions(self, device_id: str) -> list[str]: ...
+    async def get_subscriptions(self, device_id: str) -> list[str]: ...
 
-    def set_subscriptions(self, device_id: str, filters: list[str]) -> None: ...
+    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None: ...
 
 
 class SessionRegistry:
-    """Live links and persistent subscriptions per device id (single event loop)."""
+    """Live links and persistent subscriptions per device id (single event loop).
+
+    ``on_state_change(device_id, connected)`` is awaited by :meth:`attach` (so CONNACK
+    follows the stored state) and scheduled as a task by :meth:`detach`.
+    """
 
     def __init__(
         self,
-        on_state_change: Callable[[str, bool], None] | None = None,
+        on_state_change: Callable[[str, bool], Awaitable[None]] | None = None,
         persistence: SessionStore | None = None,
     ) -> None:
         self._sessions: dict[str, _Session] = {}
         self._on_state_change = on_state_change
         self._persistence = persistence
+        self._background: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return sum(1 for s in self._sessions.values() if s.link is not None)
 
-    def attach(self, link: DeviceLink, *, clean_session: bool) -> bool:
+    async def attach(self, link: DeviceLink, *, clean_session: bool) -> bool:
         """Make ``link`` the device's connection; return True if a session was resumed.
 
         One connection per identity: an existing link is closed (IoT Hub logs
@@ -88,23 +93,27 @@ class SessionRegistry:
         """
         session = self._sessions.setdefault(link.device_id, _Session())
         if not session.restored:
-            session.restored = True
+            stored: list[str] = []
             if not clean_session and self._persistence is not None:
                 # First connection since the hub started: restore the stored session.
-                for topic_filter in self._persistence.get_subscriptions(link.device_id):
+                stored = await self._persistence.get_subscriptions(link.device_id)
+                session = self._sessions.setdefault(link.device_id, session)
+            session.restored = True
+            if stored:
+                for topic_filter in stored:
                     sub = Subscription.parse(topic_filter, link.device_id)
                     if sub is not None:
                         session.subscriptions.add(sub)
         resumed = not clean_session and bool(session.subscriptions)
         old = session.link
         session.link = link
-        if clean_session and session.subscriptions:
-            session.subscriptions.clear()
-            self._persist(link.device_id, session)
         if old is not None and old is not link:
             old.close("400027 ConnectionForcefullyClosedOnNewConnection")
+        if clean_session and session.subscriptions:
+            session.subscriptions.clear()
+            await self._persist(link.device_id, session)
         if self._on_state_change is not None:
-            self._on_state_change(link.device_id, True)
+            await self._on_state_change(link.device_id, True)
         self._wake(session)
         return resumed
 
@@ -115,7 +124,9 @@ class SessionRegistry:
             return
         session.link = None
         if self._on_state_change is not None:
-            self._on_state_change(link.device_id, False)
+            task = asyncio.get_running_loop().create_task(self._on_state_change(link.device_id, False))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def forget(self, device_id: str) -> None:
         """Drop a device's session entirely (device deleted or disabled)."""
@@ -134,22 +145,22 @@ class SessionRegistry:
         if session.link is not None:
             session.link.close(reason)
 
-    def subscribe(self, device_id: str, subscription: Subscription) -> None:
+    async def subscribe(self, device_id: str, subscription: Subscription) -> None:
         session = self._sessions.setdefault(device_id, _Session())
         if subscription not in session.subscriptions:
             session.subscriptions.add(subscription)
-            self._persist(device_id, session)
+            await self._persist(device_id, session)
         self._wake(session)
 
-    def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
+    async def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
         session = self._sessions.get(device_id)
         if session is not None and subscription in session.subscriptions:
             session.subscriptions.discard(subscription)
-            self._persist(device_id, session)
+            await self._persist(device_id, session)
 
-    def _persist(self, device_id: str, session: _Session) -> None:
+    async def _persist(self, device_id: str, session: _Session) -> None:
         if self._persistence is not None:
-            self._persistence.set_subscriptions(
+            await self._persistence.set_subscriptions(
                 device_id, [s.value.format(device_id=device_id) for s in session.subscriptions]
             )
 

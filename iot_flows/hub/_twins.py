@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, PreconditionFailedError
 from iot_flows.hub._sessions import SessionRegistry, Subscription
-from iot_flows.store._records import DeviceRecord, new_etag
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import DeviceRecord, HubStore, new_etag
 from iot_flows.twin import (
     apply_patch,
     removed_keys_as_nulls,
@@ -56,28 +55,28 @@ def check_if_match(if_match: str | None, etag: str) -> None:
 class TwinService:
     """Twin reads and writes over the store, pushing desired changes to connected devices."""
 
-    def __init__(self, store: SqliteStore, sessions: SessionRegistry) -> None:
+    def __init__(self, store: HubStore, sessions: SessionRegistry) -> None:
         self._store = store
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
         #: Set by a cluster node: delivers desired notifications wherever the device is.
-        self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], None] | None = None
+        self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], Awaitable[None]] | None = None
 
     def add_listener(self, listener: TwinChange) -> None:
         """Call ``listener`` after each committed twin change (change stream, events)."""
         self._listeners.append(listener)
 
-    def _load(self, device_id: str) -> DeviceRecord:
-        record = self._store.get(device_id)
+    async def _load(self, device_id: str) -> DeviceRecord:
+        record = await self._store.get(device_id)
         if record is None:
             raise device_not_found(device_id)
         return record
 
     # ---- service side -------------------------------------------------------------
-    def get(self, device_id: str) -> DeviceRecord:
-        return self._load(device_id)
+    async def get(self, device_id: str) -> DeviceRecord:
+        return await self._load(device_id)
 
-    def update(
+    async def update(
         self, device_id: str, body: Any, *, if_match: str | None = None, replace: bool = False
     ) -> DeviceRecord:
         """Service PATCH (merge) or PUT (replace tags + desired) of a twin."""
@@ -98,7 +97,7 @@ class TwinService:
             if section is not None:
                 validate_patch(name, section)
 
-        record = self._load(device_id)
+        record = await self._load(device_id)
         check_if_match(if_match, record.twin_etag)
         now = utc_now()
         new = copy.deepcopy(record)
@@ -122,18 +121,18 @@ class TwinService:
             return record
         new.twin_version += 1
         new.twin_etag = new_etag()
-        self._store.update_twin(new)
+        await self._store.update_twin(new)
         if notification is not None:
-            self._notify_desired(new, notification)
+            if self.desired_sender is not None:
+                await self.desired_sender(new, copy.deepcopy(notification))
+            else:
+                self._notify_desired(new, notification)
             self._emit(device_id, "desired", notification, new)
         if has_tags:
             self._emit(device_id, "tags", tags or {}, new)
         return new
 
     def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:
-        if self.desired_sender is not None:
-            self.desired_sender(record, copy.deepcopy(notification))
-            return
         link = self._sessions.subscribed_link(record.device_id, Subscription.DESIRED)
         if link is None:
             return  # not stored for offline devices: they GET the twin on reconnect
@@ -144,13 +143,13 @@ class TwinService:
         )
 
     # ---- device side --------------------------------------------------------------
-    def device_view(self, device_id: str) -> dict[str, Any]:
-        return self._load(device_id).device_twin_view()
+    async def device_view(self, device_id: str) -> dict[str, Any]:
+        return (await self._load(device_id)).device_twin_view()
 
-    def report(self, device_id: str, patch: Any) -> int:
+    async def report(self, device_id: str, patch: Any) -> int:
         """Merge a device's reported patch; return the new reported ``$version``."""
         validate_patch("reported", patch)
-        record = self._load(device_id)
+        record = await self._load(device_id)
         now = utc_now()
         new = copy.deepcopy(record)
         apply_patch(new.reported, new.reported_meta, patch, now, None)
@@ -158,7 +157,7 @@ class TwinService:
         new.reported_version += 1
         new.twin_version += 1
         new.twin_etag = new_etag()
-        self._store.update_twin(new)
+        await self._store.update_twin(new)
         self._emit(device_id, "reported", patch, new)
         return new.reported_version
 

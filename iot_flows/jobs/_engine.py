@@ -41,13 +41,13 @@ from iot_flows.jobs._states import (
     JobType,
     check_transition,
 )
-from iot_flows.store._sqlite import SqliteStore
+from iot_flows.store import HubStore
 
 __all__ = ["JobEngine", "JobSettings"]
 
 log = logging.getLogger(__name__)
 _D = DeviceJobStatus
-#: Compiles a queryCondition to (SQL WHERE fragment, params) over the devices table.
+#: Checks a queryCondition (raises QuerySyntaxError, 400) before anything is stored.
 ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 #: Called with the job document whenever a job changes state.
 JobListener = Callable[[dict[str, Any]], None]
@@ -56,9 +56,9 @@ JobListener = Callable[[dict[str, Any]], None]
 class JobLease(Protocol):
     """Who may run a job when several hub nodes share the store."""
 
-    def acquire(self, job_id: str) -> bool: ...
+    async def acquire(self, job_id: str) -> bool: ...
 
-    def release(self, job_id: str) -> None: ...
+    async def release(self, job_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ class JobEngine:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: HubStore,
         twins: TwinService,
         methods: MethodInvoker,
         sessions: SessionRegistry,
@@ -107,7 +107,7 @@ class JobEngine:
         #: Set by a cluster node: exactly one node runs each job (a lease in the store).
         self.lease: JobLease | None = None
         #: Set by a cluster node: True when another node holds the device's connection.
-        self.held_elsewhere: Callable[[str], bool] | None = None
+        self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         #: Set by a cluster node: wait up to N s until the device is reachable on any node.
         self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
 
@@ -119,11 +119,11 @@ class JobEngine:
         self._listeners.append(listener)
 
     # ---- service API ----------------------------------------------------------------------
-    def create(self, job_id: str, body: Any) -> dict[str, Any]:
+    async def create(self, job_id: str, body: Any) -> dict[str, Any]:
         now = _now()
         request = parse_job_request(job_id, body, now=now)
         self._compile(request.query_condition)  # 400 with position before anything is stored
-        if self._repo.count_active() >= self.settings.max_concurrent_jobs:
+        if await self._repo.count_active() >= self.settings.max_concurrent_jobs:
             raise ThrottledError(
                 f"The hub allows {self.settings.max_concurrent_jobs} active jobs at once.",
                 error_code=429004,
@@ -150,41 +150,48 @@ class JobEngine:
             doc["updateTwin"] = request.update_twin
         if request.wait_for_offline_devices:
             doc["waitForOfflineDevices"] = True
-        self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+        if self.lease is not None and await self.lease.acquire(job_id):
+            try:  # the node that creates a job runs it
+                await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+            except BaseException:
+                await self.lease.release(job_id)
+                raise
+        else:
+            await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
         self._launch(job_id)
-        return self.get(job_id)
+        return await self.get(job_id)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        doc = self._repo.get(job_id)
-        doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(job_id))
+    async def get(self, job_id: str) -> dict[str, Any]:
+        doc = await self._repo.get(job_id)
+        doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
         return doc
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued, scheduled or running job; devices not reached become ``canceled``."""
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         check_transition(JobStatus(doc["status"]), JobStatus.CANCELLED)
         now = format_time(_now())
-        with self._store.transaction():
+        async with self._store.transaction():
             doc["status"] = JobStatus.CANCELLED.value
             doc["endTime"] = now
-            self._repo.save(doc)
-            self._repo.set_status_where(job_id, (_D.PENDING, _D.SCHEDULED), _D.CANCELED, now)
+            await self._repo.save(doc)
+            await self._repo.set_status_where(job_id, (_D.PENDING, _D.SCHEDULED), _D.CANCELED, now)
         run = self._runs.get(job_id)
         if run is not None:
             run.cancelled.set()
-        self._emit(job_id)
-        return self.get(job_id)
+        await self._emit(job_id)
+        return await self.get(job_id)
 
-    def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
-        docs = self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
+    async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
-            doc["deviceJobStatistics"] = self._repo.statistics(self._repo.counts(doc["jobId"]))
+            doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))
         return docs
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def resume(self) -> None:
+    async def resume(self) -> None:
         """Re-arm every job that was active when the hub stopped (call once at start)."""
-        for doc in self._repo.active():
+        for doc in await self._repo.active():
             self._launch(doc["jobId"])
 
     async def stop(self) -> None:
@@ -206,16 +213,14 @@ class JobEngine:
     def _launch(self, job_id: str) -> None:
         if job_id in self._runs:
             return
-        if self.lease is not None and not self.lease.acquire(job_id):
-            return  # another live node runs it
         run = _Run()
         self._runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
 
-    def _emit(self, job_id: str) -> None:
+    async def _emit(self, job_id: str) -> None:
         if not self._listeners:
             return
-        doc = self.get(job_id)
+        doc = await self.get(job_id)
         for listener in self._listeners:
             try:
                 listener(copy.deepcopy(doc))
@@ -224,20 +229,23 @@ class JobEngine:
 
     # ---- running ----------------------------------------------------------------------------
     async def _run(self, job_id: str, run: _Run) -> None:
+        if self.lease is not None and not await self.lease.acquire(job_id):
+            self._runs.pop(job_id, None)
+            return  # another live node runs it
         try:
             await self._run_inner(job_id, run)
         except asyncio.CancelledError:
             raise  # hub shutdown: the job stays active and resumes on next start
         except Exception as exc:
             log.exception("job %s crashed", job_id)
-            self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
+            await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
         finally:
             self._runs.pop(job_id, None)
             if self.lease is not None:
-                self.lease.release(job_id)
+                await self.lease.release(job_id)
 
     async def _run_inner(self, job_id: str, run: _Run) -> None:
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         request = parse_job_request(job_id, doc, now=_now())
         delay = (request.start_time - _now()).total_seconds()
         if delay > 0:
@@ -246,25 +254,24 @@ class JobEngine:
                 return  # cancelled while scheduled
             except TimeoutError:
                 pass
-        doc = self._repo.get(job_id)
+        doc = await self._repo.get(job_id)
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
         if doc["status"] != JobStatus.RUNNING.value:
-            where_sql, params = self._compile(request.query_condition)
-            with self._store.transaction():
-                ids = self._repo.select_devices(where_sql, params)
-                self._repo.add_devices(job_id, request.type.value, ids, _D.PENDING, now)
+            async with self._store.transaction():
+                ids = await self._repo.select_devices(request.query_condition)
+                await self._repo.add_devices(job_id, request.type.value, ids, _D.PENDING, now)
                 doc["status"] = JobStatus.RUNNING.value
                 doc["runStartTime"] = now
-                self._repo.save(doc)
-            self._emit(job_id)
+                await self._repo.save(doc)
+            await self._emit(job_id)
         else:  # resumed after a restart
-            with self._store.transaction():
+            async with self._store.transaction():
                 if request.type is JobType.SCHEDULE_UPDATE_TWIN:
-                    self._repo.set_status_where(job_id, (_D.RUNNING,), _D.PENDING, now)
+                    await self._repo.set_status_where(job_id, (_D.RUNNING,), _D.PENDING, now)
                 else:
-                    self._repo.set_status_where(
+                    await self._repo.set_status_where(
                         job_id, (_D.RUNNING,), _D.FAILED, now,
                         {"code": "HubRestarted", "description": "The hub restarted while the request was in flight; outcome unknown."},
                     )  # fmt: skip
@@ -275,49 +282,51 @@ class JobEngine:
         if run.cancelled.is_set():
             return  # cancel() already wrote the terminal state
         if timed_out:
-            self._finish(job_id, JobStatus.FAILED, "maxExecutionTimeInSeconds exceeded")
+            await self._finish(job_id, JobStatus.FAILED, "maxExecutionTimeInSeconds exceeded")
         else:
-            self._finish(job_id, JobStatus.COMPLETED, None)
+            await self._finish(job_id, JobStatus.COMPLETED, None)
 
-    def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
-        doc = self._repo.get(job_id)
+    async def _finish(self, job_id: str, status: JobStatus, reason: str | None) -> None:
+        doc = await self._repo.get(job_id)
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
-        with self._store.transaction():
+        async with self._store.transaction():
             if status is JobStatus.FAILED:
-                self._repo.set_status_where(
+                await self._repo.set_status_where(
                     job_id, (_D.PENDING, _D.RUNNING, _D.SCHEDULED), _D.FAILED, now,
                     {"code": "JobTimedOut", "description": reason or "job failed"},
                 )  # fmt: skip
                 doc["failureReason"] = reason
             doc["status"] = status.value
             doc["endTime"] = now
-            self._repo.save(doc)
-        self._emit(job_id)
+            await self._repo.save(doc)
+        await self._emit(job_id)
 
     async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
         """Run every pending device; return True if the deadline cut the job short."""
         loop = asyncio.get_running_loop()
-        pending = self._repo.device_ids(job_id, _D.PENDING)
+        pending = await self._repo.device_ids(job_id, _D.PENDING)
         outcomes: list[DeviceOutcome] = []
         batch = self.settings.batch_size
 
-        def flush() -> None:
+        async def flush() -> None:
             if outcomes:
-                with self._store.transaction():
-                    self._repo.record(job_id, outcomes, format_time(_now()))
+                done = list(outcomes)
                 outcomes.clear()
+                async with self._store.transaction():
+                    await self._repo.record(job_id, done, format_time(_now()))
 
         if request.type is JobType.SCHEDULE_UPDATE_TWIN:
             for start in range(0, len(pending), batch):
                 if run.cancelled.is_set() or loop.time() > deadline:
                     break
                 chunk = pending[start : start + batch]
-                with self._store.transaction():
-                    self._repo.record(job_id, [self._update_twin(d, request) for d in chunk], format_time(_now()))
+                async with self._store.transaction():
+                    results = [await self._update_twin(d, request) for d in chunk]
+                    await self._repo.record(job_id, results, format_time(_now()))
                 await asyncio.sleep(0)  # let device traffic through between chunks
-            return loop.time() > deadline and bool(self._repo.device_ids(job_id, _D.PENDING))
+            return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
         sem = asyncio.Semaphore(self.settings.device_concurrency)
         tasks: set[asyncio.Task[None]] = set()
@@ -329,7 +338,7 @@ class JobEngine:
                     await asyncio.wait_for(flusher_stop.wait(), 0.1)
                 except TimeoutError:
                     pass
-                flush()
+                await flush()
 
         async def one(device_id: str) -> None:
             try:
@@ -358,8 +367,8 @@ class JobEngine:
                     await sem.acquire()  # free slot: returns without suspending
                     group.append(pending[index])
                     index += 1
-                with self._store.transaction():
-                    self._repo.mark_running(job_id, group, format_time(_now()))
+                async with self._store.transaction():
+                    await self._repo.mark_running(job_id, group, format_time(_now()))
                 for device_id in group:
                     task = loop.create_task(one(device_id))
                     tasks.add(task)
@@ -379,7 +388,7 @@ class JobEngine:
         finally:
             flusher_stop.set()
             await flusher_task
-            flush()
+            await flush()
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
@@ -389,7 +398,7 @@ class JobEngine:
         call = request.method
         try:
             if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
-                elsewhere = self.held_elsewhere is not None and self.held_elsewhere(device_id)
+                elsewhere = self.held_elsewhere is not None and await self.held_elsewhere(device_id)
                 if request.wait_for_offline_devices and not elsewhere:
                     sem.release()  # a parked device does not hold a concurrency slot
                     try:
@@ -402,7 +411,7 @@ class JobEngine:
                 elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
                     # Connected but its method SUBSCRIBE may still be in flight (sdk-wire-facts "Jobs").
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-                if call.connect_timeout == 0 and self.held_elsewhere is not None and self.held_elsewhere(device_id):
+                if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
             result = await self._methods.invoke(device_id, call)
@@ -418,7 +427,7 @@ class JobEngine:
         error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
         return device_id, _D.FAILED, started, format_time(_now()), outcome, error
 
-    def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
+    async def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
         assert request.update_twin is not None
         started = format_time(_now())
         body = {k: v for k, v in request.update_twin.items() if k in ("tags", "properties")}
@@ -427,7 +436,7 @@ class JobEngine:
             body["properties"] = {k: v for k, v in props.items() if k == "desired"}
         etag = request.update_twin.get("etag")
         try:
-            self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
+            await self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
         except HubError as exc:
             return device_id, _D.FAILED, started, format_time(_now()), None, {"code": exc.error_name, "description": exc.message}
         return device_id, _D.COMPLETED, started, format_time(_now()), None, None

@@ -1,0 +1,61 @@
+"""The hub's store: one interface (:class:`HubStore`), SQLite and PostgreSQL behind it.
+
+:func:`open_store` picks the backend from a path or URL; services depend only on
+:class:`HubStore` and the record types exported here.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows.store._cluster import ClusterStore, open_cluster_store
+from iot_flows.store._records import NEVER, DeviceRecord, new_etag
+
+__all__ = [
+    "NEVER", "ClusterStore", "DeviceOutcome", "DeviceRecord", "HubStore", "StoreConfigError", "new_etag",
+    "open_cluster_store", "open_store",
+]  # fmt: skip
+
+
+class StoreConfigError(ValueError):
+    """The ``--db`` value names no usable store (bad URL, unsupported scheme)."""
+
+
+def _sqlite_path(url_or_path: str) -> str | None:
+    if url_or_path.startswith("sqlite:///"):
+        return url_or_path[len("sqlite:///") - 1 :] if url_or_path.startswith("sqlite:////") else url_or_path[10:]
+    if "://" not in url_or_path:
+        return url_or_path
+    return None
+
+
+async def open_store(url_or_path: str) -> HubStore:
+    """Open (creating or migrating as needed) the store named by ``url_or_path``.
+
+    * a file path or ``sqlite:///relative.db`` / ``sqlite:////abs/path.db``: SQLite;
+    * ``postgresql://user[:password]@host[:port]/dbname`` (or ``postgres://``):
+      PostgreSQL via asyncpg.
+
+    Raises :class:`StoreConfigError` for a malformed or unsupported URL and
+    :class:`~iot_flows._exceptions.ServiceUnavailableError` when PostgreSQL cannot be
+    reached; both messages are one line naming what and where.
+    """
+    path = _sqlite_path(url_or_path)
+    if path is not None:
+        from pathlib import Path
+
+        from iot_flows.store._sqlite import SqliteStore
+
+        if not path:
+            raise StoreConfigError(f"--db {url_or_path!r}: no SQLite file path given")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(path)
+    scheme = urlsplit(url_or_path).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        from iot_flows.store._postgres import PostgresStore
+
+        return await PostgresStore.open(url_or_path)
+    raise StoreConfigError(
+        f"--db {url_or_path!r}: unsupported scheme {scheme!r} (use a SQLite file path or postgresql://user@host:port/dbname)"
+    )

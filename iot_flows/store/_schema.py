@@ -21,7 +21,7 @@ query path                              SQL expression
 =====================================  ===========================================
 """
 
-SCHEMA_VERSION = 1
+
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -103,3 +103,8 @@ CREATE TABLE IF NOT EXISTS device_jobs (
 CREATE INDEX IF NOT EXISTS ix_device_jobs_device ON device_jobs (device_id);
 CREATE INDEX IF NOT EXISTS ix_device_jobs_status ON device_jobs (job_id, status);
 """
+
+#: Ordered schema steps; step N brings a database to ``schema_version`` N. Never edit a
+#: released step: append a new one (each runs in one transaction).
+SQLITE_MIGRATIONS: tuple[str, ...] = (DDL + JOBS_DDL,)
+SCHEMA_VERSION = len(SQLITE_MIGRATIONS)

@@ -1,60 +1,49 @@
-"""SQLite implementation of the hub store.
+"""SQLite implementation of :class:`~iot_flows.store.HubStore` (the embedded default).
 
-Writes run synchronously on the hub's event loop: each is one short transaction in
-WAL mode, committed before the hub acknowledges the operation, so an acknowledged
-write survives ``kill -9`` (``synchronous=NORMAL`` loses nothing on a process crash;
-only an OS crash could lose the last transactions). Long reads (queries over many
-twins) use a separate read connection from a worker thread: WAL readers see a
-consistent snapshot and never block the writer.
+Writes run synchronously on the hub's event loop inside the async methods: each is one
+short transaction in WAL mode, committed before the method returns and so before the
+hub acknowledges the operation; an acknowledged write survives ``kill -9``
+(``synchronous=NORMAL`` loses nothing on a process crash; only an OS crash could lose
+the last transactions). Long reads (queries over many twins) use a read-only
+connection per worker thread: WAL readers see a consistent snapshot that includes
+every committed write, and never block the writer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from iot_flows._exceptions import DeviceAlreadyExistsError
+from iot_flows._exceptions import DeviceAlreadyExistsError, JobAlreadyExistsError
+from iot_flows.query import CompiledQuery, compile_condition, compile_query, row_to_item
+from iot_flows.store._base import DeviceOutcome, HubStore
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._schema import DDL, JOBS_DDL, SCHEMA_VERSION
+from iot_flows.store._rows import COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, TWIN_COLUMNS, device_job_item, dumps
+from iot_flows.store._schema import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
 
-_JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
-_COLUMNS = (
-    "device_id", "generation_id", "device_etag", "status", "status_reason", "status_updated_time",
-    "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
-    "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
-    "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag",
-)  # fmt: skip
-_IDENTITY_COLUMNS = (
-    "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",
-    "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint", "capabilities",
-)  # fmt: skip
-_TWIN_COLUMNS = (
-    "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag",
-)  # fmt: skip
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM devices"
-_JSON_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+_ACTIVE = "('queued', 'scheduled', 'running')"
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> list[Any]:
     out = []
     for column in columns:
         value = getattr(record, column)
-        out.append(_JSON_DUMPS(value) if column in _JSON_COLUMNS else value)
+        out.append(dumps(value) if column in JSON_COLUMNS else value)
     return out
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    for column in _JSON_COLUMNS:
+    values = dict(zip(COLUMNS, row, strict=True))
+    for column in JSON_COLUMNS:
         values[column] = json.loads(values[column])
     return DeviceRecord(**values)
 
@@ -70,26 +59,42 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore:
-    """Registry, twins, meta values and job tables in one SQLite file."""
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the schema steps newer than the database's ``schema_version``; return the version."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    current = int(row[0] or 0)
+    for version, script in enumerate(SQLITE_MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_version (version) VALUES ({version:d});\nCOMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        current = version
+    return current
+
+
+class SqliteStore(HubStore):
+    """Registry, twins, meta values, sessions and job tables in one SQLite file."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+        self.path = self.location = str(path)
         self._conn = _connect(self.path)
-        self._conn.executescript(DDL + JOBS_DDL)
+        self.schema_version = migrate(self._conn)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self._depth = 0
 
     # ---- plumbing ---------------------------------------------------------------
-    @property
-    def connection(self) -> sqlite3.Connection:
-        """The writer connection (event-loop thread only)."""
-        return self._conn
-
-    def reader(self) -> sqlite3.Connection:
+    def _reader(self) -> sqlite3.Connection:
         """A read-only connection for the calling thread (for long queries off the loop)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -99,19 +104,37 @@ class SqliteStore:
                 self._readers.append(conn)
         return conn
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer; rolls back on error."""
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer; rolls back on error.
+
+        The methods called inside never suspend, so no other task's write can slip
+        into the transaction; nested blocks join the outer one.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         self._conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
-            yield self._conn
+            yield
         except BaseException:
+            self._depth = 0
             self._conn.execute("ROLLBACK")
             raise
+        self._depth = 0
         self._conn.execute("COMMIT")
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close every connection (checkpointing the WAL)."""
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """:meth:`close` for callers without an event loop."""
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -119,23 +142,22 @@ class SqliteStore:
         self._conn.close()
 
     # ---- meta -------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
+    async def get_meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
+    async def set_meta(self, key: str, value: str) -> None:
         self._conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
     # ---- devices ----------------------------------------------------------------
-    def get(self, device_id: str) -> DeviceRecord | None:
+    async def get(self, device_id: str) -> DeviceRecord | None:
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()
         return _from_row(row) if row else None
 
-    def get_many(self, device_ids: list[str]) -> list[DeviceRecord]:
-        """Records for the ids that exist, in id order."""
+    async def get_many(self, device_ids: list[str]) -> list[DeviceRecord]:
         out: list[DeviceRecord] = []
         for start in range(0, len(device_ids), 500):
             chunk = device_ids[start : start + 500]
@@ -146,57 +168,45 @@ class SqliteStore:
             out.extend(_from_row(r) for r in rows)
         return out
 
-    def insert(self, record: DeviceRecord) -> None:
-        """Insert a new device; raise :class:`DeviceAlreadyExistsError` if the id is taken."""
-        marks = ",".join("?" * len(_COLUMNS))
+    async def insert(self, record: DeviceRecord) -> None:
+        marks = ",".join("?" * len(COLUMNS))
         try:
             self._conn.execute(
-                f"INSERT INTO devices ({', '.join(_COLUMNS)}) VALUES ({marks})", _to_row(record, _COLUMNS)
+                f"INSERT INTO devices ({', '.join(COLUMNS)}) VALUES ({marks})", _to_row(record, COLUMNS)
             )
         except sqlite3.IntegrityError as exc:
             raise DeviceAlreadyExistsError(
                 f"A device with ID '{record.device_id}' is already registered."
             ) from exc
 
-    def update_identity(self, record: DeviceRecord) -> None:
-        sets = ", ".join(f"{c} = ?" for c in _IDENTITY_COLUMNS)
+    async def update_identity(self, record: DeviceRecord) -> None:
+        sets = ", ".join(f"{c} = ?" for c in IDENTITY_COLUMNS)
         self._conn.execute(
             f"UPDATE devices SET {sets} WHERE device_id = ?",
-            [*_to_row(record, _IDENTITY_COLUMNS), record.device_id],
+            [*_to_row(record, IDENTITY_COLUMNS), record.device_id],
         )
 
-    def update_twin(self, record: DeviceRecord) -> None:
-        sets = ", ".join(f"{c} = ?" for c in _TWIN_COLUMNS)
+    async def update_twin(self, record: DeviceRecord) -> None:
+        sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
         self._conn.execute(
             f"UPDATE devices SET {sets} WHERE device_id = ?",
-            [*_to_row(record, _TWIN_COLUMNS), record.device_id],
+            [*_to_row(record, TWIN_COLUMNS), record.device_id],
         )
 
-    def delete(self, device_id: str) -> bool:
+    async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
         return cur.rowcount > 0
 
-    def list(self, *, after: str = "", limit: int = 1000) -> list[DeviceRecord]:
+    async def list(self, *, after: str = "", limit: int = 1000) -> list[DeviceRecord]:
         rows = self._conn.execute(
             f"{_SELECT} WHERE device_id > ? ORDER BY device_id LIMIT ?", (after, limit)
         ).fetchall()
         return [_from_row(r) for r in rows]
 
-    @staticmethod
-    def select_records(
-        conn: sqlite3.Connection, where_sql: str, params: tuple[Any, ...], *, after: str, limit: int
-    ) -> list[DeviceRecord]:
-        """Records matching a compiled WHERE body, keyset-paged by device id (any connection)."""
-        rows = conn.execute(
-            f"{_SELECT} WHERE ({where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?", (*params, after, limit)
-        ).fetchall()
-        return [_from_row(r) for r in rows]
-
-    def count(self) -> int:
+    async def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0])
 
-    def set_connection_state(self, device_id: str, state: str, when: str) -> None:
-        """Record a connect/disconnect; never touches the twin etag (clients hold it)."""
+    async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
         if state == "Connected":
             self._conn.execute(
                 "UPDATE devices SET connection_state = ?, connection_state_updated_time = ?, "
@@ -210,19 +220,162 @@ class SqliteStore:
                 (state, when, device_id),
             )
 
-    def get_subscriptions(self, device_id: str) -> list[str]:
-        row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-        return [s for s in row[0].split("\n") if s] if row else []
-
-    def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
-        self._conn.execute(
-            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
-        )
-
-    def reset_connection_states(self, when: str) -> None:
-        """Mark every device disconnected (hub start: no connection survives a restart)."""
+    async def reset_connection_states(self, when: str) -> None:
         self._conn.execute(
             "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = ? "
             "WHERE connection_state != 'Disconnected'",
             (when,),
         )
+
+    # ---- sessions ---------------------------------------------------------------
+    async def get_subscriptions(self, device_id: str) -> list[str]:
+        row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return [s for s in row[0].split("\n") if s] if row else []
+
+    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+        self._conn.execute(
+            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
+        )
+
+    # ---- queries (worker thread, read-only connection) ----------------------------
+    def compile_query(self, text: str) -> CompiledQuery:
+        return compile_query(text)
+
+    def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return conn.execute(sql, tuple(params)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> list[DeviceRecord]:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?",
+            (*compiled.params, after, limit),
+        )
+        return [_from_row(r) for r in rows]
+
+    async def query_device_jobs(
+        self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
+    ) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM device_jobs WHERE ({compiled.where_sql})"
+            " AND (job_id, device_id) > (?, ?) ORDER BY job_id, device_id LIMIT ?",
+            (*compiled.params, after[0], after[1], limit),
+        )
+        return [device_job_item(r) for r in rows]
+
+    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(
+            self._read, f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
+        )
+        return [row_to_item(compiled, r) for r in rows]
+
+    # ---- jobs ---------------------------------------------------------------------
+    async def insert_job(self, job_id: str, job_type: str, status: str, created: str, doc: dict[str, Any]) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO jobs (job_id, type, status, created_time, doc) VALUES (?, ?, ?, ?, ?)",
+                (job_id, job_type, status, created, dumps(doc)),
+            )
+        except sqlite3.IntegrityError:
+            raise JobAlreadyExistsError(f"A job with id '{job_id}' already exists.") from None
+
+    async def save_job(self, doc: dict[str, Any]) -> None:
+        self._conn.execute(
+            "UPDATE jobs SET status = ?, doc = ? WHERE job_id = ?", (doc["status"], dumps(doc), doc["jobId"])
+        )
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT doc FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def active_jobs(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute(f"SELECT doc FROM jobs WHERE status IN {_ACTIVE} ORDER BY created_time").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    async def count_active_jobs(self) -> int:
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM jobs WHERE status IN {_ACTIVE}").fetchone()[0])
+
+    async def list_jobs(
+        self, *, job_type: str | None, status: str | None, after: str, limit: int
+    ) -> list[dict[str, Any]]:
+        where, params = ["(created_time || '|' || job_id) > ?"], [after]
+        if job_type:
+            where.append("type = ?")
+            params.append(job_type)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        rows = self._conn.execute(
+            f"SELECT doc FROM jobs WHERE {' AND '.join(where)} ORDER BY created_time, job_id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    async def select_device_ids(self, condition: str) -> list[str]:
+        where_sql, params = compile_condition(condition)
+        rows = self._conn.execute(f"SELECT device_id FROM devices WHERE {where_sql} ORDER BY device_id", params).fetchall()
+        return [r[0] for r in rows]
+
+    async def add_device_jobs(
+        self, job_id: str, job_type: str, device_ids: Iterable[str], status: str, now: str
+    ) -> None:
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO device_jobs (job_id, device_id, job_type, status, created_date_time_utc,"
+            " last_updated_date_time_utc) VALUES (?, ?, ?, ?, ?, ?)",
+            ((job_id, d, job_type, status, now, now) for d in device_ids),
+        )
+
+    async def mark_device_jobs_running(self, job_id: str, device_ids: list[str], now: str) -> None:
+        self._conn.executemany(
+            "UPDATE device_jobs SET status = 'running', start_time_utc = ?, last_updated_date_time_utc = ?"
+            " WHERE job_id = ? AND device_id = ?",
+            ((now, now, job_id, d) for d in device_ids),
+        )
+
+    async def record_device_outcomes(self, job_id: str, outcomes: list[DeviceOutcome], now: str) -> None:
+        self._conn.executemany(
+            "UPDATE device_jobs SET status = ?, start_time_utc = COALESCE(start_time_utc, ?), end_time_utc = ?,"
+            " outcome = ?, error = ?, last_updated_date_time_utc = ? WHERE job_id = ? AND device_id = ?",
+            (
+                (
+                    status,
+                    start,
+                    end,
+                    dumps(outcome) if outcome is not None else None,
+                    dumps(error) if error is not None else None,
+                    now,
+                    job_id,
+                    device_id,
+                )
+                for device_id, status, start, end, outcome, error in outcomes
+            ),
+        )
+
+    async def set_device_jobs_status_where(
+        self, job_id: str, from_states: Iterable[str], to: str, now: str, error: Any = None
+    ) -> int:
+        states = list(from_states)
+        marks = ",".join("?" * len(states))
+        cur = self._conn.execute(
+            f"UPDATE device_jobs SET status = ?, end_time_utc = ?, last_updated_date_time_utc = ?, error = ?"
+            f" WHERE job_id = ? AND status IN ({marks})",
+            [to, now, now, dumps(error) if error is not None else None, job_id, *states],
+        )
+        return cur.rowcount
+
+    async def device_job_ids(self, job_id: str, status: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT device_id FROM device_jobs WHERE job_id = ? AND status = ? ORDER BY device_id", (job_id, status)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    async def device_job_counts(self, job_id: str) -> dict[str, int]:
+        rows = self._conn.execute(
+            "SELECT status, COUNT(*) FROM device_jobs WHERE job_id = ? GROUP BY status", (job_id,)
+        ).fetchall()
+        return {status: int(n) for status, n in rows}

@@ -51,7 +51,7 @@ def _fleet(cluster: Cluster, svc: Service, prefix: str, n: int, delay: float = 0
 
 def _job_holder(cluster: Cluster, job_id: str) -> str | None:
     node = cluster.nodes["a"]
-    return node.call_soon(lambda: node.hub.cluster.store.job_holder(job_id))  # type: ignore[union-attr]
+    return node.call(lambda: node.hub.cluster.store.job_holder(job_id))  # type: ignore[union-attr]
 
 
 def _wait_done(svc: Service, job_id: str) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_job_resumes_on_other_node_after_kill_9(tmp_path: Path, nats_server: Nat
             assert len(calls[rec["deviceId"]]) <= 1, f"{rec['deviceId']} invoked {len(calls[rec['deviceId']])} times"
             assert rec["status"] in ("completed", "failed"), rec
             if rec["status"] == "failed":
-                assert rec["error"]["code"] == "HubRestarted", rec
+                assert rec["error"]["code"] == "HubRestarted", records
         counts = Counter(rec["status"] for rec in records)
         stats = job["deviceJobStatistics"]
         assert stats == {"deviceCount": 8, "succeededCount": counts["completed"], "failedCount": counts["failed"],

@@ -162,13 +162,13 @@ async def test_fleet_report_groups(fleet, connection):
 
 async def test_serve_hub_flow_runs_the_hub_for_its_duration(tmp_path):
     from iot_flows.flows.hub import HubServeRequest, serve_hub
-    from iot_flows.store._sqlite import SqliteStore
+    from iot_flows.store import open_store
 
     db = tmp_path / "served.db"
     result = await serve_hub(HubServeRequest(mqtt_port=0, http_port=0, db=str(db), duration_seconds=1.0))
     assert result["served_seconds"] >= 1.0 and result["devices_connected_at_stop"] == 0
-    store = SqliteStore(db)
+    store = await open_store(str(db))
     try:
-        assert "iothubowner" in store.get_meta("policy_keys")
+        assert "iothubowner" in (await store.get_meta("policy_keys") or "")
     finally:
-        store.close()
+        await store.close()

@@ -56,13 +56,13 @@ def ok(body: Any, headers: dict[str, str] | None = None) -> Response:
 # ---- registry ---------------------------------------------------------------------
 async def get_device(request: Request) -> Response:
     hub = authorize(request, _R)
-    return ok(hub.registry.get(request.path_params["device_id"]).device_json())
+    return ok((await hub.registry.get(request.path_params["device_id"])).device_json())
 
 
 async def put_device(request: Request) -> Response:
     hub = authorize(request, _W)
     body = await json_body(request)
-    record = hub.registry.put(
+    record = await hub.registry.put(
         request.path_params["device_id"], body if body is not None else {}, if_match=request.headers.get("if-match")
     )
     return ok(record.device_json())
@@ -70,7 +70,7 @@ async def put_device(request: Request) -> Response:
 
 async def delete_device(request: Request) -> Response:
     hub = authorize(request, _W)
-    hub.registry.delete(request.path_params["device_id"], if_match=request.headers.get("if-match"))
+    await hub.registry.delete(request.path_params["device_id"], if_match=request.headers.get("if-match"))
     return Response(status_code=204)
 
 
@@ -84,27 +84,27 @@ async def list_devices(request: Request) -> Response:
     if not 1 <= top <= 10000:
         raise BadRequestError("top must be within [1; 10000].")
     after = request.headers.get("x-ms-continuation", "")
-    records = hub.registry.list(after=after, top=top)
+    records = await hub.registry.list(after=after, top=top)
     headers = {"x-ms-continuation": records[-1].device_id} if len(records) == top else None
     return ok([r.device_json() for r in records], headers)
 
 
 async def bulk_devices(request: Request) -> Response:
     hub = authorize(request, _W)
-    result = hub.registry.bulk(await json_body(request))
+    result = await hub.registry.bulk(await json_body(request))
     return JSONResponse(result, status_code=200 if result["isSuccessful"] else 400)
 
 
 # ---- twins --------------------------------------------------------------------------
 async def get_twin(request: Request) -> Response:
     hub = authorize(request, _S, _R)
-    return ok(hub.twins.get(request.path_params["device_id"]).twin_json())
+    return ok((await hub.twins.get(request.path_params["device_id"])).twin_json())
 
 
 async def update_twin(request: Request) -> Response:
     hub = authorize(request, _S)
     body = await json_body(request)
-    record = hub.twins.update(
+    record = await hub.twins.update(
         request.path_params["device_id"],
         body if body is not None else {},
         if_match=request.headers.get("if-match"),
@@ -118,7 +118,7 @@ async def invoke_method(request: Request) -> Response:
     hub = authorize(request, _S)
     device_id = request.path_params["device_id"]
     call = parse_method_call(await json_body(request))
-    hub.registry.get(device_id)  # 404001 for an unknown device, before any waiting
+    await hub.registry.get(device_id)  # 404001 for an unknown device, before any waiting
     result = await hub.methods.invoke(device_id, call)
     return ok(result.to_json())
 

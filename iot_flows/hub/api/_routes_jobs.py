@@ -38,17 +38,17 @@ async def query_devices(request: Request) -> Response:
 
 async def put_job(request: Request) -> Response:
     hub = authorize(request, _S)
-    return JSONResponse(hub.jobs.create(request.path_params["job_id"], await json_body(request)))
+    return JSONResponse(await hub.jobs.create(request.path_params["job_id"], await json_body(request)))
 
 
 async def get_job(request: Request) -> Response:
     hub = authorize(request, _S)
-    return JSONResponse(hub.jobs.get(request.path_params["job_id"]))
+    return JSONResponse(await hub.jobs.get(request.path_params["job_id"]))
 
 
 async def cancel_job(request: Request) -> Response:
     hub = authorize(request, _S)
-    return JSONResponse(hub.jobs.cancel(request.path_params["job_id"]))
+    return JSONResponse(await hub.jobs.cancel(request.path_params["job_id"]))
 
 
 async def query_jobs(request: Request) -> Response:
@@ -56,7 +56,7 @@ async def query_jobs(request: Request) -> Response:
     hub = authorize(request, _S)
     size = min(max(_page_size(request) or 100, 1), 1000)
     after = request.headers.get("x-ms-continuation") or request.query_params.get("continuationToken") or ""
-    docs = hub.jobs.list(
+    docs = await hub.jobs.list(
         job_type=request.query_params.get("jobType"),
         status=request.query_params.get("jobStatus"),
         after=after,

@@ -1,0 +1,50 @@
+"""Row shapes shared by the backends: device columns and device-job items."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["COLUMNS", "IDENTITY_COLUMNS", "JOB_COLUMNS", "JSON_COLUMNS", "TWIN_COLUMNS", "device_job_item", "dumps"]
+
+JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
+COLUMNS = (
+    "device_id", "generation_id", "device_etag", "status", "status_reason", "status_updated_time",
+    "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
+    "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
+    "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
+    "desired_version", "reported_version", "twin_version", "twin_etag",
+)  # fmt: skip
+IDENTITY_COLUMNS = (
+    "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",
+    "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint", "capabilities",
+)  # fmt: skip
+TWIN_COLUMNS = (
+    "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
+    "desired_version", "reported_version", "twin_version", "twin_etag",
+)  # fmt: skip
+JOB_COLUMNS = (
+    "job_id", "device_id", "job_type", "status", "start_time_utc", "end_time_utc",
+    "created_date_time_utc", "last_updated_date_time_utc", "outcome", "error",
+)  # fmt: skip
+#: Compact JSON, as the store writes every document.
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def device_job_item(row: Any) -> dict[str, Any]:
+    """A ``devices.jobs`` row (``JOB_COLUMNS`` order, JSON as text) as the REST item."""
+    values = dict(zip(JOB_COLUMNS, tuple(row), strict=True))
+    item: dict[str, Any] = {
+        "deviceId": values["device_id"],
+        "jobId": values["job_id"],
+        "jobType": values["job_type"],
+        "status": values["status"],
+        "startTimeUtc": values["start_time_utc"],
+        "endTimeUtc": values["end_time_utc"],
+        "createdDateTimeUtc": values["created_date_time_utc"],
+        "lastUpdatedDateTimeUtc": values["last_updated_date_time_utc"],
+        "outcome": json.loads(values["outcome"]) if values["outcome"] else None,
+    }
+    if values["error"]:
+        item["error"] = json.loads(values["error"])
+    return item
