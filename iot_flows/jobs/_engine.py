@@ -154,7 +154,8 @@ class JobEngine:
             try:  # the node that creates a job runs it
                 await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
             except BaseException:
-                await self.lease.release(job_id)
+                if job_id not in self._runs:  # a duplicate id of a job running here keeps its lease
+                    await self.lease.release(job_id)
                 raise
         else:
             await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
