@@ -89,11 +89,11 @@ def serve(
         jobs=JobSettings(max_concurrent_jobs=max_concurrent_jobs, device_concurrency=job_device_concurrency),
         cluster=_cluster_settings(bus, node_id, node_lease_seconds),
     )
-    from iot_flows.cluster import BusUnavailableError
+    from iot_flows.cluster import ClusterError
 
     try:
         asyncio.run(_serve_until_signal(settings))
-    except BusUnavailableError as exc:
+    except ClusterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

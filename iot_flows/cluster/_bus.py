@@ -30,14 +30,22 @@ from nats.aio.msg import Msg
 
 from iot_flows._exceptions import IoTFlowsError
 
-__all__ = ["Bus", "BusUnavailableError"]
+__all__ = ["Bus", "BusUnavailableError", "ClusterError", "NodeIdInUseError"]
 
 log = logging.getLogger(__name__)
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class BusUnavailableError(IoTFlowsError):
+class ClusterError(IoTFlowsError):
+    """Raised when a hub node cannot join its cluster (the message is one line)."""
+
+
+class BusUnavailableError(ClusterError):
     """Raised when the NATS server cannot be reached (at start, or for a cross-node call)."""
+
+
+class NodeIdInUseError(ClusterError):
+    """Raised when a running node already uses this node's ``--node-id``."""
 
 
 class NoResponderError(IoTFlowsError):
@@ -62,6 +70,7 @@ class Bus:
         self._nc: Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_reconnected = on_reconnected
+        self._closing = False
 
     def subject(self, *parts: str) -> str:
         return ".".join((self.prefix, *parts))
@@ -77,6 +86,8 @@ class Bus:
             log.debug("NATS: %s", exc)
 
         async def on_disconnected() -> None:
+            if self._closing:
+                return
             log.warning("node %s lost NATS at %s; cross-node calls answer 503 until it is back", self.node_id, self.url)
 
         async def on_reconnected() -> None:
@@ -110,6 +121,7 @@ class Bus:
             ) from None
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._nc is not None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from iot_flows.cluster._bus import Bus
+from iot_flows.cluster._bus import Bus, NoResponderError, NodeIdInUseError
 from iot_flows.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.hub import Subscription
 from iot_flows.store import ClusterStore, open_cluster_store
@@ -80,6 +80,13 @@ class ClusterNode:
     async def connect(self) -> None:
         """Reach NATS (raises BusUnavailableError, one line), then register this node."""
         await self.bus.connect()
+        try:
+            await self.bus.request(self.bus.subject("node", self.node_id, "ping"), {}, timeout=1.0)
+        except (NoResponderError, TimeoutError):
+            pass  # no running node answers to this id
+        else:
+            await self.bus.close()
+            raise NodeIdInUseError(f"node id {self.node_id!r} is in use by a running node on {self.bus.url}; pick another --node-id")
         self.store = await open_cluster_store(self._hub.store, self.node_id, self.settings.lease_seconds)
         self.methods = MethodRouter(self._hub, self.store, self.bus)
         self.desired = DesiredRelay(self._hub, self.store, self.bus)
@@ -91,6 +98,7 @@ class ClusterNode:
     async def start(self) -> None:
         """Install the hooks and subscribe (before the hub accepts devices)."""
         hub = self._hub
+        await self.bus.subscribe(self.bus.subject("node", self.node_id, "ping"), self._on_ping)
         await self.methods.start()
         await self.desired.start()
         await self.bus.subscribe(self.bus.subject("takeover"), self._on_takeover)
@@ -144,6 +152,9 @@ class ClusterNode:
                 raise
             except Exception:
                 log.exception("node %s heartbeat failed", self.node_id)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        await self.bus.respond(msg, {"node": self.node_id})
 
     # ---- presence and take-over --------------------------------------------------------
     async def on_connection_change(self, device_id: str, connected: bool) -> bool:

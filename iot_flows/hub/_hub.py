@@ -146,6 +146,7 @@ class Hub:
         try:
             await node.connect()
         except BaseException:
+            await node.bus.close()
             await self.store.close()
             raise
         await node.start()

@@ -133,3 +133,14 @@ def test_unreachable_nats_at_start_is_one_line_and_exit_1(tmp_path: Path) -> Non
     out = subprocess.run([*CLI, "hub", "serve", "--db", str(tmp_path / "h.db"), "--mqtt-port", "0", "--http-port", "0",
                           "--bus", "http://nowhere"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "nats://" in out.stderr
+
+
+def test_node_id_in_use_is_refused(tmp_path: Path, nats_server: NatsServer) -> None:
+    a = _node(tmp_path / "hub.db", nats_server, "same")
+    try:
+        out = subprocess.run([*CLI, "hub", "serve", "--db", str(tmp_path / "hub.db"), "--mqtt-port", "0", "--http-port", "0",
+                              "--bus", nats_server.url, "--node-id", "same"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1
+        assert len(out.stderr.strip().splitlines()) == 1 and "'same' is in use" in out.stderr, out.stderr
+    finally:
+        a.terminate()
