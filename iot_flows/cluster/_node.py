@@ -160,6 +160,7 @@ class ClusterNode:
     async def on_connection_change(self, device_id: str, connected: bool) -> bool:
         """Hub hook before it records a connect/disconnect; False: do not record it."""
         if connected:
+            self.desired.forget(device_id)  # it GETs its twin now: order restarts from there
             await self.store.claim(device_id)
             self.bus.publish(self.bus.subject("takeover"), {"deviceId": device_id, "node": self.node_id})
             return True
