@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +28,7 @@ from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
@@ -134,12 +136,14 @@ class Hub:
     def build_app(self) -> Starlette:
         app = Starlette(
             routes=job_routes() + extension_routes() + routes(),
+            middleware=[Middleware(RequestRules)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
                 Exception: unexpected_error_handler,
             },
         )
+        app.router.redirect_slashes = False  # SDKs do not follow redirects; RequestRules strips the '/'
         app.state.hub = self
         return app
 
