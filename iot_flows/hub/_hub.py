@@ -121,7 +121,8 @@ class Hub:
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
-            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
+            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
+            policy_keys=self.service_auth.policy_keys,
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from iot_flows._exceptions import UnauthorizedError
-from iot_flows.hub._auth import check_device_token
+from iot_flows.hub._auth import check_device_token, parse_username
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.mqtt import (
@@ -161,19 +161,24 @@ class _Connection(asyncio.Protocol):
         if not packet.client_id or "/" in packet.client_id:
             self._refuse(CONNACK_IDENTIFIER_REJECTED, "module identities are not supported")
             return
-        username = packet.username or ""
-        if not username.lower().startswith(f"{server.hostname}/{packet.client_id}/".lower()):
-            self._refuse(CONNACK_NOT_AUTHORIZED, "username must be {hostname}/{deviceId}/?api-version=...")
+        try:
+            params = parse_username(packet.username or "", server.hostname, packet.client_id)
+        except UnauthorizedError as exc:
+            self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
         device = server.store.get(packet.client_id)
         if device is None or device.status != "enabled":
             self._refuse(CONNACK_NOT_AUTHORIZED, "unknown or disabled device")
             return
         try:
-            token = check_device_token((packet.password or b"").decode("utf-8", "replace"), device, server.hostname)
+            password = (packet.password or b"").decode("utf-8", "replace")
+            token = check_device_token(password, device, server.hostname, server.policy_keys)
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
+        model_id = params.get("model-id")
+        if model_id and model_id != device.model_id:  # Plug and Play: the twin's modelId
+            server.store.set_model_id(device.device_id, model_id)
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
         resumed = server.sessions.attach(self, clean_session=packet.clean_session)
@@ -229,8 +234,11 @@ class MqttServer:
         sessions: SessionRegistry,
         endpoint: DeviceEndpoint,
         hostname: str,
+        policy_keys: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        #: Shared access policy keys: devices may sign with a DeviceConnect policy (D-SAS).
+        self.policy_keys = policy_keys if policy_keys is not None else {}
         self.sessions = sessions
         self.endpoint = endpoint
         self.hostname = hostname

@@ -13,6 +13,7 @@ query path                              SQL expression
 ``lastActivityTime``                    ``last_activity_time``
 ``version`` / ``etag``                  ``twin_version`` / ``twin_etag``
 ``authenticationType``                  ``auth_type``
+``modelId``                             ``model_id``
 ``capabilities.iotEdge``                ``json_extract(capabilities, '$.iotEdge')``
 ``tags.a.b``                            ``json_extract(tags, '$.a.b')``
 ``properties.desired.a``                ``json_extract(desired, '$.a')``
@@ -58,7 +59,9 @@ CREATE TABLE IF NOT EXISTS devices (
     twin_etag            TEXT NOT NULL,
     -- MQTT persistent session (clean_session=0): subscribed IoT Hub topic filters, so a
     -- device that does not re-subscribe after a hub restart still gets its messages.
-    mqtt_subscriptions   TEXT NOT NULL DEFAULT ''
+    mqtt_subscriptions   TEXT NOT NULL DEFAULT '',
+    -- Plug and Play model id the device announced at CONNECT (``model-id``): twin ``modelId``.
+    model_id             TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX IF NOT EXISTS ix_devices_connection_state ON devices (connection_state);
@@ -67,6 +70,9 @@ CREATE INDEX IF NOT EXISTS ix_devices_status ON devices (status);
 
 # Jobs (issue: jobs engine). ``doc`` holds the JobResponse JSON as served; hot fields are
 # columns so ``/jobs/v2/query`` can filter without parsing.
+#: Columns added after the first release: (column, definition) for ``ALTER TABLE devices``.
+ADDED_DEVICE_COLUMNS = (("model_id", "TEXT NOT NULL DEFAULT ''"),)
+
 JOBS_DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id        TEXT PRIMARY KEY,

@@ -20,7 +20,7 @@ from typing import Any
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._schema import DDL, JOBS_DDL, SCHEMA_VERSION
+from iot_flows.store._schema import ADDED_DEVICE_COLUMNS, DDL, JOBS_DDL, SCHEMA_VERSION
 
 __all__ = ["SqliteStore"]
 
@@ -30,7 +30,7 @@ _COLUMNS = (
     "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
     "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
     "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag",
+    "desired_version", "reported_version", "twin_version", "twin_etag", "model_id",
 )  # fmt: skip
 _IDENTITY_COLUMNS = (
     "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",
@@ -77,6 +77,10 @@ class SqliteStore:
         self.path = str(path)
         self._conn = _connect(self.path)
         self._conn.executescript(DDL + JOBS_DDL)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(devices)")}
+        for column, definition in ADDED_DEVICE_COLUMNS:  # databases made by older releases
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE devices ADD COLUMN {column} {definition}")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -209,6 +213,10 @@ class SqliteStore:
                 "WHERE device_id = ?",
                 (state, when, device_id),
             )
+
+    def set_model_id(self, device_id: str, model_id: str) -> None:
+        """Record the Plug and Play model id a device announced (twin ``modelId``); no etag change."""
+        self._conn.execute("UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id))
 
     def get_subscriptions(self, device_id: str) -> list[str]:
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
