@@ -255,6 +255,7 @@ class HubProcess:
             lines.append(line)
             if line.startswith("HostName="):
                 self.connection_string = line.strip()
+                self.hostname = ConnectionString.parse(self.connection_string).host_name
                 break
         wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, timeout=10)
         self.output = "".join(lines)

@@ -50,7 +50,10 @@ class HubSettings:
     """How a hub listens and where it stores. Port 0 picks a free port."""
 
     host: str = "127.0.0.1"
-    hostname: str = "localhost"
+    #: The hub's HostName (SAS ``sr``, MQTT username, connection strings). Dotted, because
+    #: the C device SDK splits HostName at the first '.' and refuses a name without one;
+    #: an IP literal resolves everywhere without DNS (docs/azure-contract.md "Host name").
+    hostname: str = "127.0.0.1"
     mqtt_port: int = 1883
     http_port: int = 8080
     mqtts_port: int = 8883

@@ -40,7 +40,7 @@ def fleet(jobs_hub, svc):
         for _ in range(n):
             record = svc.create_device()
             svc.request("PATCH", f"/twins/{record['deviceId']}", json_body={"tags": tags})
-            dev = Device("127.0.0.1", jobs_hub.hub.mqtt_port, "localhost", record["deviceId"],
+            dev = Device("127.0.0.1", jobs_hub.hub.mqtt_port, jobs_hub.hub.settings.hostname, record["deviceId"],
                          record["authentication"]["symmetricKey"]["primaryKey"])
             dev.calls = []  # type: ignore[attr-defined]
             if connect:
