@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.routing import WebSocketRoute
 from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
@@ -24,6 +25,7 @@ from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
+from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
@@ -139,7 +141,7 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=job_routes() + extension_routes() + routes(),
+            routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
             middleware=[Middleware(RequestRules)],
             exception_handlers={
                 HubError: hub_error_handler,

@@ -251,6 +251,10 @@ class MqttServer:
         self._packet_ids = self._packet_ids % 65535 + 1
         return self._packet_ids
 
+    def protocol_factory(self) -> asyncio.Protocol:
+        """A new device connection handler (for transports other than a listening socket)."""
+        return _Connection(self)
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
