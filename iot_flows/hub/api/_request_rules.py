@@ -24,9 +24,7 @@ from iot_flows.hub.api._errors import error_response
 __all__ = ["SUPPORTED_API_VERSIONS", "RequestRules"]
 
 #: api-version values the official SDKs send (newest first); see docs/azure-contract.md.
-SUPPORTED_API_VERSIONS: frozenset[str] = frozenset(
-    {"2021-04-12", "2020-09-30", "2020-03-13", "2019-10-01", "2019-03-30", "2018-06-30"}
-)
+SUPPORTED_API_VERSIONS: frozenset[str] = frozenset({"2021-04-12", "2020-09-30", "2019-10-01"})
 #: Paths of the hub's own (non-Azure) endpoints: no api-version required.
 _OWN_PREFIXES = ("/healthz", "/iot-flows/")
 
