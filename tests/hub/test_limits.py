@@ -257,3 +257,18 @@ def test_bulk_registry_100_devices(service, count, ok):
     r = service.request("POST", "/devices", json_body=[{"id": f"{prefix}-{i}", "importMode": "create"} for i in range(count)])
     assert (r.status_code == 200) is ok, r.text
     assert (service.request("GET", f"/devices/{prefix}-0").status_code == 200) is ok
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("reboot", True), ("fw-update_v2.1", True), ("Method!*'~%&", True),
+    ("bad name", False), ("a$b", False), ("a:b", False), ("a?b", False), ("a=b", False), ("a{b}", False),
+    ("a/b", False), ("a\tb", False), ("ünïcode", False), ("", False),
+])
+def test_method_name_characters(service, name, ok):
+    """Reference §5: names are printable US-ASCII except $ ( ) < > @ , ; : \\ " / [ ] ? = { } SP HT."""
+    device_id = service.create_device()["deviceId"]
+    r = service.request("POST", f"/twins/{device_id}/methods", json_body={"methodName": name})
+    if ok:
+        assert r.status_code == 404 and error_code(r) == 404103, r.text  # valid; the device is offline
+    else:
+        assert r.status_code == 400 and error_code(r) == 400004, r.text
