@@ -51,7 +51,9 @@ async def _serve_until_signal(settings: "object") -> None:
 @hub_app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    hostname: Annotated[str, typer.Option(help="The hub's name in SAS 'sr' values and MQTT usernames.")] = "localhost",
+    hostname: Annotated[
+        str, typer.Option(help="The hub's HostName (SAS 'sr', MQTT usernames); must contain a '.' for C SDK firmware.")
+    ] = "127.0.0.1",
     mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
     http_port: Annotated[int, typer.Option(help="Service REST API port.")] = 8080,
     mqtts_port: Annotated[int, typer.Option(help="MQTT over TLS port (with --tls-cert/--tls-key).")] = 8883,

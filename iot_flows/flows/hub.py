@@ -18,7 +18,7 @@ class HubServeRequest(BaseModel):
     """Same options as ``iot-flows hub serve``."""
 
     host: str = "127.0.0.1"
-    hostname: str = "localhost"
+    hostname: str = "127.0.0.1"
     mqtt_port: int = 1883
     http_port: int = 8080
     mqtts_port: int = 8883

@@ -14,7 +14,9 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.routing import WebSocketRoute
 from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
@@ -23,10 +25,12 @@ from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
+from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
@@ -48,7 +52,10 @@ class HubSettings:
     """How a hub listens and where it stores. Port 0 picks a free port."""
 
     host: str = "127.0.0.1"
-    hostname: str = "localhost"
+    #: The hub's HostName (SAS ``sr``, MQTT username, connection strings). Dotted, because
+    #: the C device SDK splits HostName at the first '.' and refuses a name without one;
+    #: an IP literal resolves everywhere without DNS (docs/azure-contract.md "Host name").
+    hostname: str = "127.0.0.1"
     mqtt_port: int = 1883
     http_port: int = 8080
     mqtts_port: int = 8883
@@ -139,7 +146,8 @@ class Hub:
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
-            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
+            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
+            policy_keys=self.service_auth.policy_keys,
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -153,13 +161,15 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=job_routes() + extension_routes() + routes(),
+            routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
+            middleware=[Middleware(RequestRules)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
                 Exception: unexpected_error_handler,
             },
         )
+        app.router.redirect_slashes = False  # SDKs do not follow redirects; RequestRules strips the '/'
         app.state.hub = self
         return app
 

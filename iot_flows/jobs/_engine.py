@@ -40,6 +40,7 @@ from iot_flows.jobs._states import (
     JobStatus,
     JobType,
     check_transition,
+    created_status,
 )
 from iot_flows.store import HubStore
 
@@ -138,7 +139,9 @@ class JobEngine:
             doc["waitForOfflineDevices"] = True
         await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
         self._launch(job_id)
-        return await self.get(job_id)
+        created = await self.get(job_id)
+        created["status"] = created_status(JobStatus(created["status"]))
+        return created
 
     async def get(self, job_id: str) -> dict[str, Any]:
         doc = await self._repo.get(job_id)
