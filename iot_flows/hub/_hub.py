@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -19,6 +17,7 @@ from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
 from iot_flows._sas import ConnectionString
+from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
@@ -32,7 +31,7 @@ from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine, JobSettings
+from iot_flows.jobs import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store._sqlite import SqliteStore
 from iot_flows.twin import utc_now
@@ -40,23 +39,6 @@ from iot_flows.twin import utc_now
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
-OWNER_KEY_ENV = "IOT_FLOWS_HUB_OWNER_KEY"
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    """How a hub listens and where it stores. Port 0 picks a free port."""
-
-    host: str = "127.0.0.1"
-    hostname: str = "localhost"
-    mqtt_port: int = 1883
-    http_port: int = 8080
-    mqtts_port: int = 8883
-    db: str = "iot-flows-hub.db"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    owner_key: str | None = None
-    jobs: JobSettings = JobSettings()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -93,7 +75,7 @@ class Hub:
         Path(self.settings.db).parent.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(self.settings.db)
         self.store.reset_connection_states(utc_now())
-        owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
+        owner_key = self.settings.owner_key or None
         stored = self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
         if owner_key:
