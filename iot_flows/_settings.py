@@ -145,16 +145,30 @@ class ClientSettings(BaseSettings):
 _RATE = "Fault injection (rates 0..1)"
 _TIMING = "Timings (seconds)"
 _BEHAVIOUR_CLI: dict[str, tuple[str, dict[str, Any], Cli | None]] = {
-    # name: (help, extra constraints, command-line names) -- nothing else is repeated here.
-    "jitter": ("Random variation of every step: duration * (1 +- jitter).", {"ge": 0, "le": 1}, None),
+    # name: (help, extra constraints, command-line names) -- type and default come from the class.
+    "reboot_seconds": ("Offline time of a reboot.", {}, None),
+    "factory_reset_seconds": ("Offline time of a factory reset.", {}, None),
+    "fw_wait_seconds": ("Firmware update: time in 'waiting' before the download.", {}, None),
+    "fw_download_seconds": ("Firmware update: download time.", {}, None),
+    "fw_apply_seconds": ("Firmware update: apply time.", {}, None),
     "fw_reboot_seconds": ("Offline time after applying firmware (0: no reboot).", {}, None),
+    "config_apply_seconds": ("Time to apply a desired configuration.", {}, None),
+    "jitter": ("Random variation of every step: duration * (1 +- jitter).", {"ge": 0, "le": 1}, None),
+    "factory_firmware_version": ("Firmware version of a new (or factory-reset) device.", {}, None),
+    "download_failure_rate": ("Firmware downloads that fail (downloadFailed).", {}, None),
+    "apply_failure_rate": ("Firmware applies that fail (applyFailed).", {}, None),
     "hang_rate": ("Updates accepted but never reported.", {}, None),
+    "config_failure_rate": ("Configuration applies that fail.", {}, None),
     "slow_rate": ("Share of slow responders.", {}, None),
+    "slow_reply_seconds": ("How late a slow responder answers a direct method.", {}, None),
+    "slow_factor": ("How much longer a slow responder's steps take.", {"ge": 1}, None),
     "churn_rate": ("Share of devices dropped per churn interval.", {}, None),
-    "churn_interval_seconds": ("", {"gt": 0}, Cli(names=("--churn-interval-seconds", "--churn-interval"))),
+    "churn_interval_seconds": (
+        "How often devices are dropped.", {"gt": 0}, Cli(names=("--churn-interval-seconds", "--churn-interval"))
+    ),
+    "churn_offline_seconds": ("How long a dropped device stays offline.", {}, None),
     "window_recheck_seconds": ("Longest sleep between maintenance-window checks.", {"gt": 0}, None),
     "report_initial_state": ("Report firmware version etc. on the first connect when the twin lacks it.", {}, None),
-    "factory_firmware_version": ("Firmware version of a new (or factory-reset) device.", {}, None),
 }
 
 

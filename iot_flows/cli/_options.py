@@ -7,7 +7,8 @@ default shown, ``ge``/``le`` as the allowed range, and the environment variable 
 Every option defaults to "not given", so an unset flag leaves the field to the
 environment and then to the model's default (flag > environment > default).
 
-``python -m iot_flows.cli._options`` prints the README's configuration table.
+``python -m iot_flows.cli._options --write README.md`` rewrites the README's
+configuration table (``tests/cli/test_settings.py`` fails when it is out of date).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic_core import PydanticUndefined
 
 from iot_flows._settings import Cli
 
-__all__ = ["Option", "build_settings", "iter_options", "markdown_table", "settings_options"]
+__all__ = ["Option", "build_settings", "iter_options", "markdown_table", "readme_table", "settings_options", "with_readme_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -209,5 +210,25 @@ def readme_table() -> str:
     ])  # fmt: skip
 
 
+_START, _END = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+
+
+def with_readme_table(readme: str) -> str:
+    """``readme`` with the text between the settings-table markers replaced by :func:`readme_table`."""
+    head, sep, rest = readme.partition(_START)
+    _old, sep2, tail = rest.partition(_END)
+    if not (sep and sep2):
+        raise ValueError("README lacks the settings-table markers")
+    return f"{head}{_START}{readme_table()}\n{_END}{tail}"
+
+
 if __name__ == "__main__":
-    print(readme_table())
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:  # python -m iot_flows.cli._options --write README.md
+        from pathlib import Path
+
+        target = Path(sys.argv[2])
+        target.write_text(with_readme_table(target.read_text()))
+    else:
+        print(readme_table())
