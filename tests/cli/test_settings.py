@@ -169,3 +169,15 @@ def test_environment_reaches_the_hub_settings_the_library_builds(monkeypatch: py
 def test_readme_configuration_table_is_generated_from_the_models() -> None:
     readme = (ROOT / "README.md").read_text()
     assert readme == with_readme_table(readme), "run: python -m iot_flows.cli._options --write README.md"
+
+
+def test_demo_is_the_same_typer_command_under_both_names() -> None:
+    result = CliRunner().invoke(app, ["demo", "--quick", "--devices", "20"])
+    assert result.exit_code == 2 and "not both" in result.output
+    assert CliRunner().invoke(app, ["demo", "--devices", "5"]).exit_code == 2  # at least 10
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "iot_flows.demo", "--help"], cwd=ROOT, text=True, capture_output=True,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "./scripts/demo" in done.stdout and "--devices" in done.stdout
