@@ -172,7 +172,7 @@ def test_readme_configuration_table_is_generated_from_the_models() -> None:
 
 
 def test_demo_is_the_same_typer_command_under_both_names() -> None:
-    result = CliRunner().invoke(app, ["demo", "--quick", "--devices", "20"])
+    result = CliRunner().invoke(app, ["demo", "--quick", "--devices", "20"], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "not both" in result.output
     assert CliRunner().invoke(app, ["demo", "--devices", "5"]).exit_code == 2  # at least 10
     import subprocess
