@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, create_model
+from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -82,12 +82,12 @@ class JobSettings(BaseSettings):
     model_config = _config("JOBS")
 
     max_concurrent_jobs: Annotated[int, Cli(names=("--max-concurrent-jobs",))] = Field(
-        10, ge=1, description="Active (queued/scheduled/running) jobs at once; Azure S1 allows 1."
+        default=10, ge=1, description="Active (queued/scheduled/running) jobs at once; Azure S1 allows 1."
     )
-    device_concurrency: int = Field(1000, ge=1, description="In-flight device operations per job.")
-    batch_size: int = Field(500, ge=1, description="Device records marked running / committed per transaction.")
+    device_concurrency: int = Field(default=1000, ge=1, description="In-flight device operations per job.")
+    batch_size: int = Field(default=500, ge=1, description="Device records marked running / committed per transaction.")
     subscribe_grace_seconds: float = Field(
-        2.0, ge=0, description="How long a job waits for a just-connected device's method SUBSCRIBE."
+        default=2.0, ge=0, description="How long a job waits for a just-connected device's method SUBSCRIBE."
     )
 
 
@@ -99,26 +99,28 @@ class HubSettings(BaseSettings):
 
     model_config = _config("HUB")
 
-    host: str = Field("127.0.0.1", description="Interface to listen on.")
-    hostname: str = Field(DEFAULT_HOSTNAME, description="The hub's name in connection strings, SAS 'sr' values and MQTT usernames.")
-    mqtt_port: int = Field(1883, ge=0, le=65535, description="Plain MQTT port.")
-    http_port: int = Field(8080, ge=0, le=65535, description="Service REST API port.")
-    mqtts_port: Annotated[int, Cli(panel=_TLS)] = Field(
-        8883, ge=0, le=65535, description="MQTT over TLS port (with --tls-cert/--tls-key)."
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    hostname: str = Field(
+        default=DEFAULT_HOSTNAME, description="The hub's name in connection strings, SAS 'sr' values and MQTT usernames."
     )
-    db: str = Field("iot-flows-hub.db", description="Where the hub stores: a SQLite file.")
-    tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(None, description="PEM certificate (chain) for TLS.")
-    tls_key: Annotated[str | None, Cli(panel=_TLS)] = Field(None, description="PEM private key for TLS.")
+    mqtt_port: int = Field(default=1883, ge=0, le=65535, description="Plain MQTT port.")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="Service REST API port.")
+    mqtts_port: Annotated[int, Cli(panel=_TLS)] = Field(
+        default=8883, ge=0, le=65535, description="MQTT over TLS port (with --tls-cert/--tls-key)."
+    )
+    db: str = Field(default="iot-flows-hub.db", description="Where the hub stores: a SQLite file.")
+    tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM certificate (chain) for TLS.")
+    tls_key: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM private key for TLS.")
     owner_key: Annotated[str | None, Cli(hidden=True)] = Field(
-        None, repr=False, description="The iothubowner key (base64); default: generated once, kept in the db."
+        default=None, repr=False, description="The iothubowner key (base64); default: generated once, kept in the db."
     )
     profile: str = Field(
-        "",
+        default="",
         description="Where `hub serve` writes how to reach it, for the other commands; default "
         ".iot-flows/hub.json in the SQLite database's folder.",
     )
-    log_level: str = Field("WARNING", description="Python log level of `hub serve`.")
-    jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=JobSettings)
+    log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
+    jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
 
 
 class ClientSettings(BaseSettings):
@@ -130,14 +132,15 @@ class ClientSettings(BaseSettings):
     model_config = _config("HUB")
 
     connection_string: Annotated[str | None, Cli(names=("--hub",))] = Field(
-        None, repr=False, description="Service connection string (with SharedAccessKeyName); default: the profile's."
+        default=None, repr=False, description="Service connection string (with SharedAccessKeyName); default: the profile's."
     )
     url: Annotated[str | None, Cli(names=("--hub-url", "--http-url"))] = Field(
-        None, description="Service REST base URL; default: the profile's when its HostName matches, else https://HostName."
+        default=None,
+        description="Service REST base URL; default: the profile's when its HostName matches, else https://HostName.",
     )
-    profile: str = Field(str(DEFAULT_PROFILE), description="The connection profile `hub serve` wrote.")
+    profile: str = Field(default=str(DEFAULT_PROFILE), description="The connection profile `hub serve` wrote.")
     connection: Annotated[str | None, Cli(hidden=True)] = Field(
-        None, description="Name of a saved HubConnection block the flows use when none is passed."
+        default=None, description="Name of a saved HubConnection block the flows use when none is passed."
     )
 
 
@@ -164,7 +167,9 @@ _BEHAVIOUR_CLI: dict[str, tuple[str, dict[str, Any], Cli | None]] = {
     "slow_factor": ("How much longer a slow responder's steps take.", {"ge": 1}, None),
     "churn_rate": ("Share of devices dropped per churn interval.", {}, None),
     "churn_interval_seconds": (
-        "How often devices are dropped.", {"gt": 0}, Cli(names=("--churn-interval-seconds", "--churn-interval"))
+        "How often devices are dropped.",
+        {"gt": 0},
+        Cli(names=("--churn-interval-seconds", "--churn-interval")),
     ),
     "churn_offline_seconds": ("How long a dropped device stays offline.", {}, None),
     "window_recheck_seconds": ("Longest sleep between maintenance-window checks.", {"gt": 0}, None),
@@ -186,7 +191,7 @@ def _behaviour_field(field: dataclasses.Field[Any], annotation: Any) -> tuple[An
     else:
         panel = "Device behaviour"
     meta = dataclasses.replace(cli or Cli(), panel=panel)
-    return Annotated[annotation, meta], Field(field.default, description=help_text or None, **extra)
+    return Annotated[annotation, meta], Field(default=field.default, description=help_text or None, **extra)
 
 
 def _simulator_settings() -> type[BaseSettings]:
@@ -197,7 +202,9 @@ def _simulator_settings() -> type[BaseSettings]:
     model: type[BaseSettings] = create_model(  # type: ignore[call-overload]
         "SimulatorSettings", __base__=_SimulatorBase, __module__=__name__, **fields
     )
-    model.__doc__ = "Timings and fault rates of simulated devices (``IOT_FLOWS_FLEET_*``): ``BehaviourConfig``'s fields."
+    model.__doc__ = (
+        "Timings and fault rates of simulated devices (``IOT_FLOWS_FLEET_*``): ``BehaviourConfig``'s fields."
+    )
     return model
 
 
@@ -205,6 +212,8 @@ class _SimulatorBase(BaseSettings):
     model_config = _config("FLEET")
 
 
+#: Generated from ``BehaviourConfig`` on first use (see ``__getattr__``).
+SimulatorSettings: type[BaseSettings]
 _simulator: type[BaseSettings] | None = None
 
 
@@ -218,6 +227,7 @@ def __getattr__(name: str) -> Any:
         return _simulator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _CONN = "Connection"
 
 
@@ -226,25 +236,33 @@ class FleetSettings(BaseSettings):
 
     model_config = _config("FLEET")
 
-    count: Annotated[int, Cli(names=("--count", "-n"))] = Field(100, ge=0, description="Number of devices.")
-    prefix: str = Field("sim", description="Device ids are {prefix}-{index:05d}.")
-    start_index: int = Field(0, ge=0, description="First device index.")
-    mqtt_host: Annotated[str | None, Cli(panel=_CONN)] = Field(None, description="MQTT host (default: the profile's, else HostName).")
+    count: Annotated[int, Cli(names=("--count", "-n"))] = Field(default=100, ge=0, description="Number of devices.")
+    prefix: str = Field(default="sim", description="Device ids are {prefix}-{index:05d}.")
+    start_index: int = Field(default=0, ge=0, description="First device index.")
+    mqtt_host: Annotated[str | None, Cli(panel=_CONN)] = Field(
+        default=None, description="MQTT host (default: the profile's, else HostName)."
+    )
     mqtt_port: Annotated[int | None, Cli(panel=_CONN)] = Field(
-        None, ge=1, le=65535, description="MQTT port (default: the profile's, else 8883 with TLS, 1883 without)."
+        default=None, ge=1, le=65535, description="MQTT port (default: the profile's, else 8883 with TLS, 1883 without)."
     )
     tls: Annotated[bool | None, Cli(panel=_CONN)] = Field(
-        None, description="MQTT over TLS (default: the profile's, else with --ca-file or without --mqtt-host)."
+        default=None, description="MQTT over TLS (default: the profile's, else with --ca-file or without --mqtt-host)."
     )
-    ca_file: Annotated[str | None, Cli(panel=_CONN)] = Field(None, description="CA certificate (PEM) to verify the hub.")
-    provision: Annotated[bool, Cli(panel=_CONN)] = Field(True, description="Create/update the devices first (bulk API).")
-    connect_concurrency: Annotated[int, Cli(panel=_CONN)] = Field(256, ge=1, description="Devices connecting at once.")
-    keepalive: Annotated[int, Cli(panel=_CONN)] = Field(60, ge=5, description="MQTT keep-alive (seconds).")
-    token_ttl: Annotated[int, Cli(panel=_CONN)] = Field(3600, ge=5, description="Device SAS token lifetime (seconds).")
-    seed: int = Field(0, description="Seed for fault injection.")
-    duration: float = Field(0.0, ge=0, description="Stop after this many seconds (0: until Ctrl-C).")
-    json_stats: Annotated[bool, Cli(names=("--json",))] = Field(False, description="Print the final stats as one JSON line.")
-    log_level: str = Field("WARNING", description="Python log level.")
+    ca_file: Annotated[str | None, Cli(panel=_CONN)] = Field(
+        default=None, description="CA certificate (PEM) to verify the hub."
+    )
+    provision: Annotated[bool, Cli(panel=_CONN)] = Field(
+        default=True, description="Create/update the devices first (bulk API)."
+    )
+    connect_concurrency: Annotated[int, Cli(panel=_CONN)] = Field(default=256, ge=1, description="Devices connecting at once.")
+    keepalive: Annotated[int, Cli(panel=_CONN)] = Field(default=60, ge=5, description="MQTT keep-alive (seconds).")
+    token_ttl: Annotated[int, Cli(panel=_CONN)] = Field(default=3600, ge=5, description="Device SAS token lifetime (seconds).")
+    seed: int = Field(default=0, description="Seed for fault injection.")
+    duration: float = Field(default=0.0, ge=0, description="Stop after this many seconds (0: until Ctrl-C).")
+    json_stats: Annotated[bool, Cli(names=("--json",))] = Field(
+        default=False, description="Print the final stats as one JSON line."
+    )
+    log_level: str = Field(default="WARNING", description="Python log level.")
 
 
 class DemoSettings(BaseSettings):
@@ -252,11 +270,11 @@ class DemoSettings(BaseSettings):
 
     model_config = _config("DEMO")
 
-    devices: int = Field(1000, ge=10, description="Simulated devices.")
-    quick: bool = Field(False, description="100 devices, for a fast run (instead of --devices).")
+    devices: int = Field(default=1000, ge=10, description="Simulated devices.")
+    quick: bool = Field(default=False, description="100 devices, for a fast run (instead of --devices).")
     only: list[str] = Field(
         default_factory=list,
         description="Run only this scenario (repeatable), e.g. --only lock-doors; a scenario that reads what an "
         "omitted one writes is then checked for state and device count only.",
     )
-    verbose: bool = Field(False, description="Also show Prefect's flow and task logs.")
+    verbose: bool = Field(default=False, description="Also show Prefect's flow and task logs.")

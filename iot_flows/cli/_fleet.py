@@ -116,7 +116,7 @@ def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> No
     raise typer.Exit(code)
 
 
-async def _run(fleet: "object", duration: float, json_stats: bool) -> int:
+async def _run(fleet: object, duration: float, json_stats: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -29,7 +29,15 @@ from pydantic_core import PydanticUndefined
 
 from iot_flows._settings import Cli
 
-__all__ = ["Option", "build_settings", "iter_options", "markdown_table", "readme_table", "settings_options", "with_readme_table"]
+__all__ = [
+    "Option",
+    "build_settings",
+    "iter_options",
+    "markdown_table",
+    "readme_table",
+    "settings_options",
+    "with_readme_table",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +89,9 @@ def _range(info: FieldInfo) -> tuple[float | None, float | None]:
     return low, high  # type: ignore[return-value]
 
 
-def iter_options(group: str, model: type[BaseModel], *, prefix: str = "", path: tuple[str, ...] = ()) -> Iterator[Option]:
+def iter_options(
+    group: str, model: type[BaseModel], *, prefix: str = "", path: tuple[str, ...] = ()
+) -> Iterator[Option]:
     """The options of ``model``'s fields (nested models flattened), in declaration order."""
     env_prefix = str(model.model_config.get("env_prefix", ""))
     for name, info in model.model_fields.items():
@@ -123,7 +133,10 @@ def _typer_parameter(option: Option) -> inspect.Parameter:
         max=option.maximum,
     )
     return inspect.Parameter(
-        option.param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[option.annotation | None, declared]
+        option.param,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[option.annotation | None, declared],
     )
 
 

@@ -78,8 +78,8 @@ def _child(pipe: Connection, connection_string: str, fleet_kwargs: dict[str, Any
 
 async def _serve(pipe: Connection, fleet: Fleet) -> None:
     loop = asyncio.get_running_loop()
-    stop_requested = loop.run_in_executor(None, _wait_for_stop, pipe)
-    starting = asyncio.ensure_future(fleet.start(timeout=300))
+    stop_requested: asyncio.Future[Any] = loop.run_in_executor(None, _wait_for_stop, pipe)
+    starting: asyncio.Future[Any] = asyncio.ensure_future(fleet.start(timeout=300))
     try:
         await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():

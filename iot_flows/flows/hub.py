@@ -45,8 +45,11 @@ HubServeRequest = _serve_request_model()
 
 
 @task(name="run_hub")
-async def run_hub(request: HubServeRequest) -> dict[str, object]:  # type: ignore[valid-type]
+async def run_hub(request: BaseModel) -> dict[str, object]:
     """Run the hub in this task's event loop until the duration ends or the run is cancelled.
+
+    ``request`` is a :data:`HubServeRequest`; the fields it leaves unset come from the
+    ``IOT_FLOWS_HUB_*`` environment, then :class:`~iot_flows.hub.HubSettings`' defaults.
 
     Returns:
         ``{"served_seconds": s, "devices_connected_at_stop": n}``.
@@ -54,7 +57,7 @@ async def run_hub(request: HubServeRequest) -> dict[str, object]:  # type: ignor
     from iot_flows.hub import Hub
 
     given = request.model_dump(exclude={"duration_seconds"}, exclude_unset=True)
-    duration = request.duration_seconds
+    duration: float | None = getattr(request, "duration_seconds", None)
     hub = Hub(HubSettings(**given))
     await hub.start()
     s = hub.settings

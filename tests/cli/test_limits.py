@@ -38,7 +38,12 @@ def test_enough_descriptors_is_silent() -> None:
 
 def test_fleet_beyond_the_hard_limit_stops_with_one_line_before_connecting(tmp_path: Path) -> None:
     cs = "HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
-    done = run([*CLI, "fleet", "simulate", "--count", "1000", "--hub", cs, "--hub-url", "http://127.0.0.1:9"], 128, 128, tmp_path)
+    done = run(
+        [*CLI, "fleet", "simulate", "--count", "1000", "--hub", cs, "--hub-url", "http://127.0.0.1:9"],
+        128,
+        128,
+        tmp_path,
+    )
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -48,7 +53,8 @@ def test_fleet_beyond_the_hard_limit_stops_with_one_line_before_connecting(tmp_p
 
 def test_fleet_raises_the_soft_limit_to_the_hard_one(tmp_path: Path, embedded_hub: EmbeddedHub) -> None:
     # 100 devices cannot fit in 64 descriptors: without raising the soft limit this fails with EMFILE.
-    done = run([*CLI, "fleet", "simulate", "--count", "100", "--prefix", "rlimit", "--hub", embedded_hub.connection_string(),
+    cs = embedded_hub.connection_string()
+    done = run([*CLI, "fleet", "simulate", "--count", "100", "--prefix", "rlimit", "--hub", cs,
                 "--hub-url", embedded_hub.base_url, "--mqtt-port", str(embedded_hub.hub.mqtt_port),
                 "--duration", "1", "--json"], 64, 4096, tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr

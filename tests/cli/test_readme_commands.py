@@ -37,7 +37,9 @@ def readme_commands() -> list[str]:
         end = readme.find("\n## ", start + len(title))
         section = readme[start : end if end != -1 else None]
         for block in re.findall(r"```bash\n(.*?)```", section, re.S):
-            commands += [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+            commands += [
+                line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")
+            ]
     return commands
 
 
@@ -90,7 +92,7 @@ def shim(folder: Path) -> None:
     bin_dir = folder / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     script = bin_dir / "iot-flows"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m iot_flows.cli \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m iot_flows.cli "$@"\n')
     script.chmod(0o755)
 
 
@@ -145,13 +147,16 @@ def test_fleet_simulate_with_the_printed_connection_string_and_the_printed_comma
         profile = tmp_path / "data" / ".iot-flows" / "hub.json"
         assert profile.exists() and (profile.stat().st_mode & 0o777) == 0o600
         # the profile sits next to the db, so the printed command names it
-        assert f"--profile data/.iot-flows/hub.json" in next_lines.group(1)
+        assert "--profile data/.iot-flows/hub.json" in next_lines.group(1)
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         for command, cwd in [
             (next_lines.group(1) + " --count 3 --prefix p1", tmp_path),
             (next_lines.group(2) + " --count 3 --prefix p2", elsewhere),  # "from anywhere": no profile there
-            (f'iot-flows fleet simulate --count 3 --prefix p3 --profile data/.iot-flows/hub.json --hub "{cs}"', tmp_path),
+            (
+                f'iot-flows fleet simulate --count 3 --prefix p3 --profile data/.iot-flows/hub.json --hub "{cs}"',
+                tmp_path,
+            ),
         ]:
             fleet = Running(command, cwd, reader_env)
             fleet.wait_for(r"3/3 devices connected", timeout=120)

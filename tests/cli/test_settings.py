@@ -56,7 +56,9 @@ def test_every_field_is_an_option_and_nothing_else() -> None:
             if any(getattr(m, "hidden", False) for m in info.metadata):
                 continue
             sub = info.annotation
-            out |= {f"{name}_{f}" for f in fields(sub)} if isinstance(sub, type) and issubclass(sub, BaseModel) else {name}
+            out |= (
+                {f"{name}_{f}" for f in fields(sub)} if isinstance(sub, type) and issubclass(sub, BaseModel) else {name}
+            )
         return out
 
     serve = {p.name for p in _command("hub", "serve").params} - {"help"}
@@ -143,7 +145,9 @@ def test_bool_flags_and_validation_errors_name_the_option() -> None:
 
 def test_invalid_environment_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IOT_FLOWS_FLEET_HANG_RATE", "2")
-    result = CliRunner().invoke(app, ["fleet", "simulate", "--hub", "HostName=h;SharedAccessKeyName=s;SharedAccessKey=a2V5"])
+    result = CliRunner().invoke(
+        app, ["fleet", "simulate", "--hub", "HostName=h;SharedAccessKeyName=s;SharedAccessKey=a2V5"]
+    )
     assert result.exit_code == 2
     assert "--hang-rate" in result.output
 
