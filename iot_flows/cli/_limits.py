@@ -9,7 +9,7 @@ hard limit is too low, say so in one line with the fix.
 
 from __future__ import annotations
 
-__all__ = ["BASE_DESCRIPTORS", "check_open_files"]
+__all__ = ["BASE_DESCRIPTORS", "check_open_files", "raise_open_files_limit"]
 
 #: Descriptors a command uses besides its devices (Python, SQLite, listeners, Prefect's client).
 BASE_DESCRIPTORS = 256
@@ -43,3 +43,23 @@ def check_open_files(needed: int, what: str) -> str | None:
         f"(`ulimit -n`; hard limit {hard:,}): raise it (e.g. `ulimit -n {needed}` as root, "
         "or in /etc/security/limits.conf) or use fewer devices"
     )
+
+
+def raise_open_files_limit() -> int | None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a hub cannot know its fleet's size).
+
+    Returns:
+        the soft limit now in force; None where the platform has no such limit.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)

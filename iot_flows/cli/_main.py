@@ -19,6 +19,7 @@ import typer
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
 from iot_flows.cli._fleet import fleet_app
+from iot_flows.cli._limits import raise_open_files_limit
 from iot_flows.cli._options import settings_options
 from iot_flows.cli._profile import HubProfile, default_profile_path, write_profile
 
@@ -91,6 +92,7 @@ def serve(settings: HubSettings) -> None:
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_open_files_limit()  # one socket per connected device
     asyncio.run(_serve_until_signal(settings))
 
 

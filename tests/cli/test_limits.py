@@ -70,3 +70,12 @@ def test_demo_beyond_the_hard_limit_stops_with_one_line_before_starting(tmp_path
     assert len(out.splitlines()) == 1, out
     assert "demo cannot start" in out and "ulimit -n" in out and "756 open files" in out
     assert "hub" not in out.split("cannot start")[0]  # nothing was started
+
+
+def test_hub_serve_raises_its_soft_limit(tmp_path: Path) -> None:
+    code = (
+        "import resource; from iot_flows.cli._limits import raise_open_files_limit; "
+        "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = run([sys.executable, "-c", code], 64, 4096, tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["4096", "4096"], done
