@@ -108,7 +108,10 @@ class HubSettings(BaseSettings):
     mqtts_port: Annotated[int, Cli(panel=_TLS)] = Field(
         default=8883, ge=0, le=65535, description="MQTT over TLS port (with --tls-cert/--tls-key)."
     )
-    db: str = Field(default="iot-flows-hub.db", description="Where the hub stores: a SQLite file.")
+    db: str = Field(
+        default="iot-flows-hub.db",
+        description="Where the hub stores: a SQLite file (or sqlite:///path), or postgresql://user@host:port/dbname.",
+    )
     tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM certificate (chain) for TLS.")
     tls_key: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM private key for TLS.")
     owner_key: Annotated[str | None, Cli(hidden=True)] = Field(

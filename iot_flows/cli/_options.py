@@ -4,8 +4,9 @@
 command whose options are the models' fields: ``--field-name`` (or the names in the
 field's :class:`~iot_flows._settings.Cli` metadata), the field's description as help, its
 default shown, ``ge``/``le`` as the allowed range, and the environment variable named.
-Every option defaults to "not given", so an unset flag leaves the field to the
-environment and then to the model's default (flag > environment > default).
+Only flags typed on the command line are passed to the model (click's parameter
+source), so an unset flag leaves the field to the environment and then to the model's
+default (flag > environment > default).
 
 ``python -m iot_flows.cli._options --write README.md`` rewrites the README's
 configuration table (``tests/cli/test_settings.py`` fails when it is out of date).
@@ -122,21 +123,21 @@ def iter_options(
 
 
 def _typer_parameter(option: Option) -> inspect.Parameter:
-    shown = None if option.default in (PydanticUndefined, None, "") else str(option.default)
+    # The model's default is shown in --help; whether a flag was typed is read from click's
+    # parameter source (see ``settings_options``), so an untyped flag never hides the environment.
+    default = None if option.default is PydanticUndefined else option.default
     help_text = (option.help + f" (env {option.env})").replace("[", "(").replace("]", ")")
     declared = typer.Option(
         *option.names,
         help=help_text,
-        show_default=shown if shown is not None else False,
+        show_default=default not in (None, ""),
         rich_help_panel=option.panel,
         min=option.minimum,
         max=option.maximum,
     )
+    value_type = option.annotation if default is not None else option.annotation | None
     return inspect.Parameter(
-        option.param,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[option.annotation | None, declared],
+        option.param, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[value_type, declared]
     )
 
 
@@ -167,21 +168,20 @@ def settings_options(**models: type[BaseModel]) -> Callable[[F], F]:
         flags = {o.path: o.names[0].split("/")[0] for o in options}
 
         @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
+        def command(_typer_context: typer.Context, **kwargs: Any) -> Any:
+            source = _typer_context.get_parameter_source
+            typed = {p for p in kwargs if getattr(source(p), "name", None) == "COMMANDLINE"}
             built: dict[str, Any] = {}
             for group, model in models.items():
-                given = {
-                    by_param[p].path: v
-                    for p, v in kwargs.items()
-                    if by_param[p].group == group and v is not None and v != [] and v != ()
-                }
+                given = {by_param[p].path: v for p, v in kwargs.items() if p in typed and by_param[p].group == group}
                 try:
                     built[group] = build_settings(model, given)
                 except ValidationError as exc:
                     raise typer.BadParameter(_describe(exc, model, flags)) from None
             return func(**built)
 
-        params = [_typer_parameter(o) for o in options]
+        context = inspect.Parameter("_typer_context", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        params = [context, *(_typer_parameter(o) for o in options)]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         del command.__wrapped__  # typer must see the generated signature, not the original
