@@ -101,7 +101,8 @@ class HubSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     hostname: str = Field(
-        default=DEFAULT_HOSTNAME, description="The hub's name in connection strings, SAS 'sr' values and MQTT usernames."
+        default=DEFAULT_HOSTNAME,
+        description="The hub's name in connection strings, SAS 'sr' values and MQTT usernames.",
     )
     mqtt_port: int = Field(default=1883, ge=0, le=65535, description="Plain MQTT port.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Service REST API port.")
@@ -112,7 +113,9 @@ class HubSettings(BaseSettings):
         default="iot-flows-hub.db",
         description="Where the hub stores: a SQLite file (or sqlite:///path), or postgresql://user@host:port/dbname.",
     )
-    tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM certificate (chain) for TLS.")
+    tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(
+        default=None, description="PEM certificate (chain) for TLS."
+    )
     tls_key: Annotated[str | None, Cli(panel=_TLS)] = Field(default=None, description="PEM private key for TLS.")
     owner_key: Annotated[str | None, Cli(hidden=True)] = Field(
         default=None, repr=False, description="The iothubowner key (base64); default: generated once, kept in the db."
@@ -135,7 +138,9 @@ class ClientSettings(BaseSettings):
     model_config = _config("HUB")
 
     connection_string: Annotated[str | None, Cli(names=("--hub",))] = Field(
-        default=None, repr=False, description="Service connection string (with SharedAccessKeyName); default: the profile's."
+        default=None,
+        repr=False,
+        description="Service connection string (with SharedAccessKeyName); default: the profile's.",
     )
     url: Annotated[str | None, Cli(names=("--hub-url", "--http-url"))] = Field(
         default=None,
@@ -246,7 +251,10 @@ class FleetSettings(BaseSettings):
         default=None, description="MQTT host (default: the profile's, else HostName)."
     )
     mqtt_port: Annotated[int | None, Cli(panel=_CONN)] = Field(
-        default=None, ge=1, le=65535, description="MQTT port (default: the profile's, else 8883 with TLS, 1883 without)."
+        default=None,
+        ge=1,
+        le=65535,
+        description="MQTT port (default: the profile's, else 8883 with TLS, 1883 without).",
     )
     tls: Annotated[bool | None, Cli(panel=_CONN)] = Field(
         default=None, description="MQTT over TLS (default: the profile's, else with --ca-file or without --mqtt-host)."
@@ -257,9 +265,13 @@ class FleetSettings(BaseSettings):
     provision: Annotated[bool, Cli(panel=_CONN)] = Field(
         default=True, description="Create/update the devices first (bulk API)."
     )
-    connect_concurrency: Annotated[int, Cli(panel=_CONN)] = Field(default=256, ge=1, description="Devices connecting at once.")
+    connect_concurrency: Annotated[int, Cli(panel=_CONN)] = Field(
+        default=256, ge=1, description="Devices connecting at once."
+    )
     keepalive: Annotated[int, Cli(panel=_CONN)] = Field(default=60, ge=5, description="MQTT keep-alive (seconds).")
-    token_ttl: Annotated[int, Cli(panel=_CONN)] = Field(default=3600, ge=5, description="Device SAS token lifetime (seconds).")
+    token_ttl: Annotated[int, Cli(panel=_CONN)] = Field(
+        default=3600, ge=5, description="Device SAS token lifetime (seconds)."
+    )
     seed: int = Field(default=0, description="Seed for fault injection.")
     duration: float = Field(default=0.0, ge=0, description="Stop after this many seconds (0: until Ctrl-C).")
     json_stats: Annotated[bool, Cli(names=("--json",))] = Field(
