@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from iot_flows._sas import ConnectionString
+from iot_flows._settings import DEFAULT_HOSTNAME
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("## The hub: `iot-flows hub serve`", "## Devices and the simulator")
@@ -170,3 +171,18 @@ def test_fleet_simulate_without_a_hub_says_how_to_get_one(tmp_path: Path, reader
                           text=True, capture_output=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert "no hub" in done.stderr and "hub serve" in done.stderr
+
+
+def test_hub_serve_flag_beats_environment_beats_default(tmp_path: Path, reader_env: dict[str, str]) -> None:
+    def hostname(command: str, env: dict[str, str]) -> str:
+        hub = Running(command, tmp_path, env)
+        try:
+            cs = hub.wait_for(r"(?m)^(HostName=\S+)$").group(1)
+        finally:
+            assert hub.interrupt() == 0, hub.output
+        return ConnectionString.parse(cs).host_name
+
+    assert hostname(".venv/bin/iot-flows hub serve --db a/hub.db", reader_env) == DEFAULT_HOSTNAME
+    env = {**reader_env, "IOT_FLOWS_HUB_HOSTNAME": "from-env.example"}
+    assert hostname(".venv/bin/iot-flows hub serve --db b/hub.db", env) == "from-env.example"
+    assert hostname(".venv/bin/iot-flows hub serve --db c/hub.db --hostname from-flag.example", env) == "from-flag.example"
