@@ -4,7 +4,7 @@ Each ``bash`` block of the README's "The hub" and "Devices and the simulator" se
 split into commands (comments skipped) and run with ``bash -c`` in a fresh folder whose
 ``.venv/bin/iot-flows`` runs this checkout. Ports come from the environment the README
 documents (``IOT_FLOWS_HUB_MQTT_PORT=0``: free ports), so the commands stay as written.
-A ``<placeholder>`` is filled as a reader fills it: the key ``hub serve`` printed.
+A ``<placeholder>`` is filled as a reader fills it: with the connection string ``hub serve`` printed.
 ``hub serve`` keeps running for the commands after it; ``fleet simulate`` runs until its
 devices are connected, then gets Ctrl-C, as a reader would press it, and must exit 0.
 """
@@ -120,7 +120,7 @@ def test_readme_hub_and_device_commands_work_as_written(tmp_path: Path, reader_e
             if "hub serve" in command:
                 hub = Running(command, tmp_path, reader_env)
                 cs = hub.wait_for(r"(?m)^(HostName=\S+)$").group(1)
-                filled["SharedAccessKey=<key>"] = f"SharedAccessKey={ConnectionString.parse(cs).shared_access_key}"
+                filled["<the connection string hub serve printed>"] = cs
                 url = hub.wait_for(r"REST\s+: (\S+)").group(1)
                 assert httpx.get(f"{url}/healthz").status_code == 200
             elif "fleet simulate" in command:
@@ -185,4 +185,6 @@ def test_hub_serve_flag_beats_environment_beats_default(tmp_path: Path, reader_e
     assert hostname(".venv/bin/iot-flows hub serve --db a/hub.db", reader_env) == DEFAULT_HOSTNAME
     env = {**reader_env, "IOT_FLOWS_HUB_HOSTNAME": "from-env.example"}
     assert hostname(".venv/bin/iot-flows hub serve --db b/hub.db", env) == "from-env.example"
-    assert hostname(".venv/bin/iot-flows hub serve --db c/hub.db --hostname from-flag.example", env) == "from-flag.example"
+    assert (
+        hostname(".venv/bin/iot-flows hub serve --db c/hub.db --hostname from-flag.example", env) == "from-flag.example"
+    )
