@@ -102,7 +102,8 @@ class HubSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface to listen on.")
     hostname: str = Field(
         default=DEFAULT_HOSTNAME,
-        description="The hub's name in connection strings, SAS 'sr' values and MQTT usernames.",
+        description="The hub's HostName (connection strings, SAS 'sr', MQTT usernames); must contain a '.' for "
+        "C SDK firmware.",
     )
     mqtt_port: int = Field(default=1883, ge=0, le=65535, description="Plain MQTT port.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Service REST API port.")
