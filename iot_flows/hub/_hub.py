@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -21,6 +19,7 @@ from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
 from iot_flows._sas import ConnectionString
+from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
@@ -36,7 +35,7 @@ from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine, JobSettings
+from iot_flows.jobs import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
@@ -44,27 +43,6 @@ from iot_flows.twin import utc_now
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
-OWNER_KEY_ENV = "IOT_FLOWS_HUB_OWNER_KEY"
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    """How a hub listens and where it stores. Port 0 picks a free port."""
-
-    host: str = "127.0.0.1"
-    #: The hub's HostName (SAS ``sr``, MQTT username, connection strings). Dotted, because
-    #: the C device SDK splits HostName at the first '.' and refuses a name without one;
-    #: an IP literal resolves everywhere without DNS (docs/azure-contract.md "Host name").
-    hostname: str = "127.0.0.1"
-    mqtt_port: int = 1883
-    http_port: int = 8080
-    mqtts_port: int = 8883
-    #: SQLite file path (or ``sqlite:///path``), or ``postgresql://user@host:port/dbname``.
-    db: str = "iot-flows-hub.db"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    owner_key: str | None = None
-    jobs: JobSettings = JobSettings()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -103,7 +81,7 @@ class Hub:
     async def _open_store(self) -> None:
         self.store = await open_store(self.settings.db)
         await self.store.reset_connection_states(utc_now())
-        owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
+        owner_key = self.settings.owner_key or None
         stored = await self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
         if owner_key:
