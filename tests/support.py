@@ -165,9 +165,9 @@ class Device:
         self._rid += 1
         return f"{uuid.uuid4()}-{self._rid}"
 
-    def twin_request(self, topic_prefix: str, body: bytes, qos: int = 1) -> Received:
+    def twin_request(self, topic_prefix: str, body: bytes, qos: int = 1, topic_suffix: str = "") -> Received:
         rid = self.next_rid()
-        self.client.publish(f"{topic_prefix}?$rid={rid}", body, qos=qos)
+        self.client.publish(f"{topic_prefix}?$rid={rid}{topic_suffix}", body, qos=qos)
         return self.wait_message(lambda m: m.topic.startswith("$iothub/twin/res/") and f"$rid={rid}" in m.topic)
 
     def get_twin(self) -> tuple[int, Any]:
@@ -175,9 +175,9 @@ class Device:
         status = int(msg.topic.split("/")[3])
         return status, json.loads(msg.payload) if msg.payload else None
 
-    def patch_reported(self, patch: Any, raw: bytes | None = None) -> tuple[int, str]:
+    def patch_reported(self, patch: Any, raw: bytes | None = None, topic_suffix: str = "") -> tuple[int, str]:
         body = raw if raw is not None else json.dumps(patch).encode()
-        msg = self.twin_request("$iothub/twin/PATCH/properties/reported/", body)
+        msg = self.twin_request("$iothub/twin/PATCH/properties/reported/", body, topic_suffix=topic_suffix)
         return int(msg.topic.split("/")[3]), msg.topic
 
     def serve_methods(self, handler: Callable[[str, Any], tuple[int, Any]]) -> None:
@@ -255,6 +255,7 @@ class HubProcess:
             lines.append(line)
             if line.startswith("HostName="):
                 self.connection_string = line.strip()
+                self.hostname = ConnectionString.parse(self.connection_string).host_name
                 break
         wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, timeout=10)
         self.output = "".join(lines)

@@ -1,6 +1,7 @@
 """The bundled IoT Hub-compatible hub: MQTT device endpoint, service REST API, store."""
 
-from iot_flows.hub._hub import Hub, HubSettings
+from iot_flows._settings import HubSettings
+from iot_flows.hub._hub import Hub
 from iot_flows.hub._methods import MethodCall, parse_method_call
 from iot_flows.hub._sessions import Subscription
 

@@ -5,64 +5,47 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.routing import WebSocketRoute
 from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
 from iot_flows._sas import ConnectionString
+from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
+from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine, JobSettings
+from iot_flows.jobs import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
-    from iot_flows.cluster import ClusterNode, ClusterSettings
+    from iot_flows.cluster import ClusterNode
 
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
-OWNER_KEY_ENV = "IOT_FLOWS_HUB_OWNER_KEY"
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    """How a hub listens and where it stores. Port 0 picks a free port."""
-
-    host: str = "127.0.0.1"
-    hostname: str = "localhost"
-    mqtt_port: int = 1883
-    http_port: int = 8080
-    mqtts_port: int = 8883
-    #: SQLite file path (or ``sqlite:///path``), or ``postgresql://user@host:port/dbname``.
-    db: str = "iot-flows-hub.db"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    owner_key: str | None = None
-    jobs: JobSettings = JobSettings()
-    #: Run as one node of several sharing the store and a NATS bus (None: a single hub).
-    cluster: "ClusterSettings | None" = None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,9 +84,9 @@ class Hub:
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
         self.store = await open_store(self.settings.db)
-        if self.settings.cluster is None:  # a cluster node resets only its own (ClusterNode.connect)
+        if self.settings.bus is None:  # a cluster node resets only its own (ClusterNode.connect)
             await self.store.reset_connection_states(utc_now())
-        owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
+        owner_key = self.settings.owner_key or None
         stored = await self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
         if owner_key:
@@ -139,10 +122,11 @@ class Hub:
             self.cluster.on_revoked(device_id)
 
     async def _join_cluster(self) -> None:
-        from iot_flows.cluster import ClusterNode
+        from iot_flows.cluster import ClusterNode, ClusterSettings
 
-        assert self.settings.cluster is not None
-        node = ClusterNode(self, self.settings.cluster)
+        s = self.settings
+        assert s.bus is not None
+        node = ClusterNode(self, ClusterSettings(bus=s.bus, node_id=s.node_id or "", lease_seconds=s.node_lease_seconds))
         try:
             await node.connect()
         except BaseException:
@@ -166,7 +150,8 @@ class Hub:
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
-            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
+            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
+            policy_keys=self.service_auth.policy_keys,
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -180,13 +165,15 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=job_routes() + extension_routes() + routes(),
+            routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
+            middleware=[Middleware(RequestRules)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
                 Exception: unexpected_error_handler,
             },
         )
+        app.router.redirect_slashes = False  # SDKs do not follow redirects; RequestRules strips the '/'
         app.state.hub = self
         return app
 
@@ -196,7 +183,7 @@ class Hub:
         s = self.settings
         await self._open_store()
         self._build_services()
-        if s.cluster is not None:
+        if s.bus is not None:
             await self._join_cluster()
         self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
         tls = self._tls_context()

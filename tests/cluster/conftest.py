@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from iot_flows.cluster import ClusterSettings
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 from iot_flows.jobs import JobSettings
@@ -79,7 +78,7 @@ class Cluster:
     def start_node(self, node_id: str, jobs: JobSettings = JobSettings()) -> EmbeddedHub:
         settings = HubSettings(
             mqtt_port=0, http_port=0, db=str(self.db), jobs=jobs,
-            cluster=ClusterSettings(bus=self.nats_url, node_id=node_id, lease_seconds=LEASE),
+            bus=self.nats_url, node_id=node_id, node_lease_seconds=LEASE,
         )  # fmt: skip
         node = EmbeddedHub(settings).start()
         self.nodes[node_id] = node

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from iot_flows._sas import ConnectionString
 from tests.cluster.conftest import NatsServer
 from tests.support import CLI, Device, HubProcess, Service, error_code, free_port, wait_until
 
@@ -24,7 +25,7 @@ def _node(db: Path, nats: NatsServer, node_id: str, *extra: str) -> HubProcess:
 
 
 def _device(hub: HubProcess, device_id: str, key: str, calls: list[str], delay: float = 0.0) -> Device:
-    dev = Device("127.0.0.1", hub.mqtt_port, "localhost", device_id, key)
+    dev = Device("127.0.0.1", hub.mqtt_port, ConnectionString.parse(hub.connection_string).host_name, device_id, key)
 
     def handler(name: str, payload: Any) -> tuple[int, Any]:
         calls.append(name)
