@@ -45,7 +45,6 @@ from iot_flows._exceptions import (
 )
 from iot_flows._sas import ConnectionString
 from iot_flows.device._connection import ConnectionMixin
-from iot_flows.device._inbound import InboundMixin
 from iot_flows.device._ledger import RequestLedger
 from iot_flows.device._lifecycle import ESTABLISHING, Event, Lifecycle, State
 from iot_flows.device._messages import (
@@ -80,7 +79,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
-class DeviceClient(ConnectionMixin, InboundMixin):
+class DeviceClient(ConnectionMixin):
     """One device identity connected to an IoT Hub (or the bundled hub) over MQTT.
 
     Args:
@@ -102,13 +101,10 @@ class DeviceClient(ConnectionMixin, InboundMixin):
     """
 
     __slots__ = (
-        "_cs", "device_id", "_host", "_port", "_ssl_context", "_server_hostname", "_bind_address",
-        "_keepalive", "_token_ttl", "_renewal_margin", "request_timeout", "connect_timeout",
-        "_auto_reconnect", "_retry", "_backoff", "_rng", "_username", "_conn", "_ledger", "_lifecycle",
-        "_online", "_fatal", "_waiters", "_desired_version", "_desired_buffer", "_desired_handler",
-        "_desired_chain", "_method_handlers", "_default_method_handler", "_listener", "_renew_handle",
-        "_connector", "_attempt", "_tasks", "_token_expiry", "reconnects", "token_renewals", "__weakref__",
-    )  # fmt: skip
+        "_cs", "_host", "_port", "_ssl_context", "_server_hostname", "_bind_address", "_keepalive",
+        "_token_ttl", "_renewal_margin", "request_timeout", "connect_timeout", "_auto_reconnect", "_backoff",
+        "_rng", "_username", "__weakref__",
+    )  # fmt: skip  (the rest: ConnectionMixin, InboundMixin)
 
     def __init__(
         self,

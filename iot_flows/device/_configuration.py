@@ -33,7 +33,7 @@ def _same_ack(ack: dict[str, Any] | None, reported: Any) -> bool:
     """True when ``reported`` already shows ``ack`` (``None`` values mean "absent")."""
     if ack is None or reported is None:
         return ack is None and reported is None
-    return _without(reported, ()) == {k: v for k, v in ack.items() if v is not None}
+    return bool(_without(reported, ()) == {k: v for k, v in ack.items() if v is not None})
 
 
 @register_behaviour

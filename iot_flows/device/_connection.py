@@ -25,7 +25,6 @@ import random
 import ssl
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
 from iot_flows._exceptions import (
     ConnectionLostError,
@@ -36,9 +35,9 @@ from iot_flows._exceptions import (
     UnauthorizedError,
 )
 from iot_flows._sas import ConnectionString, parse_sas_token
-from iot_flows.device._ledger import RequestLedger
+from iot_flows.device._inbound import InboundMixin
 from iot_flows.device._lifecycle import ESTABLISHING, ONLINE, Event, Lifecycle, State
-from iot_flows.device._messages import Backoff, ConnectionListener, DeviceTwin
+from iot_flows.device._messages import Backoff, ConnectionListener
 from iot_flows.device._transport import MqttConnection
 
 __all__ = ["SUBSCRIPTIONS", "ConnectionMixin"]
@@ -54,12 +53,14 @@ def _ignore(exc: Exception) -> None:
     del exc
 
 
-class ConnectionMixin:
-    """The connection lifecycle of a ``DeviceClient`` (its other half is ``InboundMixin``)."""
+class ConnectionMixin(InboundMixin):
+    """The connection lifecycle of a ``DeviceClient`` (inbound messages: ``InboundMixin``)."""
 
-    __slots__ = ()
+    __slots__ = (
+        "_lifecycle", "_online", "_fatal", "_waiters", "_listener", "_renew_handle", "_connector", "_attempt",
+        "_retry", "_token_expiry", "reconnects", "token_renewals",
+    )  # fmt: skip
 
-    device_id: str
     request_timeout: float
     connect_timeout: float
     reconnects: int
@@ -78,24 +79,15 @@ class ConnectionMixin:
     _backoff: Backoff
     _rng: random.Random | None
     _username: str
-    _conn: MqttConnection | None
-    _ledger: RequestLedger
     _lifecycle: Lifecycle
     _online: bool
     _fatal: IoTFlowsError | None
     _waiters: list[asyncio.Future[None]] | None
-    _desired_buffer: list[dict[str, Any]] | None
     _listener: ConnectionListener | None
     _renew_handle: asyncio.TimerHandle | None
     _connector: asyncio.Task[None] | None
     _attempt: int
     _token_expiry: int
-
-    if TYPE_CHECKING:  # provided by InboundMixin (stubs here would shadow it)
-
-        def _on_message(self, topic: str, payload: bytes) -> None: ...
-        def _reconcile(self, twin: DeviceTwin) -> None: ...
-        async def _get_twin_on(self, conn: MqttConnection, timeout: float) -> DeviceTwin: ...
 
     # ---- state changes ----------------------------------------------------------------
     def _enter(self, event: Event, exc: BaseException | None = None) -> State:

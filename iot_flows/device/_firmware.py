@@ -89,7 +89,8 @@ class FirmwareUpdateMethod(Behaviour):
             device.stats["fw_rejected"] += 1
             return MethodResponse(400, {"message": f"fwPackageUri must be an https URI, got {uri!r}"})
         if device.updating or device.busy:
-            return MethodResponse(409, {"message": "a firmware update is already running", "version": device.update_version})
+            running = {"message": "a firmware update is already running", "version": device.update_version}
+            return MethodResponse(409, running)
         version = version or _version_from_uri(uri)
         device.start_update("method", version, self._run(device, uri, version))
         return MethodResponse(200, {"message": "FirmwareUpdate started", "version": version})

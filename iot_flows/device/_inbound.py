@@ -44,9 +44,12 @@ _DESIRED_PATCH = "$iothub/twin/PATCH/properties/desired/"
 
 
 class InboundMixin:
-    """Routing of inbound messages and the handlers' bookkeeping (part of ``DeviceClient``)."""
+    """Routing of inbound messages and the handlers' bookkeeping (base of ``DeviceClient``)."""
 
-    __slots__ = ()
+    __slots__ = (
+        "device_id", "_conn", "_ledger", "_desired_version", "_desired_buffer", "_desired_handler",
+        "_desired_chain", "_method_handlers", "_default_method_handler", "_tasks",
+    )  # fmt: skip
 
     device_id: str
     _conn: MqttConnection | None

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from iot_flows._exceptions import (
     ConnectError,
@@ -127,7 +128,7 @@ class MqttConnection:
         self, sock: Any, username: str, password: str, keepalive: int, clean_session: bool, host: str, port: int
     ) -> None:
         paho = Paho(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
@@ -170,8 +171,10 @@ class MqttConnection:
         paho.loop_read()
         # TLS may hold decrypted bytes the kernel no longer reports as readable.
         sock = self._sock
-        while isinstance(sock, ssl.SSLSocket) and paho.socket() is sock and sock.pending():
-            paho.loop_read()
+        if isinstance(sock, ssl.SSLSocket):
+            tls: ssl.SSLSocket = sock  # not narrowed by the identity check below
+            while paho.socket() is sock and tls.pending():
+                paho.loop_read()
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
