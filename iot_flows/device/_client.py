@@ -1,5 +1,9 @@
 """``DeviceClient``: an asyncio IoT Hub device over MQTT 3.1.1 (reference §2, sdk-wire-facts).
 
+Azure docs followed: "Communicate with an IoT hub using the MQTT protocol"
+(``iot-mqtt-connect-to-iot-hub.md``; reference §2 is the project's digest of it) and
+"Understand and use device twins" (``iot-hub-devguide-device-twins.md``, reference §1).
+
 ::
 
     async with DeviceClient(connection_string, host="127.0.0.1", port=1883) as device:

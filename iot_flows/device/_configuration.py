@@ -1,8 +1,10 @@
 """Configuration behaviours: maintenance window, desired configuration, the door (seed 000).
 
 Desired configuration is acknowledged as in Azure's "configure devices with desired
-properties" tutorial (reference §7.5): reported ``{..., "status": "Pending"}``, then the
-applied values with ``"status": "Success"`` and ``desiredVersion``.
+properties" tutorial (reference §7.1 "Configuration" and §7.4; Azure docs
+``iot-hub-device-management-overview.md``, ``tutorial-firmware-update.md``): reported
+``{..., "status": "Pending"}``, then the applied values with ``"status": "Success"``
+and ``desiredVersion``.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ class MaintenanceWindowBehaviour(Behaviour):
     def on_twin(
         self, device: DeviceBehaviour, desired: dict[str, Any], reported: dict[str, Any], fresh: bool
     ) -> dict[str, Any] | None:
+        """Set the window from the full twin; acknowledge it unless reported already."""
         ack = device.set_window(desired.get("maintenanceWindow"))
         return None if _same_ack(ack["maintenanceWindow"], reported.get("maintenanceWindow")) else ack
 
     def on_desired(self, device: DeviceBehaviour, change: DesiredChange) -> None:
+        """Set the window from a patch and acknowledge it."""
         if not change.complete:  # a full twin was handled by on_twin
             device.report_soon(device.set_window(change.value))
 
@@ -85,6 +89,7 @@ class DesiredConfiguration(Behaviour):
     order = 20
 
     def on_desired(self, device: DeviceBehaviour, change: DesiredChange) -> None:
+        """Apply ``telemetryConfig``/``config`` unless the twin reports it applied already."""
         key, value, version = change.key, change.value, change.version
         state = device.state_of(self.name)
         tasks: dict[str, asyncio.Task[None]] = state.setdefault("tasks", {})
@@ -125,6 +130,7 @@ class DesiredConfiguration(Behaviour):
         device.stats["config_applied"] += 1
 
     def on_factory_reset(self, device: DeviceBehaviour) -> dict[str, Any]:
+        """Stop applying, forget what was applied, clear the reported sections."""
         state = device.state_of(self.name)
         for task in list(state.get("tasks", {}).values()):
             task.cancel()
@@ -141,10 +147,12 @@ class Door(Behaviour):
     methods = ("lockDoor", "unlockDoor")
 
     def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Lock or unlock; report the door's state."""
         locked = request.name == "lockDoor"
         device.stats["door"] += 1
         device.report_soon({"door": {"locked": locked, "lastChanged": now_iso()}})
         return MethodResponse(200, {"locked": locked})
 
     def on_factory_reset(self, device: DeviceBehaviour) -> dict[str, Any]:
+        """Clear the reported ``door``."""
         return {"door": None}

@@ -82,6 +82,7 @@ class FirmwareUpdateMethod(Behaviour):
     order = 10
 
     def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Validate the package URI, start the update, answer at once (400/409/200)."""
         uri, version = _firmware_target(request.payload)
         if not uri:
             return MethodResponse(400, {"message": "the payload needs fwPackageUri"})
@@ -130,6 +131,7 @@ class FirmwareUpdateMethod(Behaviour):
             await device.offline(device.duration(cfg.fw_reboot_seconds, "fwreboot", op))
 
     def on_factory_reset(self, device: DeviceBehaviour) -> dict[str, Any]:
+        """Clear the reported ``iothubDM.firmwareUpdate``."""
         return {"iothubDM": {"firmwareUpdate": None}}
 
 
@@ -155,6 +157,7 @@ class DesiredFirmware(Behaviour):
     def on_twin(
         self, device: DeviceBehaviour, desired: dict[str, Any], reported: dict[str, Any], fresh: bool
     ) -> dict[str, Any] | None:
+        """On the first twin: adopt the reported firmware version or report the factory one."""
         if device.adopted or fresh:
             return None
         device.adopted = True
@@ -166,6 +169,7 @@ class DesiredFirmware(Behaviour):
         return firmware_state(device, "current", "") if device.config.report_initial_state else None
 
     def on_desired(self, device: DeviceBehaviour, change: DesiredChange) -> None:
+        """Start an update to ``fwVersion`` (or queue it behind the running one)."""
         spec, reported = change.value, change.reported if isinstance(change.reported, dict) else None
         if not isinstance(spec, dict) or not spec.get("fwVersion"):
             return
@@ -231,6 +235,7 @@ class DesiredFirmware(Behaviour):
         device.stats["fw_succeeded"] += 1
 
     def on_factory_reset(self, device: DeviceBehaviour) -> dict[str, Any]:
+        """Back to the factory firmware; report it as ``current``."""
         device.fw_version = device.config.factory_firmware_version
         device.pending_fw = None
         return firmware_state(device, "current", "factory reset")

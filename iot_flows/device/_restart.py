@@ -43,6 +43,7 @@ class Reboot(Behaviour):
     order = 30
 
     def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Answer 200 (409 while restarting) and reboot in the background."""
         if device.busy:
             return _BUSY
         device.busy = True
@@ -77,6 +78,7 @@ class FactoryReset(Behaviour):
     order = 30
 
     def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Answer 200 (409 while restarting) and reset in the background."""
         if device.busy:
             return _BUSY
         device.busy = True

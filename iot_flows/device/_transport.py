@@ -81,6 +81,7 @@ class MqttConnection:
 
     @property
     def is_open(self) -> bool:
+        """True between CONNACK and the end of the connection."""
         return self._paho is not None and not self._closed and self._paho.is_connected()
 
     # ---- connect ------------------------------------------------------------------
