@@ -2,6 +2,25 @@
 
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from iot_flows.jobs._engine import JobEngine, JobSettings
+
+
+def __getattr__(name: str) -> Any:
+    """``JobEngine``/``JobSettings`` on first use (see the import of the hub below)."""
+    if name not in ("JobEngine", "JobSettings"):
+        raise AttributeError(f"module 'iot_flows.jobs' has no attribute {name!r}")
+    from iot_flows.jobs import _engine
+
+    value = getattr(_engine, name)
+    globals()[name] = value
+    return value
+
+
+# The engine uses the hub's services and the hub imports the engine (through the
+# ``__getattr__`` above, already defined when the hub asks): load the hub first, so that
+# any jobs module can be imported on its own. Remove once the jobs -> hub cycle is gone.
+import iot_flows.hub  # noqa: E402, F401
 from iot_flows.jobs._states import (
     ACTIVE_JOB_STATES,
     TERMINAL_DEVICE_STATES,
@@ -21,20 +40,3 @@ __all__ = [
     "JobStatus",
     "JobType",
 ]
-
-if TYPE_CHECKING:
-    from iot_flows.jobs._engine import JobEngine, JobSettings
-
-
-def __getattr__(name: str) -> Any:
-    """``JobEngine``/``JobSettings`` on first use. The engine uses the hub's services and the
-    hub imports the engine, so the hub is loaded first, as ``iot_flows`` used to do
-    eagerly (remove once the jobs -> hub cycle is gone)."""
-    if name not in ("JobEngine", "JobSettings"):
-        raise AttributeError(f"module 'iot_flows.jobs' has no attribute {name!r}")
-    import iot_flows.hub  # noqa: F401
-    from iot_flows.jobs import _engine
-
-    value = getattr(_engine, name)
-    globals()[name] = value
-    return value
