@@ -2,25 +2,6 @@
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from iot_flows.jobs._engine import JobEngine, JobSettings
-
-
-def __getattr__(name: str) -> Any:
-    """``JobEngine``/``JobSettings`` on first use (see the import of the hub below)."""
-    if name not in ("JobEngine", "JobSettings"):
-        raise AttributeError(f"module 'iot_flows.jobs' has no attribute {name!r}")
-    from iot_flows.jobs import _engine
-
-    value = getattr(_engine, name)
-    globals()[name] = value
-    return value
-
-
-# The engine uses the hub's services and the hub imports the engine (through the
-# ``__getattr__`` above, already defined when the hub asks): load the hub first, so that
-# any jobs module can be imported on its own. Remove once the jobs -> hub cycle is gone.
-import iot_flows.hub  # noqa: E402, F401
 from iot_flows.jobs._states import (
     ACTIVE_JOB_STATES,
     TERMINAL_DEVICE_STATES,
@@ -40,3 +21,23 @@ __all__ = [
     "JobStatus",
     "JobType",
 ]
+
+if TYPE_CHECKING:
+    from iot_flows.jobs._engine import JobEngine, JobSettings
+
+
+def __getattr__(name: str) -> Any:
+    """``JobEngine``/``JobSettings`` on first use (see the import of the hub below)."""
+    if name not in ("JobEngine", "JobSettings"):
+        raise AttributeError(f"module 'iot_flows.jobs' has no attribute {name!r}")
+    from iot_flows.jobs import _engine
+
+    value = getattr(_engine, name)
+    globals()[name] = value
+    return value
+
+
+# The engine uses the hub's services and the hub imports the engine (through the
+# ``__getattr__`` above, already defined when the hub asks): load the hub last, so that
+# any jobs module can be imported on its own. Remove once the jobs -> hub cycle is gone.
+import iot_flows.hub  # noqa: E402, F401
