@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ONLINE", "TRANSITIONS", "Event", "IllegalTransition", "Lifecycle", "State"]
+__all__ = ["ESTABLISHING", "ONLINE", "TRANSITIONS", "Event", "IllegalTransition", "Lifecycle", "State"]
 
 
 class State(enum.Enum):
