@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,18 @@ class QueryPage:
     items: list[JsonObject]
     item_type: str | None
     continuation: str | None = field(default=None)
+
+
+def _path(*segments: str) -> str:
+    """A URL path from raw segments, each percent-encoded whole (``quote(s, safe='')``).
+
+    Device and job ids may hold ``? % # / : @ ' $ ; = ,`` and more (reference §1.5); the
+    official service SDKs encode every id segment this way (msrest ``quote(id, safe='')``,
+    Node ``encodeURIComponent``, C# ``UrlEncode``). Unencoded, ``demo?x=1`` addresses the
+    device ``demo`` and ``demo%41`` addresses ``demoA``. The ids ``.`` and ``..`` (valid
+    device ids) are sent as ``%2E`` so that no URL layer resolves them as dot segments.
+    """
+    return "".join("/" + (quote(s, safe="") if s.strip(".") else s.replace(".", "%2E")) for s in segments)
 
 
 def _quoted(etag: str) -> str:
@@ -167,7 +180,7 @@ class HubClient:
 
     # ---- registry ---------------------------------------------------------------------
     async def get_device(self, device_id: str) -> JsonObject:
-        return (await self.request("GET", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("devices", device_id))).json()  # type: ignore[no-any-return]
 
     async def create_device(
         self, device_id: str, *, status: str = "enabled", primary_key: str = "", secondary_key: str = ""
@@ -177,16 +190,16 @@ class HubClient:
             "status": status,
             "authentication": {"type": "sas", "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key}},
         }
-        return (await self.request("PUT", f"/devices/{device_id}", json_body=body)).json()  # type: ignore[no-any-return]
+        return (await self.request("PUT", _path("devices", device_id), json_body=body)).json()  # type: ignore[no-any-return]
 
     async def update_device(self, device: JsonObject, *, etag: str = "*") -> JsonObject:
         response = await self.request(
-            "PUT", f"/devices/{device['deviceId']}", json_body=device, headers={"If-Match": _quoted(etag)}
+            "PUT", _path("devices", device["deviceId"]), json_body=device, headers={"If-Match": _quoted(etag)}
         )
         return response.json()  # type: ignore[no-any-return]
 
     async def delete_device(self, device_id: str, *, etag: str = "*") -> None:
-        await self.request("DELETE", f"/devices/{device_id}", headers={"If-Match": _quoted(etag)})
+        await self.request("DELETE", _path("devices", device_id), headers={"If-Match": _quoted(etag)})
 
     async def bulk_devices(self, items: list[JsonObject]) -> JsonObject:
         """Azure's bulk registry operation (at most 100 items).
@@ -202,17 +215,17 @@ class HubClient:
 
     # ---- twins --------------------------------------------------------------------------
     async def get_twin(self, device_id: str) -> JsonObject:
-        return (await self.request("GET", f"/twins/{device_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("twins", device_id))).json()  # type: ignore[no-any-return]
 
     async def update_twin(self, device_id: str, patch: JsonObject, *, etag: str = "*") -> JsonObject:
         """Merge-patch tags and/or desired properties (``null`` deletes); returns the full twin."""
         response = await self.request(
-            "PATCH", f"/twins/{device_id}", json_body=patch, headers={"If-Match": _quoted(etag)}
+            "PATCH", _path("twins", device_id), json_body=patch, headers={"If-Match": _quoted(etag)}
         )
         return response.json()  # type: ignore[no-any-return]
 
     async def replace_twin(self, device_id: str, twin: JsonObject, *, etag: str = "*") -> JsonObject:
-        response = await self.request("PUT", f"/twins/{device_id}", json_body=twin, headers={"If-Match": _quoted(etag)})
+        response = await self.request("PUT", _path("twins", device_id), json_body=twin, headers={"If-Match": _quoted(etag)})
         return response.json()  # type: ignore[no-any-return]
 
     # ---- direct methods -------------------------------------------------------------------
@@ -234,7 +247,7 @@ class HubClient:
         }
         # The HTTP timeout must cover connect + response plus wire time (the C# SDK adds 15 s).
         response = await self.request(
-            "POST", f"/twins/{device_id}/methods", json_body=body, timeout=response_timeout + connect_timeout + 15
+            "POST", _path("twins", device_id, "methods"), json_body=body, timeout=response_timeout + connect_timeout + 15
         )
         data = response.json()
         return MethodResult(status=int(data["status"]), payload=data.get("payload"))
@@ -267,13 +280,13 @@ class HubClient:
 
     # ---- jobs ---------------------------------------------------------------------------------
     async def create_job(self, job_id: str, job: JsonObject) -> JsonObject:
-        return (await self.request("PUT", f"/jobs/v2/{job_id}", json_body={"jobId": job_id, **job})).json()  # type: ignore[no-any-return]
+        return (await self.request("PUT", _path("jobs", "v2", job_id), json_body={"jobId": job_id, **job})).json()  # type: ignore[no-any-return]
 
     async def get_job(self, job_id: str) -> JsonObject:
-        return (await self.request("GET", f"/jobs/v2/{job_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("jobs", "v2", job_id))).json()  # type: ignore[no-any-return]
 
     async def cancel_job(self, job_id: str) -> JsonObject:
-        return (await self.request("POST", f"/jobs/v2/{job_id}/cancel")).json()  # type: ignore[no-any-return]
+        return (await self.request("POST", _path("jobs", "v2", job_id, "cancel"))).json()  # type: ignore[no-any-return]
 
     async def query_jobs(self, *, job_type: str | None = None, job_status: str | None = None) -> list[JsonObject]:
         params = {k: v for k, v in (("jobType", job_type), ("jobStatus", job_status)) if v}
