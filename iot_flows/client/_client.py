@@ -4,7 +4,8 @@ The same client talks to the bundled hub and to Azure IoT Hub, because both spea
 the contract of reference §3: SAS-signed requests with ``api-version=2021-04-12``,
 quoted ``If-Match``, ``x-ms-continuation`` paging, and error bodies carrying IoT Hub's
 ``errorCode``. Responses are translated once, here, into the project's exception
-hierarchy; each error knows whether it is worth retrying.
+hierarchy; each error knows whether it is worth retrying, and a retryable error means
+the request is safe to send again (rules in ``iot_flows.client._repeat``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ from typing import Any
 
 import httpx
 
-from iot_flows._exceptions import ConnectError, HubError, TransportError, error_for_status
+from iot_flows._exceptions import (
+    ConnectError,
+    HubError,
+    InvalidJobTransitionError,
+    JobAlreadyExistsError,
+    TransportError,
+    error_for_status,
+)
 from iot_flows._sas import ConnectionString
 from iot_flows._types import JsonObject, MethodResult
+from iot_flows.client._repeat import method_never_delivered, same_job_spec
 
 __all__ = ["API_VERSION", "HubClient", "QueryPage", "quote_string"]
 
@@ -170,7 +179,7 @@ class HubClient:
             kwargs["timeout"] = timeout
         try:
             response = await self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise ConnectError(f"cannot reach {self.base_url}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path} failed: {exc!r}") from exc
@@ -238,7 +247,15 @@ class HubClient:
         response_timeout: int = 30,
         connect_timeout: int = 0,
     ) -> MethodResult:
-        """Invoke a direct method; the device's status and payload come back as data."""
+        """Invoke a direct method; the device's status and payload come back as data.
+
+        Raises:
+            DeviceNotOnlineError: 404103, the device is offline (retryable: never delivered).
+            GatewayTimeoutError: 504101, no answer in time; the device may have run the
+                method, so ``retryable`` is False.
+            TransportError: the connection failed; retryable only when it could not be
+                opened (:class:`ConnectError`), never after the request was sent.
+        """
         body = {
             "methodName": method_name,
             "payload": payload,
@@ -246,9 +263,14 @@ class HubClient:
             "connectTimeoutInSeconds": connect_timeout,
         }
         # The HTTP timeout must cover connect + response plus wire time (the C# SDK adds 15 s).
-        response = await self.request(
-            "POST", _path("twins", device_id, "methods"), json_body=body, timeout=response_timeout + connect_timeout + 15
-        )
+        try:
+            response = await self.request(
+                "POST", _path("twins", device_id, "methods"), json_body=body, timeout=response_timeout + connect_timeout + 15
+            )
+        except (HubError, TransportError) as exc:
+            if not method_never_delivered(exc):
+                exc.retryable = False  # type: ignore[misc]  # the device may have run it: never repeat
+            raise
         data = response.json()
         return MethodResult(status=int(data["status"]), payload=data.get("payload"))
 
@@ -280,13 +302,39 @@ class HubClient:
 
     # ---- jobs ---------------------------------------------------------------------------------
     async def create_job(self, job_id: str, job: JsonObject) -> JsonObject:
-        return (await self.request("PUT", _path("jobs", "v2", job_id), json_body={"jobId": job_id, **job})).json()  # type: ignore[no-any-return]
+        """Create a job (``PUT /jobs/v2/{id}``); safe to repeat.
+
+        A 409104 JobAlreadyExists answer (a first PUT that reached the hub but whose
+        response was lost) reads the job back and returns it when it has the same spec.
+
+        Raises:
+            JobAlreadyExistsError: the id holds a job with another spec.
+        """
+        body = {"jobId": job_id, **job}
+        try:
+            return (await self.request("PUT", _path("jobs", "v2", job_id), json_body=body)).json()  # type: ignore[no-any-return]
+        except JobAlreadyExistsError:
+            existing = await self.get_job(job_id)
+            if same_job_spec(body, existing):
+                return existing
+            raise
 
     async def get_job(self, job_id: str) -> JsonObject:
         return (await self.request("GET", _path("jobs", "v2", job_id))).json()  # type: ignore[no-any-return]
 
     async def cancel_job(self, job_id: str) -> JsonObject:
-        return (await self.request("POST", _path("jobs", "v2", job_id, "cancel"))).json()  # type: ignore[no-any-return]
+        """Cancel a job; safe to repeat (a job already ``cancelled`` is returned as is).
+
+        Raises:
+            InvalidJobTransitionError: the job already ended another way (409105).
+        """
+        try:
+            return (await self.request("POST", _path("jobs", "v2", job_id, "cancel"))).json()  # type: ignore[no-any-return]
+        except InvalidJobTransitionError:
+            existing = await self.get_job(job_id)
+            if existing.get("status") == "cancelled":
+                return existing
+            raise
 
     async def query_jobs(self, *, job_type: str | None = None, job_status: str | None = None) -> list[JsonObject]:
         params = {k: v for k, v in (("jobType", job_type), ("jobStatus", job_status)) if v}
