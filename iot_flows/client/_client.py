@@ -31,9 +31,10 @@ from iot_flows._exceptions import (
 )
 from iot_flows._sas import ConnectionString
 from iot_flows._types import JsonObject, MethodResult
+from iot_flows.client._conditions import MAX_BULK_DEVICES, chunks, quote_string
 from iot_flows.client._repeat import method_never_delivered, same_job_spec
 
-__all__ = ["API_VERSION", "HubClient", "QueryPage", "quote_string"]
+__all__ = ["API_VERSION", "HubClient", "QueryPage"]
 
 API_VERSION = "2021-04-12"
 #: Renew the cached service token this long before it expires.
@@ -211,16 +212,24 @@ class HubClient:
         await self.request("DELETE", _path("devices", device_id), headers={"If-Match": _quoted(etag)})
 
     async def bulk_devices(self, items: list[JsonObject]) -> JsonObject:
-        """Azure's bulk registry operation (at most 100 items).
+        """Azure's bulk registry operation, sent as calls of at most 100 items each.
 
         Per-device failures are data: the hub answers 400 with ``isSuccessful: false``
-        and an ``errors`` list, which is returned rather than raised.
+        and an ``errors`` list, which is returned rather than raised. Results of several
+        calls are merged: ``{"isSuccessful": bool, "errors": [...], "warnings": [...]}``.
         """
-        response = await self.request("POST", "/devices", json_body=items, allow_statuses=(400,))
-        body = response.json()
-        if response.status_code == 400 and not (isinstance(body, dict) and "isSuccessful" in body):
-            raise _error_from_response(response)
-        return body  # type: ignore[no-any-return]
+        merged: JsonObject = {"isSuccessful": True, "errors": [], "warnings": []}
+        for batch in chunks(items, MAX_BULK_DEVICES):
+            response = await self.request("POST", "/devices", json_body=batch, allow_statuses=(400,))
+            body = response.json()
+            if response.status_code == 400 and not (isinstance(body, dict) and "isSuccessful" in body):
+                raise _error_from_response(response)
+            if len(items) <= MAX_BULK_DEVICES:
+                return body  # type: ignore[no-any-return]
+            merged["isSuccessful"] = merged["isSuccessful"] and bool(body.get("isSuccessful"))
+            merged["errors"] += body.get("errors") or []
+            merged["warnings"] += body.get("warnings") or []
+        return merged
 
     # ---- twins --------------------------------------------------------------------------
     async def get_twin(self, device_id: str) -> JsonObject:
@@ -367,8 +376,3 @@ class HubClient:
             timeout=wait + 30,
         )
         return response.json()  # type: ignore[no-any-return]
-
-
-def quote_string(value: str) -> str:
-    """A single-quoted IoT Hub query string literal (``\\`` and ``'`` escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
