@@ -38,13 +38,13 @@ from iot_flows.blocks import HubConnection
 from iot_flows.client import device_id_conditions, quote_string
 from iot_flows.flows._common import confirm_reported, follow_job, new_job_id, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.flows._firmware import installed_version, not_on_version_condition
 from iot_flows.tasks import cancel_job, create_method_job, query_device_jobs, query_twins
 
 __all__ = ["RolloutAbortedError", "RolloutRequest", "RolloutResult", "WaveResult", "roll_out_firmware"]
 
 FW_STATUS = "iothubDM.firmwareUpdate.status"
 FW_FAILED = ("downloadFailed", "applyFailed")
-VERSION_PATHS = ("firmware.version", "iothubDM.firmwareVersion", "firmware.currentFwVersion")
 
 
 class RolloutAbortedError(OperationFailedError):
@@ -116,14 +116,6 @@ class RolloutResult(BaseModel):
     reason: str | None = None
 
 
-def installed_version(twin: dict[str, Any] | None) -> Any:
-    for path in VERSION_PATHS:
-        value = reported_value(twin, path)
-        if value:
-            return value
-    return None
-
-
 def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[str]]:
     """Stable, non-empty waves from cumulative percentages (the canary gets at least one device)."""
     waves: list[list[str]] = []
@@ -140,9 +132,8 @@ def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[st
 def wave_condition(target: str, ids: list[str], version: str) -> str:
     """A short condition for a wave: its id range within the target, minus current devices."""
     base = "" if target.strip() == "*" else f"({target}) AND "
-    fw = "properties.reported.firmware.version"
     return (f"{base}deviceId >= {quote_string(ids[0])} AND deviceId <= {quote_string(ids[-1])} AND "
-            f"(NOT IS_DEFINED({fw}) OR {fw} != {quote_string(version)})")  # fmt: skip
+            f"({not_on_version_condition(version)})")  # fmt: skip
 
 
 async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str):  # type: ignore[no-untyped-def]
