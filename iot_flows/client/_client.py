@@ -15,9 +15,9 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from iot_flows._sas import ConnectionString
 from iot_flows.client import HubClient
 from iot_flows.device import derive_device_key, provision_devices
-from iot_flows._sas import ConnectionString
 from tests.recording_proxy import RecordingProxy
 
 BULK_MODES = {"create", "update", "updateIfMatchETag", "delete", "deleteIfMatchETag", "updateTwin", "updateTwinIfMatchETag"}

@@ -7,6 +7,8 @@ device ``demo`` and ``get_twin("demo%41")`` read ``demoA``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
@@ -134,9 +136,6 @@ async def _round_trip(client: HubClient, embedded_hub, device_id: str) -> None:
 
 
 async def _wait_job(client: HubClient, job_id: str, timeout: float = 20) -> dict:
-    import asyncio
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         job = await client.get_job(job_id)
