@@ -1,8 +1,8 @@
 """Bulk provisioning of simulated devices through the registry REST API.
 
 ``POST /devices?api-version=2021-04-12`` (Azure's bulk registry operation, at most 100
-devices per call) with ``importMode: createOrUpdate``, through :class:`HubClient`
-(httpx; errors become the project's typed errors there, once).
+devices per call) with ``importMode: create``, then ``update`` for the ids that already
+exist, through :class:`HubClient` (httpx; errors become the project's typed errors there, once).
 
 Device keys are derived, not stored: ``base64(HMAC-SHA256(service key, device id))``
 (and of ``device id + "/secondary"`` for the secondary key). Re-running provisioning
@@ -88,26 +88,36 @@ async def provision_devices(
     started = time.perf_counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
-    async def send(client: HubClient, batch: list[str]) -> None:
-        items = [
-            {
-                "id": device_id,
-                "importMode": "createOrUpdate",
-                "status": "enabled",
-                "authentication": {
-                    "type": "sas",
-                    "symmetricKey": {
-                        "primaryKey": derive_device_key(key, device_id),
-                        "secondaryKey": derive_device_key(key, device_id, secondary=True),
-                    },
+    def item(device_id: str, mode: str) -> dict[str, object]:
+        return {
+            "id": device_id,
+            "importMode": mode,
+            "status": "enabled",
+            "authentication": {
+                "type": "sas",
+                "symmetricKey": {
+                    "primaryKey": derive_device_key(key, device_id),
+                    "secondaryKey": derive_device_key(key, device_id, secondary=True),
                 },
-            }
-            for device_id in batch
-        ]
-        async with semaphore:
-            result = await client.bulk_devices(items)
-        if not result.get("isSuccessful", False):
-            errors = result.get("errors") or []
+            },
+        }
+
+    async def send(client: HubClient, batch: list[str]) -> None:
+        # The 2021-04-12 bulk API lists create/update/... but not createOrUpdate (the C# SDK
+        # refuses it for bulk calls): create first, then update the ids that already exist.
+        errors: list[dict[str, object]] = []
+        for mode in ("create", "update"):
+            if not batch:
+                break
+            async with semaphore:
+                result = await client.bulk_devices([item(device_id, mode) for device_id in batch])
+            failures = result.get("errors") or []
+            if not result.get("isSuccessful", False) and not failures:
+                raise BadRequestError(f"bulk provisioning ({mode}) failed without per-device errors: {result}")
+            exists = "DeviceAlreadyExists" if mode == "create" else None
+            batch = [str(e.get("deviceId")) for e in failures if e.get("errorCode") == exists]
+            errors += [e for e in failures if e.get("errorCode") != exists]
+        if errors:
             raise BadRequestError(f"bulk provisioning failed for {len(errors)} device(s): {errors[:3]}")
 
     async with HubClient(str(cs), base_url=base_url, verify=verify, timeout=timeout) as client:

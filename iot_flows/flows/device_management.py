@@ -20,6 +20,7 @@ from iot_flows._time import parse_time
 from iot_flows.client import quote_string
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.flows._firmware import installed_version
 from iot_flows.flows.jobs import MethodJobRequest, run_method_job
 from iot_flows.tasks import query_device_jobs
 
@@ -155,10 +156,6 @@ def _condition(request: FirmwareUpdateRequest) -> str:
     return request.query_condition
 
 
-def _installed_version(twin: dict[str, Any] | None) -> Any:
-    return reported_value(twin, "firmware.version") or reported_value(twin, "iothubDM.firmwareVersion")
-
-
 @flow(name="Update firmware", log_prints=True)
 async def update_firmware(request: FirmwareUpdateRequest, connection: ConnectionRef = None) -> FirmwareUpdateResult:
     """Start ``firmwareUpdate`` on the devices and follow each through its reported steps.
@@ -189,7 +186,7 @@ async def update_firmware(request: FirmwareUpdateRequest, connection: Connection
         status = reported_value(twin, FW_STATUS)
         if status in FW_FAILED:
             return False
-        if status == "applyComplete" and _installed_version(twin) == request.version:
+        if status == "applyComplete" and installed_version(twin) == request.version:
             return True
         return None
 

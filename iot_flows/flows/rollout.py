@@ -35,16 +35,16 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from iot_flows._exceptions import OperationFailedError
 from iot_flows._window import MaintenanceWindow
 from iot_flows.blocks import HubConnection
-from iot_flows.client import quote_string
+from iot_flows.client import device_id_conditions, quote_string
 from iot_flows.flows._common import confirm_reported, follow_job, new_job_id, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.flows._firmware import installed_version, not_on_version_condition
 from iot_flows.tasks import cancel_job, create_method_job, query_device_jobs, query_twins
 
 __all__ = ["RolloutAbortedError", "RolloutRequest", "RolloutResult", "WaveResult", "roll_out_firmware"]
 
 FW_STATUS = "iothubDM.firmwareUpdate.status"
 FW_FAILED = ("downloadFailed", "applyFailed")
-VERSION_PATHS = ("firmware.version", "iothubDM.firmwareVersion", "firmware.currentFwVersion")
 
 
 class RolloutAbortedError(OperationFailedError):
@@ -116,14 +116,6 @@ class RolloutResult(BaseModel):
     reason: str | None = None
 
 
-def installed_version(twin: dict[str, Any] | None) -> Any:
-    for path in VERSION_PATHS:
-        value = reported_value(twin, path)
-        if value:
-            return value
-    return None
-
-
 def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[str]]:
     """Stable, non-empty waves from cumulative percentages (the canary gets at least one device)."""
     waves: list[list[str]] = []
@@ -140,9 +132,8 @@ def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[st
 def wave_condition(target: str, ids: list[str], version: str) -> str:
     """A short condition for a wave: its id range within the target, minus current devices."""
     base = "" if target.strip() == "*" else f"({target}) AND "
-    fw = "properties.reported.firmware.version"
     return (f"{base}deviceId >= {quote_string(ids[0])} AND deviceId <= {quote_string(ids[-1])} AND "
-            f"(NOT IS_DEFINED({fw}) OR {fw} != {quote_string(version)})")  # fmt: skip
+            f"({not_on_version_condition(version)})")  # fmt: skip
 
 
 async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str):  # type: ignore[no-untyped-def]
@@ -202,13 +193,16 @@ async def roll_out_firmware(request: RolloutRequest, connection: ConnectionRef =
         timed_out: set[str] = set()
         condition = wave_condition(request.target_condition, wave, request.version)
         for attempt in range(request.retries + 1):
+            parts = [(sorted(remaining), condition)]
             if attempt:
                 delay = request.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
                 logger.info("wave %d: retrying %d devices in %.1f s", index, len(remaining), delay)
                 await asyncio.sleep(delay)
-                ids = ", ".join(quote_string(d) for d in sorted(remaining))
-                condition = f"deviceId IN [{ids}]"
-            ok, failed, timed_out = await _attempt(conn, request, condition, remaining, f"w{index}a{attempt}")
+                parts = device_id_conditions(sorted(remaining))  # one job per part: each under 8 KB
+            ok, failed, timed_out = set(), set(), set()
+            for part, (ids, cond) in enumerate(parts):
+                o, f, t = await _attempt(conn, request, cond, set(ids), f"w{index}a{attempt}p{part}")
+                ok, failed, timed_out = ok | o, failed | f, timed_out | t
             updated |= ok
             remaining -= ok
             outcome.attempts = attempt + 1

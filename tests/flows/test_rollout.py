@@ -28,7 +28,10 @@ def test_split_waves_is_stable_and_gives_the_canary_one_device():
     assert sum(waves, []) == ids
     assert [len(w) for w in split_waves(ids[:3], [1, 10, 50, 100])] == [1, 1, 1]
     cond = wave_condition("tags.ring = 'x'", ids[:5], "2.0")
-    assert "deviceId >= 'd000'" in cond and "deviceId <= 'd004'" in cond and len(cond) < 300
+    assert "deviceId >= 'd000'" in cond and "deviceId <= 'd004'" in cond
+    # No id list: the size does not grow with the wave (the version rule of flows/_firmware.py
+    # covers three reported paths, so the bound is 1 KB rather than 300 characters).
+    assert len(wave_condition("tags.ring = 'x'", ids[:150], "2.0")) == len(cond) < 1024
 
 
 def test_window_math():
