@@ -4,7 +4,8 @@
 
     iot-flows fleet simulate --count 1000 --hub "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=..." \\
         --mqtt-host 127.0.0.1 --mqtt-port 1883 --http-url http://127.0.0.1:8080 --seed 7 \\
-        --download-failure-rate 0.05 --churn-rate 0.01
+        --download-failure-rate 0.05 --churn-rate 0.01 \\
+        --tags fleet=sim --spread building=43,44 --spread ring=canary:1,wave1:9,wave2:90
 
 Runs until Ctrl-C (or ``--duration`` seconds), then disconnects every device cleanly.
 """
@@ -28,6 +29,33 @@ fleet_app = typer.Typer(no_args_is_help=True, help="Simulated device fleets.")
 _TIMING = "Timings (seconds)"
 _FAULTS = "Fault injection (rates 0..1)"
 _CONN = "Connection"
+_TAGS = "Twin tags"
+
+
+def _parse_tags(text: str | None) -> dict[str, str]:
+    """``building=43,ring=canary`` -> ``{"building": "43", "ring": "canary"}``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r}: expected NAME=VALUE[,NAME=VALUE...]", param_hint="--tags")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _parse_spread(text: str) -> tuple[str, list[tuple[str, float]]]:
+    """``ring=canary:1,wave1:9,wave2:90`` -> ``("ring", [("canary", 1.0), ...])`` (weight 1 when omitted)."""
+    name, sep, values = text.partition("=")
+    parsed: list[tuple[str, float]] = []
+    try:
+        for item in filter(None, (part.strip() for part in values.split(","))):
+            value, _, weight = item.partition(":")
+            parsed.append((value, float(weight) if weight else 1.0))
+    except ValueError:
+        parsed = []
+    if not sep or not name.strip() or not parsed or any(w < 0 for _, w in parsed):
+        raise typer.BadParameter(f"{text!r}: expected NAME=VALUE[:WEIGHT],VALUE[:WEIGHT]...", param_hint="--spread")
+    return name.strip(), parsed
 
 
 @fleet_app.command("simulate")
@@ -64,13 +92,16 @@ def simulate(
     churn_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of devices dropped per churn interval.", rich_help_panel=_FAULTS)] = 0.0,
     churn_interval: Annotated[float, typer.Option(min=0.1, rich_help_panel=_FAULTS)] = 30.0,
     churn_offline_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_FAULTS)] = 5.0,
+    tags: Annotated[str | None, typer.Option(help="Twin tags on every device: building=43,ring=canary.", rich_help_panel=_TAGS)] = None,
+    spread: Annotated[list[str] | None, typer.Option(help="Spread a tag over id ranges by weight: ring=canary:1,wave1:9,wave2:90 (repeat; each splits the groups of the one before).", rich_help_panel=_TAGS)] = None,
     duration: Annotated[float, typer.Option(min=0, help="Stop after this many seconds (0: until Ctrl-C).")] = 0.0,
     json_stats: Annotated[bool, typer.Option("--json", help="Print the final stats as one JSON line.")] = False,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
 ) -> None:
     """Provision COUNT devices, connect them all from this process, run until Ctrl-C."""
-    from iot_flows.device import BehaviourConfig, Fleet
+    from iot_flows.device import BehaviourConfig, Fleet, spread_tags
 
+    fixed, spreads = _parse_tags(tags), [_parse_spread(text) for text in spread or []]
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         behaviour = BehaviourConfig(
@@ -109,16 +140,17 @@ def simulate(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = asyncio.run(_run(fleet, duration, json_stats))
+    tag_map = spread_tags(fleet.device_ids(), fixed, spreads) if fixed or spreads else {}
+    code = asyncio.run(_run(fleet, duration, json_stats, tag_map, hub))
     raise typer.Exit(code)
 
 
-async def _run(fleet: "object", duration: float, json_stats: bool) -> int:
+async def _run(fleet: "object", duration: float, json_stats: bool, tags: "dict[str, dict[str, str]] | None" = None, hub: str = "") -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iot_flows._exceptions import IoTFlowsError
-    from iot_flows.device import Fleet, FleetStats
+    from iot_flows.device import Fleet, FleetStats, tag_devices
 
     assert isinstance(fleet, Fleet)
     console = Console(stderr=True)
@@ -154,6 +186,10 @@ async def _run(fleet: "object", duration: float, json_stats: bool) -> int:
             if starting.done():
                 starting.result()  # raise provisioning / connect errors
                 elapsed = time.perf_counter() - began
+                if tags:
+                    verify: bool | str = fleet.ca_file or True
+                    tagged = await tag_devices(hub, tags, base_url=fleet.http_url, verify=verify)
+                    progress.console.print(f"tagged {tagged} devices")
                 progress.console.print(
                     f"{fleet.connected}/{fleet.count} devices connected in {elapsed:.1f} s "
                     f"({fleet.count / max(elapsed, 1e-9):.0f}/s); Ctrl-C to stop"

@@ -22,6 +22,8 @@ from iot_flows.device._provision import (
     derive_device_key,
     device_connection_string,
     provision_devices,
+    spread_tags,
+    tag_devices,
 )
 from iot_flows.device._simulator import Fleet, FleetStats, SimulatedDevice
 
@@ -42,4 +44,6 @@ __all__ = [
     "derive_device_key",
     "device_connection_string",
     "provision_devices",
+    "spread_tags",
+    "tag_devices",
 ]
