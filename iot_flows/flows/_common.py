@@ -160,7 +160,6 @@ async def summarize_job(
     what = title or summary.job_type
     counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
                           canceled=summary.canceled)  # fmt: skip
-    get_run_logger().info("%s: job %s %s, %s", what, summary.job_id, summary.status, counts)
     await create_table_artifact(
         rows, key=key, description=f"{what}: {summary.device_count} devices, {counts} (job {summary.job_id}, {summary.status})"
     )

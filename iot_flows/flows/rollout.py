@@ -224,7 +224,9 @@ async def _wait_for_window(request: RolloutRequest, index: int, publish: Any) ->
     opens = datetime.now(UTC) + timedelta(seconds=delay)
     local = opens.astimezone(window.parsed().tz)
     note = f"wave {index + 1} starts {window.start} {window.timezone}"
-    when = f"{note} ({local:%a %Y-%m-%d %H:%M}, in {delay / 3600:.1f} h; window {window.describe()})"
+    hours, minutes = divmod(round(delay / 60), 60)
+    wait = f"{hours} h {minutes} min" if hours else f"{minutes} min" if minutes else f"{delay:.0f} s"
+    when = f"{note} ({local:%a %Y-%m-%d %H:%M}, in {wait}; window {window.describe()})"
     await publish(f"waiting: {note}")
     await create_markdown_artifact(
         f"# Firmware {request.version}: {note}\n\n{when}.\n", key=artifact_key("rollout", request.version, "window"),
