@@ -128,6 +128,14 @@ def test_every_active_schedule_gets_upcoming_runs(stack: Stack) -> None:
     server_log = stack.server.process.text()
     assert not missing, f"no upcoming runs after {SCHEDULE_DEADLINE:.0f} s for {missing}:\n{stack.server.process.tail()}"
     assert "Can't evaluate bulk DML" not in server_log
+    # Figure: from a deployment's creation to its first scheduled run (server clock on both).
+    runs = stack.server.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": list(ids)}}, "limit": 200})
+    first: dict[str, datetime] = {}
+    for r in runs:
+        created = datetime.fromisoformat(r["created"])
+        first[r["deployment_id"]] = min(first.get(r["deployment_id"], created), created)
+    lags = [(first[i] - datetime.fromisoformat(active[name]["created"])).total_seconds() for i, name in ids.items()]
+    stack.figures["deployment_to_first_scheduled_run_max_seconds"] = round(max(lags), 1)
     print(f"\nfigures: {stack.figures}, upcoming runs per deployment: { {ids[i]: n for i, n in counts.items()} }")
 
 
