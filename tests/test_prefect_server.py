@@ -245,13 +245,15 @@ def test_a_rollout_outside_its_window_frees_the_worker_and_resumes_when_it_opens
                "poll_interval_seconds": 0.5, "retry_backoff_seconds": 0, "hold_worker_max_seconds": 15,
                "maintenance_window": {"start": f"{opens:%H:%M}", "end": f"{opens + timedelta(hours=1):%H:%M}"}}  # fmt: skip
     flow_run_id = _start(stack, "roll-out-firmware", "request=" + json.dumps(request))
-    deadline = time.monotonic() + 120
+    t0 = time.monotonic()
+    deadline = t0 + 120
     while time.monotonic() < deadline:
         run = stack.server.get(f"/flow_runs/{flow_run_id}")
         if run["state"]["name"] == "AwaitingWindow" or run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED"):
             break
         time.sleep(0.5)
     assert run["state"]["name"] == "AwaitingWindow", f"{run['state']}\n{stack.worker.tail()}"
+    stack.figures["rollout_to_awaiting_window_seconds"] = round(time.monotonic() - t0, 1)
     assert run["state"]["type"] == "SCHEDULED" and run["state"]["message"] == f"wave 1 starts {opens:%H:%M} UTC"
     assert "rollout-3-0-0-window" in _artifact_keys(stack, flow_run_id)
     assert set(_firmware(stack, "tags.building = '44'").values()) != {"3.0.0"}  # nothing started yet
@@ -270,3 +272,4 @@ def test_the_readme_says_what_this_session_ran(stack: Stack) -> None:
         assert command in section, command
     # "see it in the UI": the server serves the UI next to the API.
     assert "<html" in stack.server.http.get(stack.server.api_url.removesuffix("/api") + "/").text.lower()
+    print(f"\nfigures: {stack.figures}")

@@ -164,13 +164,13 @@ def wave_condition(target: str, ids: list[str], version: str) -> str:
             f"(NOT IS_DEFINED({fw}) OR {fw} != {quote_string(version)})")  # fmt: skip
 
 
-async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str):  # type: ignore[no-untyped-def]
-    """One firmwareUpdate job over ``condition``; follow ``ids`` to a verdict."""
+async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str, title: str = ""):  # type: ignore[no-untyped-def]
+    """One firmwareUpdate job over ``condition``; follow ``ids`` to a verdict (``title`` names it in the UI)."""
     job_id = new_job_id(f"rollout-{label}")
     await create_method_job(conn, job_id, "firmwareUpdate", condition,
                             {"fwPackageUri": request.package_uri, "version": request.version})  # fmt: skip
     try:
-        await follow_job(conn, job_id, poll_interval=min(request.poll_interval_seconds, 1.0), title=f"rollout {label}")
+        await follow_job(conn, job_id, poll_interval=min(request.poll_interval_seconds, 1.0), title=title or f"rollout {label}")
     except asyncio.CancelledError:
         await cancel_job(conn, job_id)
         raise
@@ -314,7 +314,10 @@ async def roll_out_firmware(
                 await asyncio.sleep(delay)
                 ids = ", ".join(quote_string(d) for d in sorted(remaining))
                 condition = f"deviceId IN [{ids}]"
-            ok, failed, timed_out = await _attempt(conn, request, condition, remaining, f"w{index + 1}a{attempt + 1}")
+            ok, failed, timed_out = await _attempt(
+                conn, request, condition, remaining, f"w{index + 1}a{attempt + 1}",
+                f"firmware {request.version}, {label}, attempt {attempt + 1}: {len(remaining)} devices",
+            )  # fmt: skip
             updated |= ok
             remaining -= ok
             outcome.attempts = attempt + 1

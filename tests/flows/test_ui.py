@@ -31,3 +31,15 @@ def test_a_flat_override_replaces_one_field_and_is_validated() -> None:
     assert apply_overrides(request) is request
     with pytest.raises(ValueError, match=r"invalid parameter override \(version: "):
         apply_overrides(request, version=["not", "a", "string"])
+
+
+async def test_zero_targets_say_so_and_min_devices_fails(connection) -> None:
+    from iot_flows.flows._ui import TooFewDevicesError
+    from iot_flows.flows.jobs import MethodJobRequest, run_method_job
+
+    request = MethodJobRequest(method_name="lockDoor", query_condition="tags.building = 'nowhere'")
+    state = await run_method_job(request, connection, return_state=True)
+    assert state.is_completed() and state.message == "0 devices matched tags.building = 'nowhere'"
+    assert (await state.result()).device_count == 0
+    with pytest.raises(TooFewDevicesError, match=r"0 devices matched tags.building = 'nowhere'; lockDoor needs at least 1"):
+        await run_method_job(request, connection, min_devices=1)
