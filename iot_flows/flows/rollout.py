@@ -128,7 +128,7 @@ class WaveResult(BaseModel):
 
 class RolloutResult(BaseModel):
     version: str
-    status: str = Field(description="completed | aborted | waiting (rescheduled for the maintenance window)")
+    status: str = Field(description="completed | aborted")
     targets: int = 0
     already_current: int = 0
     waves: list[WaveResult] = Field(default_factory=list)
