@@ -251,6 +251,7 @@ def __getattr__(name: str) -> Any:
 
 
 _CONN = "Connection"
+_TAGS = "Twin tags"
 
 
 class FleetSettings(BaseSettings):
@@ -287,6 +288,14 @@ class FleetSettings(BaseSettings):
         default=3600, ge=5, description="Device SAS token lifetime (seconds)."
     )
     seed: int = Field(default=0, description="Seed for fault injection.")
+    tags: Annotated[str | None, Cli(panel=_TAGS)] = Field(
+        default=None, description="Twin tags on every device: building=43,ring=canary."
+    )
+    spread: Annotated[list[str], Cli(panel=_TAGS)] = Field(
+        default_factory=list,
+        description="Spread a tag over id ranges by weight: ring=canary:1,wave1:9,wave2:90 (repeat; each splits "
+        "the groups of the one before).",
+    )
     duration: float = Field(default=0.0, ge=0, description="Stop after this many seconds (0: until Ctrl-C).")
     json_stats: Annotated[bool, Cli(names=("--json",))] = Field(
         default=False, description="Print the final stats as one JSON line."
