@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -69,7 +70,7 @@ def nats_server() -> Iterator[NatsServer]:
 class Cluster:
     """Two (or more) in-process hub nodes on one SQLite file and one NATS."""
 
-    def __init__(self, db: Path, nats_url: str) -> None:
+    def __init__(self, db: str, nats_url: str) -> None:
         self.db = db
         self.nats_url = nats_url
         self.nodes: dict[str, EmbeddedHub] = {}
@@ -104,9 +105,26 @@ class Cluster:
             node.stop()
 
 
+_DB_COUNTER = iter(range(1, 1_000_000))
+
+
+#: PostgreSQL runs where the test support for it (tests/pgcluster.py, the pg_cluster
+#: fixture) is present, i.e. wherever the PostgreSQL backend is.
+STORES = ["sqlite"] + (["postgresql"] if importlib.util.find_spec("tests.pgcluster") is not None else [])
+
+
+@pytest.fixture(params=STORES)
+def cluster_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store every node of a test shares: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("pg_cluster")
+        return str(pg.create_database(f"cluster_{os.getpid()}_{next(_DB_COUNTER)}"))
+    return str(tmp_path / "hub.db")
+
+
 @pytest.fixture
-def cluster(tmp_path: Path, nats_server: NatsServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "hub.db", nats_server.url)
+def cluster(cluster_db: str, nats_server: NatsServer) -> Iterator[Cluster]:
+    c = Cluster(cluster_db, nats_server.url)
     c.start_node("a")
     c.start_node("b")
     yield c

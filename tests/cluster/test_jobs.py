@@ -7,7 +7,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +17,8 @@ from tests.support import Device, Service, wait_until
 
 
 @pytest.fixture
-def slow_cluster(tmp_path: Path, nats_server: NatsServer) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "hub.db", nats_server.url)
+def slow_cluster(cluster_db: str, nats_server: NatsServer) -> Iterator[Cluster]:
+    c = Cluster(cluster_db, nats_server.url)
     c.start_node("a", JobSettings(device_concurrency=1))
     c.start_node("b", JobSettings(device_concurrency=1))
     yield c

@@ -20,7 +20,7 @@ from tests.support import CLI, Device, HubProcess, Service, error_code, free_por
 LEASE = "2"
 
 
-def _node(db: Path, nats: NatsServer, node_id: str, *extra: str) -> HubProcess:
+def _node(db: str | Path, nats: NatsServer, node_id: str, *extra: str) -> HubProcess:
     return HubProcess(db, args=("--bus", nats.url, "--node-id", node_id, "--node-lease-seconds", LEASE, *extra))
 
 
@@ -43,8 +43,8 @@ def _invoke(svc: Service, device_id: str) -> Any:
                        json_body={"methodName": "ping", "payload": None, "responseTimeoutInSeconds": 10})
 
 
-def test_killed_node_loses_presence_then_device_works_on_other_node(tmp_path: Path, nats_server: NatsServer) -> None:
-    db = tmp_path / "hub.db"
+def test_killed_node_loses_presence_then_device_works_on_other_node(cluster_db: str, nats_server: NatsServer) -> None:
+    db = cluster_db
     a = _node(db, nats_server, "a")
     b = _node(db, nats_server, "b")
     svc_b = Service(b.base_url, b.connection_string)
@@ -72,8 +72,8 @@ def test_killed_node_loses_presence_then_device_works_on_other_node(tmp_path: Pa
         b.terminate()
 
 
-def test_job_resumes_on_other_node_after_kill_9(tmp_path: Path, nats_server: NatsServer) -> None:
-    db = tmp_path / "hub.db"
+def test_job_resumes_on_other_node_after_kill_9(cluster_db: str, nats_server: NatsServer) -> None:
+    db = cluster_db
     a = _node(db, nats_server, "a", "--job-device-concurrency", "1")
     b = _node(db, nats_server, "b", "--job-device-concurrency", "1")
     svc_a = Service(a.base_url, a.connection_string)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,8 @@ LEASE = 0.5
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HubStore]:
-    s = await open_store(str(tmp_path / "hub.db"))
+async def store(cluster_db: str) -> AsyncIterator[HubStore]:
+    s = await open_store(cluster_db)
     for device_id in ("d1", "d2"):
         now = utc_now()
         await s.insert(DeviceRecord(device_id=device_id, generation_id="1", device_etag="e", status_updated_time=now))
