@@ -58,7 +58,11 @@ class HAProxy:
             env["HUB_TLS"] = "1"
         self.proc = subprocess.Popen([haproxy_binary(), "-db", "-f", str(CONFIG)], env={**os.environ, **env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: self.proc.poll() is not None or self._all_up(), timeout=15, interval=0.1)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or self._all_up(), timeout=15, interval=0.1)
+        except BaseException:
+            self.stop()
+            raise
         if self.proc.poll() is not None:
             raise AssertionError(f"haproxy exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
 
@@ -130,8 +134,14 @@ class Balanced:
     """Two nodes and the balancer in front of them."""
 
     def __init__(self, db: str, nats: NatsServer, directory: Path) -> None:
-        self.nodes = [_node(db, nats, "n1"), _node(db, nats, "n2")]
-        self.lb = HAProxy(self.nodes, directory)
+        self.nodes = [_node(db, nats, "n1")]
+        try:
+            self.nodes.append(_node(db, nats, "n2"))
+            self.lb = HAProxy(self.nodes, directory)
+        except BaseException:
+            for node in self.nodes:
+                node.terminate()
+            raise
         self.url = f"http://127.0.0.1:{self.lb.http_port}"
         self.connection_string = self.nodes[0].connection_string
         self.service = Service(self.url, self.connection_string)
@@ -250,8 +260,14 @@ def test_rest_through_haproxy_while_one_node_is_down(balanced: Balanced) -> None
 async def test_mqtt_tls_and_https_pass_through_haproxy(cluster_db: str, nats_server: NatsServer, tmp_path: Path) -> None:
     pki = make_test_pki(tmp_path / "pki")
     tls = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key))
-    nodes = [_tls_node(cluster_db, nats_server, name, tls, str(pki.ca_cert)) for name in ("t1", "t2")]
-    lb = HAProxy(nodes, tmp_path, tls=True)
+    nodes = [_tls_node(cluster_db, nats_server, "t1", tls, str(pki.ca_cert))]
+    try:
+        nodes.append(_tls_node(cluster_db, nats_server, "t2", tls, str(pki.ca_cert)))
+        lb = HAProxy(nodes, tmp_path, tls=True)
+    except BaseException:
+        for node in nodes:
+            node.terminate()
+        raise
     url = f"https://127.0.0.1:{lb.http_port}"
     svc = Service(url, nodes[0].connection_string, verify=str(pki.ca_cert))
     fleet = Fleet(nodes[0].connection_string, count=4, prefix="tls", mqtt_host="127.0.0.1", mqtt_port=lb.mqtts_port,
