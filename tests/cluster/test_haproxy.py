@@ -284,3 +284,12 @@ async def test_mqtt_tls_and_https_pass_through_haproxy(cluster_db: str, nats_ser
         lb.stop()
         for node in nodes:
             node.terminate()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_shipped_config_is_valid_with_its_defaults(tls: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE1_", "NODE2_", "LB_", "HUB_TLS"))}
+    if tls:
+        env["HUB_TLS"] = "1"
+    out = subprocess.run([haproxy_binary(), "-c", "-f", str(CONFIG)], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
