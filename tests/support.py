@@ -237,7 +237,7 @@ CLI = [sys.executable, "-m", "iot_flows.cli"]
 class HubProcess:
     """``iot-flows hub serve`` in a subprocess; reads the printed connection string."""
 
-    def __init__(self, db: Path, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
+    def __init__(self, db: Path | str, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
                  args: tuple[str, ...] = ()) -> None:
         self.mqtt_port, self.http_port = ports or (free_port(), free_port())
         self.proc = subprocess.Popen(

@@ -10,10 +10,12 @@ Every change is committed before it is acknowledged or pushed to the device.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, PreconditionFailedError
 from iot_flows.hub._sessions import SessionRegistry, Subscription
@@ -32,6 +34,29 @@ __all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
 #: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
 TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+_R = TypeVar("_R")
+
+
+def _one_writer_per_twin(
+    method: Callable[..., Awaitable[_R]],
+) -> Callable[..., Awaitable[_R]]:
+    """Run read-modify-write of one twin one at a time (the store may suspend between them)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: "TwinService", device_id: str, *args: Any, **kwargs: Any) -> _R:
+        entry = self._locks.setdefault(device_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await method(self, device_id, *args, **kwargs)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._locks.pop(device_id, None)
+
+    return wrapper
 
 
 def device_not_found(device_id: str) -> DeviceNotFoundError:
@@ -59,6 +84,7 @@ class TwinService:
         self._store = store
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
+        self._locks: dict[str, list[Any]] = {}
 
     def add_listener(self, listener: TwinChange) -> None:
         """Call ``listener`` after each committed twin change (change stream, events)."""
@@ -74,6 +100,7 @@ class TwinService:
     async def get(self, device_id: str) -> DeviceRecord:
         return await self._load(device_id)
 
+    @_one_writer_per_twin
     async def update(
         self, device_id: str, body: Any, *, if_match: str | None = None, replace: bool = False
     ) -> DeviceRecord:
@@ -141,6 +168,7 @@ class TwinService:
     async def device_view(self, device_id: str) -> dict[str, Any]:
         return (await self._load(device_id)).device_twin_view()
 
+    @_one_writer_per_twin
     async def report(self, device_id: str, patch: Any) -> int:
         """Merge a device's reported patch; return the new reported ``$version``."""
         validate_patch("reported", patch)
