@@ -117,7 +117,7 @@ def _compile_parsed(query: Query) -> CompiledQuery:
         keys: list[str] = []
         for path in query.group_by:
             keys.extend(_group_keys(value(path)))
-        group_by = ", ".join(dict.fromkeys(keys)) or "NULL"
+        group_by = ", ".join(dict.fromkeys(keys)) or current().constant_group_key
     return CompiledQuery(
         query.source,
         table,

@@ -39,6 +39,8 @@ class SqlDialect:
     true_sql, false_sql = "1", "0"
     #: How constants are spelled inside fragments; None keeps ``Frag.sql`` (1/0/NULL).
     const_sql: dict[Any, str] | None = None
+    #: GROUP BY body when every key is a literal (one group, none for no rows).
+    constant_group_key = "NULL"
 
     def json_ref(self, column: str, json_path: tuple[str, ...]) -> tuple[Frag, Frag]:
         """(value, type) fragments of a JSON path inside a column."""

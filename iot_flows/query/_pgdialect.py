@@ -68,6 +68,7 @@ class PostgresDialect(SqlDialect):
     name = "postgresql"
     true_sql, false_sql = "TRUE", "FALSE"
     const_sql = {True: "TRUE", False: "FALSE", None: "NULL"}
+    constant_group_key = "NULL::int"  # a bare NULL is refused ("non-integer constant")
 
     def json_ref(self, column: str, json_path: tuple[str, ...]) -> tuple[Frag, Frag]:
         value = f"({column} #> {pg_path_literal(json_path)})" if json_path else column
