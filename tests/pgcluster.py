@@ -57,13 +57,22 @@ class PgCluster:
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--locale=C", "-E", "UTF8")
+        self.start_server()
+        return self
+
+    def stop_server(self) -> None:
+        """Stop the server immediately, keeping its data (``start_server`` brings it back)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._started = False
+
+    def start_server(self) -> None:
+        """Start the server again on the same port and data directory."""
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=on"
             " -c synchronous_commit=on -c max_connections=200"
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
         self._started = True
-        return self
 
     def url(self, dbname: str = "postgres") -> str:
         """A ``postgresql://`` URL for ``dbname`` (trust auth, user postgres)."""
