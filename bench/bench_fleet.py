@@ -214,7 +214,7 @@ def main() -> None:
         tls = make_certificates(Path(tmp)) if args.tls else None
         hub, mqtt_port, base_url = start_hub(tmp, owner_key, tls)
         try:
-            cs = str(ConnectionString(host_name="localhost", shared_access_key_name="iothubowner", shared_access_key=owner_key))
+            cs = str(ConnectionString(host_name="127.0.0.1", shared_access_key_name="iothubowner", shared_access_key=owner_key))
             result = asyncio.run(run(args, hub.pid, cs, mqtt_port, base_url, str(tls[0]) if tls else None))
         finally:
             hub.send_signal(signal.SIGINT)

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -165,9 +166,9 @@ class Device:
         self._rid += 1
         return f"{uuid.uuid4()}-{self._rid}"
 
-    def twin_request(self, topic_prefix: str, body: bytes, qos: int = 1) -> Received:
+    def twin_request(self, topic_prefix: str, body: bytes, qos: int = 1, topic_suffix: str = "") -> Received:
         rid = self.next_rid()
-        self.client.publish(f"{topic_prefix}?$rid={rid}", body, qos=qos)
+        self.client.publish(f"{topic_prefix}?$rid={rid}{topic_suffix}", body, qos=qos)
         return self.wait_message(lambda m: m.topic.startswith("$iothub/twin/res/") and f"$rid={rid}" in m.topic)
 
     def get_twin(self) -> tuple[int, Any]:
@@ -175,9 +176,9 @@ class Device:
         status = int(msg.topic.split("/")[3])
         return status, json.loads(msg.payload) if msg.payload else None
 
-    def patch_reported(self, patch: Any, raw: bytes | None = None) -> tuple[int, str]:
+    def patch_reported(self, patch: Any, raw: bytes | None = None, topic_suffix: str = "") -> tuple[int, str]:
         body = raw if raw is not None else json.dumps(patch).encode()
-        msg = self.twin_request("$iothub/twin/PATCH/properties/reported/", body)
+        msg = self.twin_request("$iothub/twin/PATCH/properties/reported/", body, topic_suffix=topic_suffix)
         return int(msg.topic.split("/")[3]), msg.topic
 
     def serve_methods(self, handler: Callable[[str, Any], tuple[int, Any]]) -> None:
@@ -240,6 +241,9 @@ class HubProcess:
     def __init__(self, db: Path | str, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
                  args: tuple[str, ...] = ()) -> None:
         self.mqtt_port, self.http_port = ports or (free_port(), free_port())
+        if "://" in str(db) and "IOT_FLOWS_HUB_PROFILE" not in (env or {}):
+            # A database URL has no folder for the profile: keep it out of the working directory.
+            env = {**(env or {}), "IOT_FLOWS_HUB_PROFILE": os.path.join(tempfile.mkdtemp(prefix="hub-profile-"), "hub.json")}
         self.proc = subprocess.Popen(
             [*CLI, "hub", "serve", "--db", str(db), "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port),
              *args],
@@ -255,6 +259,7 @@ class HubProcess:
             lines.append(line)
             if line.startswith("HostName="):
                 self.connection_string = line.strip()
+                self.hostname = ConnectionString.parse(self.connection_string).host_name
                 break
         wait_until(lambda: httpx.get(f"{self.base_url}/healthz").status_code == 200, timeout=10)
         self.output = "".join(lines)

@@ -2,9 +2,12 @@
 
 ::
 
-    iot-flows fleet simulate --count 1000 --hub "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=..." \\
-        --mqtt-host 127.0.0.1 --mqtt-port 1883 --http-url http://127.0.0.1:8080 --seed 7 \\
-        --download-failure-rate 0.05 --churn-rate 0.01
+    iot-flows fleet simulate --count 1000 --seed 7 --download-failure-rate 0.05 --churn-rate 0.01
+
+uses the hub ``iot-flows hub serve`` started in this folder (its profile); ``--hub
+"HostName=...;SharedAccessKeyName=...;SharedAccessKey=..." --hub-url http://...`` names
+another. Every option is a field of ``ClientSettings``, ``FleetSettings`` or
+``SimulatorSettings`` (:mod:`iot_flows._settings`).
 
 Runs until Ctrl-C (or ``--duration`` seconds), then disconnects every device cleanly.
 """
@@ -16,104 +19,104 @@ import json
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
-__all__ = ["fleet_app"]
+from iot_flows._settings import ClientSettings, FleetSettings, SimulatorSettings
+from iot_flows.cli._limits import BASE_DESCRIPTORS, check_open_files
+from iot_flows.cli._options import settings_options
+from iot_flows.cli._profile import read_profile
+
+__all__ = ["fleet_app", "resolve_hub"]
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Simulated device fleets.")
 
-_TIMING = "Timings (seconds)"
-_FAULTS = "Fault injection (rates 0..1)"
-_CONN = "Connection"
+
+@dataclass(frozen=True)
+class HubAddress:
+    """Where the fleet finds the hub: connection string, REST base URL, MQTT endpoint."""
+
+    connection_string: str
+    http_url: str | None
+    mqtt_host: str | None
+    mqtt_port: int | None
+    tls: bool | None
+
+
+def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
+    """Combine flags/environment with the profile ``hub serve`` wrote.
+
+    The connection string is ``--hub``, else the profile's. Addresses not given come from
+    the profile when it describes the same hub (same ``HostName``); with only a plain
+    ``http://`` ``--hub-url``, MQTT defaults to that host, port 1883, no TLS.
+
+    Raises:
+        ValueError: no connection string anywhere, or an unreadable profile.
+    """
+    profile = read_profile(Path(client.profile))
+    connection_string = client.connection_string or (profile.connection_string if profile else None)
+    if not connection_string:
+        raise ValueError(
+            f"no hub: pass --hub \"<service connection string>\" (env IOT_FLOWS_HUB_CONNECTION_STRING), "
+            f"or start `iot-flows hub serve` in this folder first (it writes {client.profile})"
+        )
+    http_url, mqtt_host, mqtt_port, tls = client.url, fleet.mqtt_host, fleet.mqtt_port, fleet.tls
+    if profile is not None and profile.serves(connection_string):
+        http_url = http_url or profile.base_url
+        if mqtt_host is None:
+            mqtt_host = profile.mqtt_host
+            mqtt_port = mqtt_port or profile.mqtt_port
+            tls = profile.tls if tls is None else tls
+    elif http_url and http_url.startswith("http://") and mqtt_host is None:
+        mqtt_host = urlsplit(http_url).hostname
+        tls = False if tls is None else tls
+    return HubAddress(connection_string, http_url, mqtt_host, mqtt_port, tls)
 
 
 @fleet_app.command("simulate")
-def simulate(
-    hub: Annotated[
-        str,
-        typer.Option(help="Service connection string (with SharedAccessKeyName).", envvar="IOT_FLOWS_HUB_CONNECTION_STRING"),
-    ],
-    count: Annotated[int, typer.Option("--count", "-n", min=0, help="Number of devices.")] = 100,
-    prefix: Annotated[str, typer.Option(help="Device ids are {prefix}-{index:05d}.")] = "sim",
-    start_index: Annotated[int, typer.Option(min=0, help="First device index.")] = 0,
-    mqtt_host: Annotated[str | None, typer.Option(help="MQTT host (default: HostName).", rich_help_panel=_CONN)] = None,
-    mqtt_port: Annotated[int | None, typer.Option(help="MQTT port (default 8883 with TLS, else 1883).", rich_help_panel=_CONN)] = None,
-    http_url: Annotated[str | None, typer.Option(help="Service REST base URL (default https://HostName).", rich_help_panel=_CONN)] = None,
-    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="MQTT over TLS (default: with --ca-file or without --mqtt-host).", rich_help_panel=_CONN)] = None,
-    ca_file: Annotated[Path | None, typer.Option(help="CA certificate (PEM) to verify the hub.", rich_help_panel=_CONN)] = None,
-    provision: Annotated[bool, typer.Option("--provision/--no-provision", help="Create/update the devices first (bulk API).", rich_help_panel=_CONN)] = True,
-    connect_concurrency: Annotated[int, typer.Option(min=1, help="Devices connecting at once.", rich_help_panel=_CONN)] = 256,
-    keepalive: Annotated[int, typer.Option(min=5, help="MQTT keep-alive.", rich_help_panel=_CONN)] = 60,
-    token_ttl: Annotated[int, typer.Option(min=5, help="Device SAS token lifetime.", rich_help_panel=_CONN)] = 3600,
-    seed: Annotated[int, typer.Option(help="Seed for fault injection.")] = 0,
-    reboot_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 5.0,
-    factory_reset_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 5.0,
-    fw_wait_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 2.0,
-    fw_download_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 4.0,
-    fw_apply_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 4.0,
-    fw_reboot_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 0.0,
-    config_apply_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_TIMING)] = 1.0,
-    download_failure_rate: Annotated[float, typer.Option(min=0, max=1, rich_help_panel=_FAULTS)] = 0.0,
-    apply_failure_rate: Annotated[float, typer.Option(min=0, max=1, rich_help_panel=_FAULTS)] = 0.0,
-    hang_rate: Annotated[float, typer.Option(min=0, max=1, help="Updates accepted but never reported.", rich_help_panel=_FAULTS)] = 0.0,
-    config_failure_rate: Annotated[float, typer.Option(min=0, max=1, rich_help_panel=_FAULTS)] = 0.0,
-    slow_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of slow responders.", rich_help_panel=_FAULTS)] = 0.0,
-    churn_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of devices dropped per churn interval.", rich_help_panel=_FAULTS)] = 0.0,
-    churn_interval: Annotated[float, typer.Option(min=0.1, rich_help_panel=_FAULTS)] = 30.0,
-    churn_offline_seconds: Annotated[float, typer.Option(min=0, rich_help_panel=_FAULTS)] = 5.0,
-    duration: Annotated[float, typer.Option(min=0, help="Stop after this many seconds (0: until Ctrl-C).")] = 0.0,
-    json_stats: Annotated[bool, typer.Option("--json", help="Print the final stats as one JSON line.")] = False,
-    log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
-) -> None:
-    """Provision COUNT devices, connect them all from this process, run until Ctrl-C."""
+@settings_options(client=ClientSettings, fleet=FleetSettings, behaviour=SimulatorSettings)
+def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> None:
+    """Provision COUNT devices, connect them all from this process, run until Ctrl-C.
+
+    Without --hub it uses the hub `iot-flows hub serve` started in this folder (its profile).
+    """
     from iot_flows.device import BehaviourConfig, Fleet
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=fleet.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        behaviour = BehaviourConfig(
-            reboot_seconds=reboot_seconds,
-            factory_reset_seconds=factory_reset_seconds,
-            fw_wait_seconds=fw_wait_seconds,
-            fw_download_seconds=fw_download_seconds,
-            fw_apply_seconds=fw_apply_seconds,
-            fw_reboot_seconds=fw_reboot_seconds,
-            config_apply_seconds=config_apply_seconds,
-            download_failure_rate=download_failure_rate,
-            apply_failure_rate=apply_failure_rate,
-            hang_rate=hang_rate,
-            config_failure_rate=config_failure_rate,
-            slow_rate=slow_rate,
-            churn_rate=churn_rate,
-            churn_interval_seconds=churn_interval,
-            churn_offline_seconds=churn_offline_seconds,
-        )
-        fleet = Fleet(
-            hub,
-            count=count,
-            prefix=prefix,
-            start_index=start_index,
-            mqtt_host=mqtt_host,
-            mqtt_port=mqtt_port,
-            http_url=http_url,
-            tls=tls,
-            ca_file=str(ca_file) if ca_file else None,
-            seed=seed,
-            behaviour=behaviour,
-            provision=provision,
-            connect_concurrency=connect_concurrency,
-            keepalive=keepalive,
-            token_ttl=token_ttl,
+        hub = resolve_hub(client, fleet)
+        devices = Fleet(
+            hub.connection_string,
+            count=fleet.count,
+            prefix=fleet.prefix,
+            start_index=fleet.start_index,
+            mqtt_host=hub.mqtt_host,
+            mqtt_port=hub.mqtt_port,
+            http_url=hub.http_url,
+            tls=hub.tls,
+            ca_file=fleet.ca_file,
+            seed=fleet.seed,
+            behaviour=BehaviourConfig(**behaviour.model_dump()),
+            provision=fleet.provision,
+            connect_concurrency=fleet.connect_concurrency,
+            keepalive=fleet.keepalive,
+            token_ttl=fleet.token_ttl,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    code = asyncio.run(_run(fleet, duration, json_stats))
+    problem = check_open_files(fleet.count + BASE_DESCRIPTORS, f"a fleet of {fleet.count:,} devices")
+    if problem:
+        typer.secho(f"error: {problem}", err=True, fg="red")
+        raise typer.Exit(1)
+    code = asyncio.run(_run(devices, fleet.duration, fleet.json_stats))
     raise typer.Exit(code)
 
 
-async def _run(fleet: "object", duration: float, json_stats: bool) -> int:
+async def _run(fleet: object, duration: float, json_stats: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

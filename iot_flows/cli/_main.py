@@ -1,42 +1,86 @@
-"""``iot-flows`` command line: ``iot-flows hub serve`` (more commands join as they land)."""
+"""``iot-flows`` command line: ``hub serve``, ``fleet simulate``, ``demo``.
+
+Every option is generated from a settings model in :mod:`iot_flows._settings` (see
+:mod:`iot_flows.cli._options`): a flag beats its ``IOT_FLOWS_*`` environment variable,
+which beats the default.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
+import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from iot_flows._settings import DEFAULT_PROFILE, HubSettings
+from iot_flows.cli._demo import demo
 from iot_flows.cli._fleet import fleet_app
+from iot_flows.cli._limits import raise_open_files_limit
+from iot_flows.cli._options import settings_options
+from iot_flows.cli._profile import HubProfile, default_profile_path, write_profile
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="IoT fleet operations as Prefect flows.")
 hub_app = typer.Typer(no_args_is_help=True, help="Run the bundled IoT Hub-compatible hub.")
 app.add_typer(hub_app, name="hub")
 app.add_typer(fleet_app, name="fleet")
+app.command("demo")(demo)
 
 
-async def _serve_until_signal(settings: "object") -> None:
+def program() -> str:
+    """How the user ran ``iot-flows`` (``.venv/bin/iot-flows`` from the repo), for printed commands."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).name != "iot-flows":
+        return "iot-flows"
+    path = Path(argv0)
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return argv0
+    return argv0
+
+
+def next_commands(profile: HubProfile, profile_path: Path) -> list[str]:
+    """The commands to run next against this hub, exactly as they can be pasted."""
+    cli = program()
+    default = profile_path.resolve() == DEFAULT_PROFILE.resolve()
+    where = "" if default else f" --profile {shlex.quote(str(profile_path))}"
+    return [
+        f"{cli} fleet simulate --count 100{where}",
+        f"{cli} fleet simulate --count 100 --hub {shlex.quote(profile.connection_string)}"
+        f" --hub-url {profile.base_url} --mqtt-host {profile.mqtt_host} --mqtt-port {profile.mqtt_port} --no-tls",
+    ]
+
+
+async def _serve_until_signal(settings: HubSettings) -> None:
     from iot_flows.hub import Hub
 
     from iot_flows._exceptions import HubError
     from iot_flows.store import StoreConfigError
 
-    hub = Hub(settings)  # type: ignore[arg-type]
+    hub = Hub(settings)
     try:
         await hub.start()
     except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
         typer.echo(f"iot-flows hub: {exc}", err=True)
         raise typer.Exit(2) from None
+    profile = HubProfile.of(hub)
+    profile_path = Path(settings.profile) if settings.profile else default_profile_path(settings.db)
+    write_profile(profile_path, profile)
     typer.echo(f"iot-flows hub '{hub.settings.hostname}' ready")
     typer.echo(f"  MQTT  : {hub.settings.host}:{hub.mqtt_port}")
     if hub.mqtts_port:
         typer.echo(f"  MQTTS : {hub.settings.host}:{hub.mqtts_port}")
     typer.echo(f"  REST  : {hub.base_url}")
     typer.echo(f"  db    : {hub.settings.db}")
+    typer.echo(f"  profile: {profile_path} (how the other commands find this hub)")
     typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
+    first, explicit = next_commands(profile, profile_path)
+    typer.echo(f"Next, in another terminal in this folder:\n  {first}\nor from anywhere:\n  {explicit}", color=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,42 +93,16 @@ async def _serve_until_signal(settings: "object") -> None:
 
 
 @hub_app.command("serve")
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    hostname: Annotated[str, typer.Option(help="The hub's name in SAS 'sr' values and MQTT usernames.")] = "localhost",
-    mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
-    http_port: Annotated[int, typer.Option(help="Service REST API port.")] = 8080,
-    mqtts_port: Annotated[int, typer.Option(help="MQTT over TLS port (with --tls-cert/--tls-key).")] = 8883,
-    db: Annotated[
-        str,
-        typer.Option(help="SQLite database file (or sqlite:///path), or postgresql://user@host:port/dbname."),
-    ] = "iot-flows-hub.db",
-    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
-    max_concurrent_jobs: Annotated[int, typer.Option(help="Active jobs at once (Azure S1: 1).")] = 10,
-    job_device_concurrency: Annotated[int, typer.Option(help="In-flight device operations per job.")] = 1000,
-    log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
-) -> None:
+@settings_options(settings=HubSettings)
+def serve(settings: HubSettings) -> None:
     """Serve Azure IoT Hub's device MQTT dialect and service REST API."""
-    from iot_flows.hub import HubSettings
-    from iot_flows.jobs import JobSettings
-
-    if (tls_cert is None) != (tls_key is None):
+    if (settings.tls_cert is None) != (settings.tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = HubSettings(
-        host=host,
-        hostname=hostname,
-        mqtt_port=mqtt_port,
-        http_port=http_port,
-        mqtts_port=mqtts_port,
-        db=str(db),
-        tls_cert=str(tls_cert) if tls_cert else None,
-        tls_key=str(tls_key) if tls_key else None,
-        jobs=JobSettings(max_concurrent_jobs=max_concurrent_jobs, device_concurrency=job_device_concurrency),
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_open_files_limit()  # one socket per connected device
     asyncio.run(_serve_until_signal(settings))
 
 
 def main() -> None:
+    """The ``iot-flows`` console script."""
     app()

@@ -1,6 +1,7 @@
 """What the demo runs against: an embedded hub, a simulated fleet, and the fleet's tags.
 
-The hub and the fleet each own an event loop in a background thread, so Prefect's
+The hub owns an event loop in a background thread and the fleet runs in its own process
+(:mod:`iot_flows.demo._fleet_process`: each holds one socket per device), so Prefect's
 blocking moments in the main thread (starting its temporary API server takes ~10 s)
 never stall device replies. :meth:`DemoEnvironment.stop` stops both and is safe to call
 at any point, also half-way through :meth:`DemoEnvironment.start`.
@@ -9,25 +10,21 @@ at any point, also half-way through :meth:`DemoEnvironment.start`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from iot_flows.blocks import HubConnection
 from iot_flows.client import HubClient
-from iot_flows.device import BehaviourConfig, Fleet, FleetStats
+from iot_flows.demo._fleet_process import FleetProcess
+from iot_flows.device import BehaviourConfig, FleetStats
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 
 __all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
-
-T = TypeVar("T")
 
 #: Device timings in seconds (the simulator's defaults are closer to real devices).
 DEMO_BEHAVIOUR = BehaviourConfig(
@@ -97,29 +94,6 @@ class FleetLayout:
         return total
 
 
-class _LoopThread:
-    """An event loop in a daemon thread; :meth:`submit` runs a coroutine there."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
-
-
 class DemoEnvironment:
     """An embedded hub (SQLite in a temporary folder, free ports) and a simulated fleet."""
 
@@ -129,9 +103,7 @@ class DemoEnvironment:
         self.seed = seed
         self.folder: str | None = None
         self.hub: EmbeddedHub | None = None
-        self.fleet: Fleet | None = None
-        self._fleet_thread: _LoopThread | None = None
-        self._fleet_started: concurrent.futures.Future[FleetStats] | None = None
+        self.fleet: FleetProcess | None = None
 
     # ---- start --------------------------------------------------------------------------
     def start_hub(self) -> EmbeddedHub:
@@ -147,19 +119,17 @@ class DemoEnvironment:
         return HubConnection(connection_string=self.hub.connection_string(), base_url=self.hub.base_url)
 
     def start_fleet(self) -> None:
-        """Provision and connect the fleet in its own thread; :meth:`wait_fleet` waits for it."""
+        """Provision and connect the fleet in its own process; :meth:`wait_fleet` waits for it."""
         assert self.hub is not None
-        self.fleet = Fleet(
+        self.fleet = FleetProcess(
             self.hub.connection_string(), count=self.layout.count, prefix=self.layout.prefix,
             mqtt_host="127.0.0.1", mqtt_port=self.hub.hub.mqtt_port, http_url=self.hub.base_url, tls=False,
             behaviour=self.behaviour, seed=self.seed,
         )  # fmt: skip
-        self._fleet_thread = _LoopThread("iot-flows-demo-fleet")
-        self._fleet_started = self._fleet_thread.submit(self.fleet.start(timeout=300))
 
     async def wait_fleet(self) -> FleetStats:
-        assert self._fleet_started is not None
-        return await asyncio.wrap_future(self._fleet_started)
+        assert self.fleet is not None
+        return await self.fleet.started()
 
     async def tag(self, poll: float = 0.1, timeout: float = 120.0) -> int:
         """Tag building and ring with twin-update jobs (one after the other); returns jobs run."""
@@ -184,16 +154,9 @@ class DemoEnvironment:
     # ---- stop ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop the fleet, then the hub, then remove the temporary folder (idempotent)."""
-        if self._fleet_thread is not None:
-            if self._fleet_started is not None and not self._fleet_started.done():
-                self._fleet_started.cancel()
-            if self.fleet is not None:
-                try:
-                    self._fleet_thread.submit(self.fleet.stop()).result(60)
-                except Exception:  # noqa: BLE001 - stopping must go on
-                    pass
-            self._fleet_thread.close()
-            self._fleet_thread = None
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.fleet = None
         if self.hub is not None:
             self.hub.stop()
             self.hub = None

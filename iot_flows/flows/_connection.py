@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 
+from iot_flows._settings import ClientSettings
 from iot_flows.blocks import HubConnection
 
 __all__ = ["ConnectionRef", "embedded_hub", "resolve_connection"]
@@ -47,7 +48,7 @@ async def resolve_connection(connection: ConnectionRef) -> HubConnection:
     """Turn a flow's ``connection`` parameter into a :class:`HubConnection`."""
     if isinstance(connection, HubConnection):
         return connection
-    name = connection or os.environ.get("IOT_FLOWS_HUB_CONNECTION")
+    name = connection or ClientSettings().connection  # IOT_FLOWS_HUB_CONNECTION
     if name:
         return await HubConnection.load(name)  # type: ignore[no-any-return, misc]
     hub = embedded_hub()

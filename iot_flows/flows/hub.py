@@ -4,48 +4,74 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger, task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+from pydantic.fields import FieldInfo
 
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.flows._events import emit_change_event
+from iot_flows.hub import HubSettings
 
 __all__ = ["HubServeRequest", "forward_hub_events", "run_hub", "serve_hub"]
 
 
-class HubServeRequest(BaseModel):
-    """Same options as ``iot-flows hub serve``."""
+#: The hub settings a ``serve_hub`` run takes (secrets and process options stay out).
+_NOT_PARAMETERS = frozenset({"owner_key", "log_level", "profile", "jobs"})
 
-    host: str = "127.0.0.1"
-    hostname: str = "localhost"
-    mqtt_port: int = 1883
-    http_port: int = 8080
-    mqtts_port: int = 8883
-    db: str = "iot-flows-hub.db"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    duration_seconds: float | None = Field(default=None, description="Stop after this long; empty = until cancelled.")
+
+def _serve_request_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        name: (info.annotation, FieldInfo.merge_field_infos(info))
+        for name, info in HubSettings.model_fields.items()
+        if name not in _NOT_PARAMETERS
+    }
+    fields["duration_seconds"] = (
+        float | None,
+        Field(default=None, description="Stop after this long; empty = until cancelled."),
+    )
+    model: type[BaseModel] = create_model("HubServeRequest", __module__=__name__, **fields)
+    model.__doc__ = (
+        "What ``serve_hub`` serves: :class:`~iot_flows.hub.HubSettings`' fields (the same as "
+        "``iot-flows hub serve``'s options) plus ``duration_seconds``. Fields left unset come "
+        "from the worker's ``IOT_FLOWS_HUB_*`` environment, then the defaults."
+    )
+    return model
+
+
+#: Generated from :class:`~iot_flows.hub.HubSettings` (fields, defaults, descriptions).
+HubServeRequest = _serve_request_model()
 
 
 @task(name="run_hub")
-async def run_hub(request: HubServeRequest) -> dict[str, object]:
-    """Run the hub in this task's event loop until the duration ends or the run is cancelled."""
-    from iot_flows.hub import Hub, HubSettings
+async def run_hub(request: BaseModel) -> dict[str, object]:
+    """Run the hub in this task's event loop until the duration ends or the run is cancelled.
 
-    hub = Hub(HubSettings(**request.model_dump(exclude={"duration_seconds"})))
+    ``request`` is a :data:`HubServeRequest`; the fields it leaves unset come from the
+    ``IOT_FLOWS_HUB_*`` environment, then :class:`~iot_flows.hub.HubSettings`' defaults.
+
+    Returns:
+        ``{"served_seconds": s, "devices_connected_at_stop": n}``.
+    """
+    from iot_flows.hub import Hub
+
+    given = request.model_dump(exclude={"duration_seconds"}, exclude_unset=True)
+    duration: float | None = getattr(request, "duration_seconds", None)
+    hub = Hub(HubSettings(**given))
     await hub.start()
+    s = hub.settings
     logger = get_run_logger()
-    logger.info("hub ready: MQTT %s:%s, REST %s", request.host, hub.mqtt_port, hub.base_url)
+    logger.info("hub ready: MQTT %s:%s, REST %s", s.host, hub.mqtt_port, hub.base_url)
     # Never log the key: logs go to the Prefect API and UI.
     logger.info("service connection string: HostName=%s;SharedAccessKeyName=iothubowner;SharedAccessKey=<hidden>"
-                " (printed by `iot-flows hub serve`, stored in %s)", request.hostname, request.db)
+                " (printed by `iot-flows hub serve`, stored in %s)", s.hostname, s.db)
     started = time.monotonic()
     try:
-        if request.duration_seconds is None:
+        if duration is None:
             await asyncio.Event().wait()
         else:
-            await asyncio.sleep(request.duration_seconds)
+            await asyncio.sleep(duration)
     finally:
         devices = len(hub.sessions)
         await hub.stop()
@@ -53,7 +79,7 @@ async def run_hub(request: HubServeRequest) -> dict[str, object]:
 
 
 @flow(name="Serve the hub", log_prints=True)
-async def serve_hub(request: HubServeRequest | None = None) -> dict[str, object]:
+async def serve_hub(request: HubServeRequest | None = None) -> dict[str, object]:  # type: ignore[valid-type]
     """Run the bundled IoT Hub-compatible hub as a (long-running) Prefect flow run."""
     return await run_hub(request or HubServeRequest())
 

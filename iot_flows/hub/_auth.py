@@ -8,13 +8,16 @@ must cover the operation, as in Azure (reference §3.7, D-SAS).
 
 from __future__ import annotations
 
+import re
+import urllib.parse
+from collections.abc import Mapping
 from enum import Enum
 
 from iot_flows._exceptions import UnauthorizedError
 from iot_flows._sas import SasToken, generate_key, parse_sas_token, verify_signature
 from iot_flows.store import DeviceRecord
 
-__all__ = ["DEFAULT_POLICIES", "Permission", "ServiceAuthenticator", "check_device_token"]
+__all__ = ["DEFAULT_POLICIES", "Permission", "ServiceAuthenticator", "check_device_token", "parse_username"]
 
 
 class Permission(str, Enum):
@@ -36,23 +39,74 @@ DEFAULT_POLICIES: dict[str, frozenset[Permission]] = {
 }
 
 
-def check_device_token(password: str, device: DeviceRecord, hostname: str) -> SasToken:
-    """Verify a device's SAS token; raise :class:`UnauthorizedError` when it is not valid."""
+def _is_segment_prefix(prefix: str, uri: str) -> bool:
+    """D-SAS: ``/a/b`` is a prefix of ``/a/b/c`` but not of ``/a/bc`` (case-insensitive)."""
+    prefix, uri = prefix.rstrip("/").lower(), uri.lower()
+    return uri == prefix or uri.startswith(prefix + "/")
+
+
+def check_device_token(
+    password: str, device: DeviceRecord, hostname: str, policy_keys: Mapping[str, str] | None = None
+) -> SasToken:
+    """Verify a device's SAS token; raise :class:`UnauthorizedError` when it is not valid.
+
+    The two forms of D-SAS (reference §3.7): a token signed with the device's own key
+    (``sr={host}/devices/{id}``, no ``skn``), or one signed with a shared access *policy*
+    that grants DeviceConnect (``skn=device``, ``skn=iothubowner``) whose ``sr`` is a
+    per-segment prefix of ``{host}/devices/{id}`` (``{host}/devices`` covers every device).
+    """
     try:
         token = parse_sas_token(password)
     except ValueError as exc:
         raise UnauthorizedError(f"Malformed SAS token: {exc}", error_code=401003) from None
-    expected = f"{hostname}/devices/{device.device_id}".lower()
-    if token.resource.rstrip("/").lower() != expected:
-        raise UnauthorizedError("The token's resource does not name this device.", error_code=401003)
+    target = f"{hostname}/devices/{device.device_id}"
     if token.key_name:
-        raise UnauthorizedError("Device tokens must not name a policy.", error_code=401003)
+        key = (policy_keys or {}).get(token.key_name)
+        if not _is_segment_prefix(token.resource, target):
+            raise UnauthorizedError("The token's resource does not cover this device.", error_code=401003)
+        if key is None or Permission.DEVICE_CONNECT not in DEFAULT_POLICIES.get(token.key_name, frozenset()):
+            raise UnauthorizedError(f"Policy '{token.key_name}' does not grant DeviceConnect.", error_code=401003)
+        if token.is_expired():
+            raise UnauthorizedError("The SAS token has expired.", error_code=401003)
+        if not verify_signature(token, key):
+            raise UnauthorizedError("The SAS token signature is not valid.", error_code=401003)
+        return token
+    if token.resource.rstrip("/").lower() != target.lower():
+        raise UnauthorizedError("The token's resource does not name this device.", error_code=401003)
     if token.is_expired():
         raise UnauthorizedError("The SAS token has expired.", error_code=401003)
     keys = [k for k in (device.primary_key, device.secondary_key) if k]
     if device.auth_type != "sas" or not any(verify_signature(token, k) for k in keys):
         raise UnauthorizedError("The SAS token signature is not valid.", error_code=401003)
     return token
+
+
+#: A Digital Twins model id (DTMI), e.g. ``dtmi:com:example:Thermostat;1``.
+_DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*;[1-9][0-9]{0,8}$")
+
+
+def parse_username(username: str, hostname: str, device_id: str) -> dict[str, str]:
+    """Check an MQTT CONNECT username; return its query parameters (``model-id`` etc.).
+
+    Accepted forms (D-MQTT, sdk-wire-facts): ``{host}/{deviceId}``, ``{host}/{deviceId}/``,
+    ``{host}/{deviceId}/?api-version=...&DeviceClientType=...&model-id=...`` (and ``?``
+    without the ``/``). The host compares case-insensitively; the device id exactly and
+    not URL-decoded (reference §1.5). Unknown parameters are kept but mean nothing; a
+    ``model-id`` that is not a DTMI is dropped. Raise :class:`UnauthorizedError` when the
+    username names another hub or device (or a module: not supported).
+    """
+    prefix = f"{hostname}/"
+    if not (username[: len(prefix)].lower() == prefix.lower() and username[len(prefix) :].startswith(device_id)):
+        raise UnauthorizedError("The username must be {hostname}/{deviceId}[/][?api-version=...].")
+    rest = username[len(prefix) + len(device_id) :]
+    if rest.startswith("/"):
+        rest = rest[1:]
+    if rest and not rest.startswith("?"):
+        raise UnauthorizedError("The username names another identity (modules are not supported).")
+    params = dict(urllib.parse.parse_qsl(rest[1:], keep_blank_values=True))
+    if "model-id" in params and not _DTMI.match(params["model-id"]):
+        del params["model-id"]
+    return params
 
 
 class ServiceAuthenticator:

@@ -67,17 +67,19 @@ class DeviceEndpoint:
             self._methods.resolve(link.device_id, parsed.rid, parsed.status, payload)
             return True
         assert parsed.rid is not None
-        status, version, body = await self._twin_request(link.device_id, parsed.kind, payload)
+        status, version, body = await self._twin_request(link.device_id, parsed.kind, payload, parsed.version)
         if self._sessions.subscribed_link(link.device_id, Subscription.TWIN_RESPONSES) is link:
             link.send(twin_response_topic(status, parsed.rid, version), body, 0)
         return True
 
-    async def _twin_request(self, device_id: str, kind: TopicKind, payload: bytes) -> tuple[int, int | None, bytes]:
+    async def _twin_request(
+        self, device_id: str, kind: TopicKind, payload: bytes, if_version: str | None = None
+    ) -> tuple[int, int | None, bytes]:
         try:
             if kind is TopicKind.TWIN_GET:
                 return 200, None, _DUMPS(await self._twins.device_view(device_id)).encode()
             patch = _parse_json(payload)
-            version = await self._twins.report(device_id, patch)
+            version = await self._twins.report(device_id, patch, if_version=_parse_version(if_version))
             return 204, version, b""
         except TwinTooLargeError as exc:
             return 413, None, _error_body(exc)
@@ -93,3 +95,12 @@ def _parse_json(payload: bytes) -> Any:
         return json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise BadRequestError("Malformed JSON in reported properties patch.", error_code=400006) from None
+
+
+def _parse_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRequestError(f"$version must be an integer, got {text!r}.") from None

@@ -5,34 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 import ssl
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.routing import WebSocketRoute
 from starlette.responses import Response
 
 from iot_flows._exceptions import HubError, error_for_status
 from iot_flows._sas import ConnectionString
+from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
+from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine, JobSettings
+from iot_flows.jobs import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
@@ -40,24 +43,6 @@ from iot_flows.twin import utc_now
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger(__name__)
-OWNER_KEY_ENV = "IOT_FLOWS_HUB_OWNER_KEY"
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    """How a hub listens and where it stores. Port 0 picks a free port."""
-
-    host: str = "127.0.0.1"
-    hostname: str = "localhost"
-    mqtt_port: int = 1883
-    http_port: int = 8080
-    mqtts_port: int = 8883
-    #: SQLite file path (or ``sqlite:///path``), or ``postgresql://user@host:port/dbname``.
-    db: str = "iot-flows-hub.db"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    owner_key: str | None = None
-    jobs: JobSettings = JobSettings()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -96,7 +81,7 @@ class Hub:
     async def _open_store(self) -> None:
         self.store = await open_store(self.settings.db)
         await self.store.reset_connection_states(utc_now())
-        owner_key = self.settings.owner_key or os.environ.get(OWNER_KEY_ENV) or None
+        owner_key = self.settings.owner_key or None
         stored = await self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
         if owner_key:
@@ -139,7 +124,8 @@ class Hub:
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
-            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname
+            store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
+            policy_keys=self.service_auth.policy_keys,
         )
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -153,13 +139,15 @@ class Hub:
 
     def build_app(self) -> Starlette:
         app = Starlette(
-            routes=job_routes() + extension_routes() + routes(),
+            routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
+            middleware=[Middleware(RequestRules)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
                 Exception: unexpected_error_handler,
             },
         )
+        app.router.redirect_slashes = False  # SDKs do not follow redirects; RequestRules strips the '/'
         app.state.hub = self
         return app
 

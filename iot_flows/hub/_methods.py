@@ -57,10 +57,15 @@ def parse_method_call(body: Any) -> MethodCall:
     if not isinstance(body, dict):
         raise BadRequestError("The method body must be a JSON object.")
     name = body.get("methodName")
-    if not isinstance(name, str) or not name or any(ch in _NAME_FORBIDDEN for ch in name) or not name.isprintable():
-        raise BadRequestError("methodName must be a non-empty printable name without $()<>@,;:\\\"/[]?={} or spaces.")
+    if (
+        not isinstance(name, str)
+        or not name
+        or not (name.isascii() and name.isprintable())  # reference §5: US-ASCII printable only
+        or any(ch in _NAME_FORBIDDEN for ch in name)
+    ):
+        raise BadRequestError("methodName must be non-empty printable US-ASCII without $()<>@,;:\\\"/[]?={} or spaces.")
     payload = body.get("payload")
-    if len(_DUMPS(payload)) > MAX_PAYLOAD_BYTES:
+    if len(_DUMPS(payload).encode()) > MAX_PAYLOAD_BYTES:  # bytes on the wire, not characters
         raise PayloadTooLargeError(f"Method payload is over {MAX_PAYLOAD_BYTES} bytes.")
     return MethodCall(
         method_name=name,

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from iot_flows._exceptions import UnauthorizedError
-from iot_flows.hub._auth import check_device_token
+from iot_flows.hub._auth import check_device_token, parse_username
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.mqtt import (
@@ -183,9 +183,10 @@ class _Connection(asyncio.Protocol):
         if not packet.client_id or "/" in packet.client_id:
             self._refuse(CONNACK_IDENTIFIER_REJECTED, "module identities are not supported")
             return
-        username = packet.username or ""
-        if not username.lower().startswith(f"{server.hostname}/{packet.client_id}/".lower()):
-            self._refuse(CONNACK_NOT_AUTHORIZED, "username must be {hostname}/{deviceId}/?api-version=...")
+        try:
+            params = parse_username(packet.username or "", server.hostname, packet.client_id)
+        except UnauthorizedError as exc:
+            self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
         device = await server.store.get(packet.client_id)
         if self.closed:
@@ -194,10 +195,14 @@ class _Connection(asyncio.Protocol):
             self._refuse(CONNACK_NOT_AUTHORIZED, "unknown or disabled device")
             return
         try:
-            token = check_device_token((packet.password or b"").decode("utf-8", "replace"), device, server.hostname)
+            password = (packet.password or b"").decode("utf-8", "replace")
+            token = check_device_token(password, device, server.hostname, server.policy_keys)
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
+        model_id = params.get("model-id")
+        if model_id and model_id != device.model_id:  # Plug and Play: the twin's modelId
+            await server.store.set_model_id(device.device_id, model_id)
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
         resumed = await server.sessions.attach(self, clean_session=packet.clean_session)
@@ -259,8 +264,11 @@ class MqttServer:
         sessions: SessionRegistry,
         endpoint: DeviceEndpoint,
         hostname: str,
+        policy_keys: dict[str, str] | None = None,
     ) -> None:
         self.store = store
+        #: Shared access policy keys: devices may sign with a DeviceConnect policy (D-SAS).
+        self.policy_keys = policy_keys if policy_keys is not None else {}
         self.sessions = sessions
         self.endpoint = endpoint
         self.hostname = hostname
@@ -272,6 +280,10 @@ class MqttServer:
     def _next_packet_id(self) -> int:
         self._packet_ids = self._packet_ids % 65535 + 1
         return self._packet_ids
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        """A new device connection handler (for transports other than a listening socket)."""
+        return _Connection(self)
 
     @property
     def connection_count(self) -> int:

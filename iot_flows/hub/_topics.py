@@ -3,7 +3,7 @@
 ::
 
     $iothub/twin/GET/?$rid={rid}
-    $iothub/twin/PATCH/properties/reported/?$rid={rid}
+    $iothub/twin/PATCH/properties/reported/?$rid={rid}[&$version={reported $version}]
     $iothub/methods/res/{status}/?$rid={rid}
     devices/{deviceId}/messages/events/{property_bag}
 
@@ -36,6 +36,8 @@ class DeviceTopic:
     rid: str | None = None
     status: int | None = None
     properties: str = ""
+    #: ``$version`` on a reported PATCH: a precondition on the current reported version.
+    version: str | None = None
 
 
 def _query(topic: str, prefix: str) -> dict[str, str] | None:
@@ -56,7 +58,7 @@ def parse_device_topic(topic: str, device_id: str) -> DeviceTopic | None:
         query = _query(topic, "$iothub/twin/PATCH/properties/reported/")
         if query is None or "$rid" not in query:
             return None
-        return DeviceTopic(TopicKind.TWIN_PATCH_REPORTED, rid=query["$rid"])
+        return DeviceTopic(TopicKind.TWIN_PATCH_REPORTED, rid=query["$rid"], version=query.get("$version"))
     if topic.startswith("$iothub/methods/res/"):
         status_text, sep, rest = topic[len("$iothub/methods/res/") :].partition("/")
         if not sep or not rest.startswith("?"):

@@ -169,10 +169,19 @@ class TwinService:
         return (await self._load(device_id)).device_twin_view()
 
     @_one_writer_per_twin
-    async def report(self, device_id: str, patch: Any) -> int:
-        """Merge a device's reported patch; return the new reported ``$version``."""
+    async def report(self, device_id: str, patch: Any, *, if_version: int | None = None) -> int:
+        """Merge a device's reported patch; return the new reported ``$version``.
+
+        ``if_version`` (``&$version=`` on the PATCH topic, as the Java device SDK 2.x
+        sends it) must equal the current reported ``$version``, else 412 and nothing
+        is stored (the MQTT 5 reference's ``if-version``; Azure/azure-iot-sdk-java#1776).
+        """
         validate_patch("reported", patch)
         record = await self._load(device_id)
+        if if_version is not None and if_version != record.reported_version:
+            raise PreconditionFailedError(
+                f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
+            )
         now = utc_now()
         new = copy.deepcopy(record)
         apply_patch(new.reported, new.reported_meta, patch, now, None)

@@ -8,6 +8,9 @@ from iot_flows.jobs._states import (
     DeviceJobStatus,
     JobStatus,
     JobType,
+    created_status,
+    parse_job_status,
+    parse_job_type,
 )
 
 __all__ = [
@@ -19,4 +22,7 @@ __all__ = [
     "JobSettings",
     "JobStatus",
     "JobType",
+    "created_status",
+    "parse_job_status",
+    "parse_job_type",
 ]

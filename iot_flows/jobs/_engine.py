@@ -19,7 +19,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from iot_flows._exceptions import (
     HubError,
     ThrottledError,
 )
+from iot_flows._settings import JobSettings
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
@@ -40,6 +41,7 @@ from iot_flows.jobs._states import (
     JobStatus,
     JobType,
     check_transition,
+    created_status,
 )
 from iot_flows.store import HubStore
 
@@ -51,16 +53,6 @@ _D = DeviceJobStatus
 ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 #: Called with the job document whenever a job changes state.
 JobListener = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class JobSettings:
-    """Engine limits; every one is a hub setting."""
-
-    max_concurrent_jobs: int = 10  #: active (queued/scheduled/running) jobs; Azure S1: 1
-    device_concurrency: int = 1000  #: in-flight device operations per job
-    batch_size: int = 500  #: device records marked running / committed per transaction
-    subscribe_grace_seconds: float = 2.0  #: wait for a connected device's method SUBSCRIBE
 
 
 def _now() -> datetime:
@@ -138,7 +130,9 @@ class JobEngine:
             doc["waitForOfflineDevices"] = True
         await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
         self._launch(job_id)
-        return await self.get(job_id)
+        created = await self.get(job_id)
+        created["status"] = created_status(JobStatus(created["status"]))
+        return created
 
     async def get(self, job_id: str) -> dict[str, Any]:
         doc = await self._repo.get(job_id)

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from enum import Enum
 
-from iot_flows._exceptions import InvalidJobTransitionError
+from iot_flows._exceptions import BadRequestError, InvalidJobTransitionError
 
 __all__ = [
     "ACTIVE_JOB_STATES",
+    "JOB_STATUS_SYNONYMS",
     "TERMINAL_DEVICE_STATES",
     "TERMINAL_JOB_STATES",
     "DeviceJobStatus",
     "JobStatus",
     "JobType",
     "check_transition",
+    "created_status",
+    "parse_job_status",
+    "parse_job_type",
 ]
 
 
@@ -68,3 +72,39 @@ def check_transition(current: JobStatus, target: JobStatus) -> None:
     """Raise :class:`InvalidJobTransitionError` unless ``current -> target`` is allowed."""
     if target not in _TRANSITIONS[current]:
         raise InvalidJobTransitionError(f"Job cannot move from '{current.value}' to '{target.value}'.")
+
+
+#: Other spellings of job statuses in Azure's SDKs and docs (reference §3.5): the swagger's
+#: ``enqueued`` ("queued is a synonym for enqueued") and the docs' ``canceled``.
+JOB_STATUS_SYNONYMS: dict[str, JobStatus] = {
+    "enqueued": JobStatus.QUEUED,
+    "canceled": JobStatus.CANCELLED,
+}
+
+
+def created_status(status: JobStatus) -> str:
+    """The status a ``PUT /jobs/v2/{id}`` answer shows: ``queued`` for any job not started yet.
+
+    The Node service SDK's job tests read ``queued`` from the PUT response of a job
+    scheduled an hour ahead (sdk-wire-facts "Jobs"); GET and query then say
+    ``scheduled`` until its ``startTime`` (D-JOBS).
+    """
+    return JobStatus.QUEUED.value if status in (JobStatus.QUEUED, JobStatus.SCHEDULED) else status.value
+
+
+def parse_job_status(value: str) -> JobStatus:
+    """A ``jobStatus`` query value (any case, synonyms allowed); 400 for anything else."""
+    text = value.strip().lower()
+    try:
+        return JOB_STATUS_SYNONYMS.get(text) or JobStatus(text)
+    except ValueError:
+        allowed = ", ".join([s.value for s in JobStatus] + list(JOB_STATUS_SYNONYMS))
+        raise BadRequestError(f"Unknown jobStatus '{value}'; use one of {allowed}.") from None
+
+
+def parse_job_type(value: str) -> JobType:
+    """A ``jobType`` query value (any case); 400 for anything else."""
+    for job_type in JobType:
+        if job_type.value.lower() == value.strip().lower():
+            return job_type
+    raise BadRequestError(f"Unknown jobType '{value}'; use scheduleDeviceMethod or scheduleUpdateTwin.")

@@ -41,6 +41,7 @@ _TWIN_COLUMNS = {
     "cloudtodevicemessagecount": ("cloudToDeviceMessageCount", "c2d_message_count", "number"),
     "authenticationtype": ("authenticationType", "auth_type", "text"),
     "version": ("version", "twin_version", "number"),
+    "modelid": ("modelId", "model_id", "text"),
 }
 
 _JOB_COLUMNS = {

@@ -97,6 +97,12 @@ class HubStore(ABC):
         """Record ``'Connected'``/``'Disconnected'`` at ``when``; never touches the twin etag."""
 
     @abstractmethod
+    async def set_model_id(self, device_id: str, model_id: str) -> None:
+        """Record the Plug and Play model id a device announced at CONNECT (twin ``modelId``).
+
+        Never touches the twin etag (reference §2.1, PnP ``model-id``)."""
+
+    @abstractmethod
     async def reset_connection_states(self, when: str) -> None:
         """Mark every device disconnected (hub start: no connection survives a restart)."""
 

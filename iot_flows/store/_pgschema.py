@@ -82,4 +82,8 @@ CREATE OR REPLACE FUNCTION iot_fmod(a float8, b float8) RETURNS float8
 
 #: Ordered steps; step N brings a database to ``schema_version`` N. Never edit a
 #: released step: append a new one.
-PG_MIGRATIONS: tuple[str, ...] = (_V1,)
+PG_MIGRATIONS: tuple[str, ...] = (
+    _V1,
+    # 2: the Plug and Play model id a device announced at CONNECT (``model-id``): twin ``modelId``.
+    """ALTER TABLE devices ADD COLUMN IF NOT EXISTS model_id TEXT COLLATE "C" NOT NULL DEFAULT '';""",
+)

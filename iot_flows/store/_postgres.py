@@ -283,6 +283,9 @@ class PostgresStore(HubStore):
                 device_id, state, when,
             )  # fmt: skip
 
+    async def set_model_id(self, device_id: str, model_id: str) -> None:
+        await self._execute("UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
+
     async def reset_connection_states(self, when: str) -> None:
         await self._execute(
             "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = $1"

@@ -52,6 +52,7 @@ class DeviceRecord:
     reported_version: int = 1
     twin_version: int = 1
     twin_etag: str = field(default_factory=new_etag)
+    model_id: str = ""  #: Plug and Play model id announced at CONNECT
 
     def device_json(self) -> dict[str, Any]:
         """The registry ``Device`` object as the REST API serves it."""
@@ -94,7 +95,7 @@ class DeviceRecord:
                 "primaryThumbprint": self.primary_thumbprint,
                 "secondaryThumbprint": self.secondary_thumbprint,
             },
-            "modelId": "",
+            "modelId": self.model_id,
             "version": self.twin_version,
             "tags": self.tags,
             "properties": {

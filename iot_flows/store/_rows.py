@@ -13,7 +13,7 @@ COLUMNS = (
     "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
     "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
     "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag",
+    "desired_version", "reported_version", "twin_version", "twin_etag", "model_id",
 )  # fmt: skip
 IDENTITY_COLUMNS = (
     "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",

@@ -13,6 +13,7 @@ query path                              SQL expression
 ``lastActivityTime``                    ``last_activity_time``
 ``version`` / ``etag``                  ``twin_version`` / ``twin_etag``
 ``authenticationType``                  ``auth_type``
+``modelId``                             ``model_id``
 ``capabilities.iotEdge``                ``json_extract(capabilities, '$.iotEdge')``
 ``tags.a.b``                            ``json_extract(tags, '$.a.b')``
 ``properties.desired.a``                ``json_extract(desired, '$.a')``
@@ -106,5 +107,9 @@ CREATE INDEX IF NOT EXISTS ix_device_jobs_status ON device_jobs (job_id, status)
 
 #: Ordered schema steps; step N brings a database to ``schema_version`` N. Never edit a
 #: released step: append a new one (each runs in one transaction).
-SQLITE_MIGRATIONS: tuple[str, ...] = (DDL + JOBS_DDL,)
+SQLITE_MIGRATIONS: tuple[str, ...] = (
+    DDL + JOBS_DDL,
+    # 2: the Plug and Play model id a device announced at CONNECT (``model-id``): twin ``modelId``.
+    "ALTER TABLE devices ADD COLUMN model_id TEXT NOT NULL DEFAULT '';",
+)
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)

@@ -220,6 +220,9 @@ class SqliteStore(HubStore):
                 (state, when, device_id),
             )
 
+    async def set_model_id(self, device_id: str, model_id: str) -> None:
+        self._conn.execute("UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id))
+
     async def reset_connection_states(self, when: str) -> None:
         self._conn.execute(
             "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = ? "

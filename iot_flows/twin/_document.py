@@ -31,7 +31,8 @@ __all__ = [
 
 #: Byte limits per twin section (reference §1.4); ``$version``/``$metadata`` excluded.
 SECTION_LIMITS = {"tags": 8 * 1024, "desired": 32 * 1024, "reported": 32 * 1024}
-#: Maximum nesting of objects inside a section.
+#: Maximum number of nested objects below a section root. D-TWIN's own valid example
+#: ``{"tags":{"one":{"two":...{"ten":{"property":"value"}}}}}`` has 10; 11 are refused.
 MAX_DEPTH = 10
 MAX_KEY_BYTES = 1024
 MAX_STRING_BYTES = 4 * 1024
@@ -61,10 +62,11 @@ def _check_key(key: str, path: str) -> None:
 
 
 def _check_value(value: Any, path: str, depth: int) -> None:
-    """``depth`` counts the property names on the path from the section root to ``value``."""
-    if depth > MAX_DEPTH:
-        raise BadRequestError(f"Twin property '{path}' is nested deeper than {MAX_DEPTH} levels.")
+    """``depth`` counts the objects from the section root (exclusive) down to ``value``
+    if ``value`` is an object; leaves do not add a level (D-TWIN's depth-10 example)."""
     if isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise BadRequestError(f"Twin property '{path}' is nested deeper than {MAX_DEPTH} levels of objects.")
         for key, child in value.items():
             if not isinstance(key, str):
                 raise BadRequestError(f"Property name at '{path}' is not a string.")
@@ -102,9 +104,10 @@ def validate_patch(section: str, patch: Any) -> None:
 
 
 def section_size(value: Any) -> int:
-    """Size of a value by IoT Hub's rule: keys + strings by characters, numbers 8, bools 4."""
+    """Size of a value by IoT Hub's rule (D-TWIN): keys as UTF-8 bytes, strings by
+    characters without C0/C1 controls, numbers 8, booleans 4, objects the sum of theirs."""
     if isinstance(value, dict):
-        return sum(len(k) + section_size(v) for k, v in value.items() if not k.startswith("$"))
+        return sum(len(k.encode()) + section_size(v) for k, v in value.items() if not k.startswith("$"))
     if isinstance(value, list):
         return sum(section_size(v) for v in value)
     if isinstance(value, bool):
@@ -112,8 +115,13 @@ def section_size(value: Any) -> int:
     if isinstance(value, (int, float)):
         return 8
     if isinstance(value, str):
-        return len(value)
+        return sum(1 for ch in value if not _is_control(ch))
     return 0
+
+
+def _is_control(ch: str) -> bool:
+    """C0 and C1 control characters (not counted in sizes, refused in names)."""
+    return ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F
 
 
 def validate_section_size(section: str, document: dict[str, Any]) -> None:

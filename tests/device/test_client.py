@@ -218,7 +218,7 @@ async def test_sas_token_is_renewed_before_expiry(make_client: Any, rest: Rest) 
 async def test_tls_connection(tls_hub: tuple[EmbeddedHub, Any]) -> None:
     hub, ca_file = tls_hub
     record = hub.call(functools.partial(hub.hub.registry.put, "tls-dev", {}, if_match=None))
-    cs = f"HostName=localhost;DeviceId=tls-dev;SharedAccessKey={record.primary_key}"
+    cs = f"HostName={hub.hub.settings.hostname};DeviceId=tls-dev;SharedAccessKey={record.primary_key}"
     client = DeviceClient(cs, host="127.0.0.1", port=hub.hub.mqtts_port, ca_file=str(ca_file), connect_timeout=5)
     async with client:
         assert (await client.get_twin()).desired_version == 1

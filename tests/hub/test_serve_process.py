@@ -5,16 +5,35 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 
 from tests.support import Device, HubProcess, Service
+
+def test_default_host_name_works_for_every_device_sdk(tmp_path):
+    """Issue 16 item 14: the C SDK splits HostName at the first '.' ("Tokenizer error" without
+    one). The printed HostName is dotted, both parts non-empty, and resolves without DNS."""
+    hub = HubProcess(tmp_path / "hub.db")
+    try:
+        name, dot, suffix = hub.hostname.partition(".")
+        assert dot and name and suffix, hub.hostname
+        assert socket.getaddrinfo(hub.hostname, hub.mqtt_port, proto=socket.IPPROTO_TCP)
+        record = Service(hub.base_url, hub.connection_string).create_device("c-sdk-dev")
+        key = record["authentication"]["symmetricKey"]["primaryKey"]
+        # A device connects to HostName itself (no separate address), as firmware does.
+        dev = Device(hub.hostname, hub.mqtt_port, hub.hostname, "c-sdk-dev", key)
+        assert dev.connect() == 0
+        dev.disconnect()
+    finally:
+        assert hub.terminate() == 0
+
 
 def test_owner_key_from_env_and_clean_sigterm(make_db):
     key = base64.b64encode(os.urandom(32)).decode()
     hub = HubProcess(make_db(), env={"IOT_FLOWS_HUB_OWNER_KEY": key})
-    assert hub.connection_string == f"HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey={key}"
+    assert hub.connection_string == f"HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey={key}"
     assert re.search(r"MQTT\s+: 127\.0\.0\.1:\d+", hub.output)
     dev_record = Service(hub.base_url, hub.connection_string).create_device("sigterm-dev")
-    dev = Device("127.0.0.1", hub.mqtt_port, "localhost", "sigterm-dev", dev_record["authentication"]["symmetricKey"]["primaryKey"])
+    dev = Device("127.0.0.1", hub.mqtt_port, hub.hostname, "sigterm-dev", dev_record["authentication"]["symmetricKey"]["primaryKey"])
     assert dev.connect() == 0
     assert hub.terminate() == 0
     assert dev.disconnected.wait(5), "shutdown must close device connections"
@@ -40,7 +59,7 @@ def test_acknowledged_writes_survive_kill_9(make_db):
         r = svc.request("PATCH", f"/twins/dur-{i}", json_body={"tags": {"n": i}, "properties": {"desired": {"d": i}}})
         assert r.status_code == 200
     key = created[0]["authentication"]["symmetricKey"]["primaryKey"]
-    dev = Device("127.0.0.1", hub.mqtt_port, "localhost", "dur-0", key)
+    dev = Device("127.0.0.1", hub.mqtt_port, hub.hostname, "dur-0", key)
     assert dev.connect() == 0
     dev.subscribe_iothub()
     acked = 0

@@ -99,7 +99,8 @@ def test_put_replaces_tags_and_desired(service):
         {"bad.key": 1},
         {"bad$key": 1},
         {"bad key": 1},
-        {"l1": {"l2": {"l3": {"l4": {"l5": {"l6": {"l7": {"l8": {"l9": {"l10": {"l11": 1}}}}}}}}}}},
+        # 11 nested objects (10 are allowed: D-TWIN's depth-10 example, tests/hub/test_limits.py)
+        {"l1": {"l2": {"l3": {"l4": {"l5": {"l6": {"l7": {"l8": {"l9": {"l10": {"l11": {"l12": 1}}}}}}}}}}}},
         {"big": "x" * 5000},
         {"n": 2**53},
     ],

@@ -61,8 +61,7 @@ def tls_hub(node_bin: str, interop_pki: TestPki, make_db: Callable[[], str]) -> 
         db=str(db),
         tls_cert=str(interop_pki.server_cert),
         tls_key=str(interop_pki.server_key),
-        hostname="localhost",
-    )
+    )  # the default HostName: what `iot-flows hub serve` prints and firmware gets
     with EmbeddedHub(settings) as hub:
         assert hub.hub.mqtts_port, "the hub did not open an MQTT/TLS listener"
         assert hub.base_url.startswith("https://"), hub.base_url

@@ -2,7 +2,7 @@
 azure-iot-device-mqtt 1.16.4) against the hub, over MQTT/TLS with a test CA.
 
 Nothing on the device side is hand-rolled: ``node/device.js`` uses the SDK's ``Client`` with
-its ``Mqtt`` transport, and only adds ``GatewayHostName=localhost:<port>`` to the connection
+its ``Mqtt`` transport, and only adds ``GatewayHostName=<HostName>:<port>`` to the connection
 string (the SDK's own way to reach a gateway) so that it dials our MQTTS port, not 8883.
 """
 
@@ -25,8 +25,9 @@ from tests.tlsutil import make_test_pki
 pytestmark = pytest.mark.interop
 
 
-def device_connection_string(device_id: str, key: str) -> str:
-    return str(ConnectionString(host_name="localhost", device_id=device_id, shared_access_key=key))
+def device_connection_string(service: Service, device_id: str, key: str) -> str:
+    """The device connection string on the hub's own (default) HostName."""
+    return str(ConnectionString(host_name=service.cs.host_name, device_id=device_id, shared_access_key=key))
 
 
 def new_device(service: Service) -> tuple[str, str]:
@@ -85,7 +86,7 @@ def test_twin_reported_desired_and_method_roundtrip(
     tls_service: Service, node_device: Callable[..., NodeDevice]
 ) -> None:
     device_id, key = new_device(tls_service)
-    device = node_device(device_connection_string(device_id, key))
+    device = node_device(device_connection_string(tls_service, device_id, key))
 
     # Connect over TLS (CA-verified, hostname localhost) and read the twin.
     device.wait_event("connected")
@@ -113,7 +114,7 @@ def test_sas_renewal_keeps_the_session(tls_service: Service, node_device: Callab
     twin responses, desired patches and method requests must keep arriving afterwards."""
     device_id, key = new_device(tls_service)
     device = node_device(
-        device_connection_string(device_id, key), INTEROP_TOKEN_TTL_S="6", INTEROP_TOKEN_MARGIN_S="4"
+        device_connection_string(tls_service, device_id, key), INTEROP_TOKEN_TTL_S="6", INTEROP_TOKEN_MARGIN_S="4"
     )  # a fresh token (and a reconnect) every 2 s
 
     device.wait_event("reported-ok")
@@ -144,7 +145,7 @@ def test_bad_credentials_fail_fast(case: str, tls_service: Service, node_device:
     assert key != victim_key
 
     started = time.monotonic()
-    device = node_device(device_connection_string(victim_id, key), mode="connect")
+    device = node_device(device_connection_string(tls_service, victim_id, key), mode="connect")
     event = device.wait_event("open-error", timeout=20)
     assert time.monotonic() - started < 20
     assert event["name"] == "UnauthorizedError", f"{event}{device.diagnostics()}"
@@ -162,7 +163,23 @@ def test_sdk_verifies_the_hub_certificate(
     it is given (an unrelated CA fails the handshake), so their TLS is not vacuous."""
     device_id, key = new_device(tls_service)
     stranger = make_test_pki(tmp_path / "other-ca")
-    device = node_device(device_connection_string(device_id, key), mode="connect", INTEROP_CA_FILE=str(stranger.ca_cert))
+    device = node_device(device_connection_string(tls_service, device_id, key), mode="connect", INTEROP_CA_FILE=str(stranger.ca_cert))
     event = device.wait_event("open-error", timeout=20)
     assert "certificate" in event["message"], f"{event}{device.diagnostics()}"
     assert device.wait_exit() == 3, device.diagnostics()
+
+
+def test_plug_and_play_model_id_becomes_the_twins_model_id(
+    tls_service: Service, node_device: Callable[..., NodeDevice]
+) -> None:
+    """The Node SDK announces ``&model-id=<dtmi>`` (not URL-encoded) in its CONNECT username;
+    the twin's ``modelId`` shows it and a query finds the device by it (issue 16 item 15)."""
+    model = "dtmi:com:example:Thermostat;1"
+    device_id, key = new_device(tls_service)
+    device = node_device(device_connection_string(tls_service, device_id, key), mode="connect", INTEROP_MODEL_ID=model)
+    device.wait_event("connected")
+    assert device.wait_exit() == 0, device.diagnostics()
+    assert tls_service.request("GET", f"/twins/{device_id}").json()["modelId"] == model
+    found = tls_service.request("POST", "/devices/query", json_body={
+        "query": f"SELECT * FROM devices WHERE modelId = '{model}' AND deviceId = '{device_id}'"}).json()
+    assert [t["deviceId"] for t in found] == [device_id]

@@ -40,7 +40,7 @@ def fleet(jobs_hub, svc):
         for _ in range(n):
             record = svc.create_device()
             svc.request("PATCH", f"/twins/{record['deviceId']}", json_body={"tags": tags})
-            dev = Device("127.0.0.1", jobs_hub.hub.mqtt_port, "localhost", record["deviceId"],
+            dev = Device("127.0.0.1", jobs_hub.hub.mqtt_port, jobs_hub.hub.settings.hostname, record["deviceId"],
                          record["authentication"]["symmetricKey"]["primaryKey"])
             dev.calls = []  # type: ignore[attr-defined]
             if connect:
@@ -159,7 +159,7 @@ def test_scheduled_start(svc, fleet):
         "type": "scheduleDeviceMethod", "queryCondition": f"tags.s = '{tag}'",
         "startTime": start.isoformat().replace("+00:00", "Z"),
         "cloudToDeviceMethod": {"methodName": "reboot"}})
-    assert r.json()["status"] == "scheduled"
+    assert r.json()["status"] == "queued"  # sdk-wire-facts "Jobs": the PUT answer of a job not started
     time.sleep(0.5)
     assert dev.calls == [] and svc.request("GET", f"/jobs/v2/{job_id}").json()["status"] == "scheduled"
     job = _wait_job(svc, job_id)

@@ -17,7 +17,7 @@ def test_method_job_resumes_after_kill_9(make_db):
     for i in range(6):
         rec = svc.create_device(f"r-{i}")
         svc.request("PATCH", f"/twins/r-{i}", json_body={"tags": {"group": "restart"}})
-        dev = Device("127.0.0.1", hub.mqtt_port, "localhost", f"r-{i}", rec["authentication"]["symmetricKey"]["primaryKey"])
+        dev = Device("127.0.0.1", hub.mqtt_port, hub.hostname, f"r-{i}", rec["authentication"]["symmetricKey"]["primaryKey"])
         dev.calls = []  # type: ignore[attr-defined]
         dev.client.reconnect_delay_set(0.2, 0.5)
 

@@ -16,7 +16,8 @@ import pytest
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 from iot_flows.store import HubStore, StoreConfigError, open_store
-from iot_flows.store._schema import DDL, JOBS_DDL
+from iot_flows.store._pgschema import PG_MIGRATIONS
+from iot_flows.store._schema import DDL, JOBS_DDL, SQLITE_MIGRATIONS
 from tests.pgcluster import PgCluster
 from tests.support import CLI, Device, Service, error_code, free_port, wait_until
 
@@ -48,7 +49,8 @@ async def test_open_store_picks_the_backend(tmp_path: Any, make_db: Any, backend
     store = await open_store(make_db())
     try:
         assert isinstance(store, HubStore) and store.dialect == backend
-        assert getattr(store, "schema_version") == 1
+        steps = SQLITE_MIGRATIONS if backend == "sqlite" else PG_MIGRATIONS
+        assert getattr(store, "schema_version") == len(steps)
     finally:
         await store.close()
     relative = await open_store(f"sqlite:///{tmp_path}/x.db")  # sqlite:////abs/path
@@ -69,11 +71,14 @@ async def test_schema_steps_run_once_and_old_sqlite_files_are_adopted(tmp_path: 
         for _ in range(2):
             store = await open_store(db)
             try:
-                assert getattr(store, "schema_version") == 1
+                steps = SQLITE_MIGRATIONS if store.dialect == "sqlite" else PG_MIGRATIONS
+                assert getattr(store, "schema_version") == len(steps)
             finally:
                 await store.close()
     conn = sqlite3.connect(old)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+        (v,) for v in range(1, len(SQLITE_MIGRATIONS) + 1)
+    ]
     assert conn.execute("SELECT value FROM meta").fetchall() == [("{}",)]
     conn.close()
 

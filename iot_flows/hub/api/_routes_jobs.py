@@ -9,6 +9,7 @@ from starlette.routing import Route
 from iot_flows._exceptions import BadRequestError
 from iot_flows.hub._auth import Permission
 from iot_flows.hub.api._routes import authorize, json_body
+from iot_flows.jobs import parse_job_status, parse_job_type
 
 __all__ = ["routes"]
 
@@ -56,9 +57,10 @@ async def query_jobs(request: Request) -> Response:
     hub = authorize(request, _S)
     size = min(max(_page_size(request) or 100, 1), 1000)
     after = request.headers.get("x-ms-continuation") or request.query_params.get("continuationToken") or ""
+    job_type, status = request.query_params.get("jobType"), request.query_params.get("jobStatus")
     docs = await hub.jobs.list(
-        job_type=request.query_params.get("jobType"),
-        status=request.query_params.get("jobStatus"),
+        job_type=parse_job_type(job_type).value if job_type else None,
+        status=parse_job_status(status).value if status else None,
         after=after,
         limit=size + 1,
     )

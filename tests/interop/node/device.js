@@ -5,13 +5,14 @@
 // Every step prints one JSON line on stdout ({"event": ...}); diagnostics go to stderr.
 //
 // Environment:
-//   INTEROP_CONNECTION_STRING  device connection string: HostName=localhost;DeviceId=...;SharedAccessKey=...
+//   INTEROP_CONNECTION_STRING  device connection string: HostName=127.0.0.1;DeviceId=...;SharedAccessKey=...
 //   INTEROP_CA_FILE            PEM file of the CA that signed the hub's server certificate
 //   INTEROP_MQTTS_PORT         the hub's MQTT-over-TLS port (the SDK would otherwise use 8883)
 //   INTEROP_MODE               "full" (default): twin + reported + desired + method, see below
 //                              "connect": open, report the outcome, close
 //   INTEROP_EXPECT_DESIRED     desired key whose arrival ends the "full" run (default "colour")
 //   INTEROP_METHOD             direct method to answer (default "lockDoor")
+//   INTEROP_MODEL_ID           optional Plug and Play model id (the SDK's setOptions({modelId}))
 //   INTEROP_TIMEOUT_MS         overall deadline; on expiry print {"event":"timeout"} and exit 1 (default 60000)
 //   INTEROP_TOKEN_TTL_S, INTEROP_TOKEN_MARGIN_S
 //                              optional SAS validity and renewal margin: the SDK renews its token every
@@ -22,7 +23,7 @@
 //
 // Port: the SDK builds its broker URI as `mqtts://<GatewayHostName || HostName>`
 // (azure-iot-device-mqtt/dist/mqtt.js, _getBaseTransportConfig), while the MQTT username and
-// the SAS `sr` always use HostName. So a `GatewayHostName=localhost:<port>` connection-string
+// the SAS `sr` always use HostName. So a `GatewayHostName=<HostName>:<port>` connection-string
 // field (the SDK's supported way to reach an IoT Edge gateway) points the SDK at our port
 // without changing the identity it presents. No monkey-patching needed.
 //
@@ -103,7 +104,9 @@ function main() {
   } else {
     client = Client.fromConnectionString(connectionString, Mqtt);
   }
-  client.setOptions({ ca: fs.readFileSync(env.INTEROP_CA_FILE, 'utf8') });
+  const options = { ca: fs.readFileSync(env.INTEROP_CA_FILE, 'utf8') };
+  if (env.INTEROP_MODEL_ID) options.modelId = env.INTEROP_MODEL_ID; // Plug and Play: &model-id= in the username
+  client.setOptions(options);
   client.on('error', (err) => fail('client', err));
   client.on('disconnect', (err) => {
     if (!finished) emit('disconnect', err ? errorFields(err) : {});

@@ -1,0 +1,81 @@
+"""The demo's command line: ``iot-flows demo``, ``python -m iot_flows.demo``, ``./scripts/demo``.
+
+Options come from :class:`~iot_flows._settings.DemoSettings` (``IOT_FLOWS_DEMO_*``). Prefect
+is imported only after its logging options are set (it reads them once, on import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import typer
+
+from iot_flows._settings import DemoSettings
+from iot_flows.cli._limits import BASE_DESCRIPTORS, check_open_files
+from iot_flows.cli._options import settings_options
+
+__all__ = ["QUICK_DEVICES", "demo", "demo_app"]
+
+QUICK_DEVICES = 100
+_EPILOG = (
+    "Watch the runs in the Prefect UI: run `.venv/bin/prefect server start` in another terminal and "
+    "`export PREFECT_API_URL=http://127.0.0.1:4200/api` before ./scripts/demo."
+)
+
+
+@settings_options(settings=DemoSettings)
+def demo(settings: DemoSettings) -> None:
+    """An embedded hub, a simulated fleet over MQTT, and every seed scenario as a Prefect flow run."""
+    if settings.quick and "devices" in settings.model_fields_set:
+        raise typer.BadParameter("--quick means 100 devices; give --quick or --devices, not both")
+    devices = QUICK_DEVICES if settings.quick else settings.devices
+    raise typer.Exit(run(devices, tuple(settings.only), verbose=settings.verbose))
+
+
+def run(devices: int, only: tuple[str, ...], *, verbose: bool) -> int:
+    """Run the demo; the process exit code (0 only when every scenario succeeded)."""
+    # Before Prefect is imported (it reads its settings and logging options once):
+    if not verbose:
+        # Flow and task logs still go to the API (and the UI); the terminal gets one line per scenario.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # The temporary server of ephemeral mode would post a heartbeat to prefect.io (an error line
+    # when offline) and race its own migrations for the SQLite lock ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # On a fresh machine that server first creates and migrates its database: 20-30 s on two
+    # cores while the fleet connects, past Prefect's default start-up timeout of 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 120))  # logs and CI: keep the summary table on one line per row
+    # The hub and the fleet run in separate processes: each holds one socket per device.
+    problem = check_open_files(devices + BASE_DESCRIPTORS, f"the demo with {devices:,} devices")
+    if problem:
+        console.print(f"[red bold]demo cannot start:[/] {problem}", soft_wrap=True)
+        return 1
+
+    from iot_flows.demo._env import FleetLayout
+    from iot_flows.demo._run import DemoOptions, run_demo
+    from iot_flows.demo._scenarios import scenarios
+
+    known = {s.key for s in scenarios(FleetLayout(devices))}
+    unknown = sorted(set(only) - known)
+    if unknown:
+        console.print(f"[red]unknown scenario {', '.join(unknown)}[/]; known: {', '.join(sorted(known))}")
+        return 2
+    try:
+        return asyncio.run(run_demo(DemoOptions(devices=devices, only=only), console))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("[yellow]interrupted: fleet and hub stopped[/]")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one readable line, not a traceback, for a demo
+        console.print(f"[red bold]demo failed:[/] {type(exc).__name__}: {exc}")
+        if verbose:
+            console.print_exception()
+        return 1
+
+
+demo_app = typer.Typer(add_completion=False, epilog=_EPILOG)
+demo_app.command(epilog=_EPILOG)(demo)

@@ -1,0 +1,62 @@
+"""Rules every REST request meets before routing: path forms and ``api-version``.
+
+* **Path forms** (sdk-wire-facts "REST"): the service SDKs send some paths with a
+  trailing slash (the Node SDK lists devices with ``GET /devices/?api-version=...``) and
+  do not follow redirects. Every route therefore answers ``/x`` and ``/x/`` alike, with
+  no redirect: one trailing ``/`` is removed before routing.
+* **api-version** (reference §3): every IoT Hub REST call carries ``?api-version=``.
+  Azure answers a missing or unknown version with 400 and error code 400001
+  ``InvalidProtocolVersion``; so does the hub, so that a client bug shows up here and
+  not first in production. :data:`SUPPORTED_API_VERSIONS` lists what the official SDKs
+  send (``docs/azure-contract.md`` gives the sources). The hub's own endpoints
+  (``/healthz``, ``/iot-flows/...``) need no version.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from iot_flows._exceptions import BadRequestError
+from iot_flows.hub.api._errors import error_response
+
+__all__ = ["SUPPORTED_API_VERSIONS", "RequestRules"]
+
+#: api-version values the official SDKs send (newest first); see docs/azure-contract.md.
+SUPPORTED_API_VERSIONS: frozenset[str] = frozenset({"2021-04-12", "2020-09-30", "2019-10-01"})
+#: Paths of the hub's own (non-Azure) endpoints: no api-version required.
+_OWN_PREFIXES = ("/healthz", "/iot-flows/")
+
+
+def _invalid_version(value: str | None) -> BadRequestError:
+    if value is None:
+        text = "The api-version query parameter is required."
+    else:
+        text = f"Invalid api-version '{value}'; supported: {', '.join(sorted(SUPPORTED_API_VERSIONS, reverse=True))}."
+    return BadRequestError(text, error_code=400001, error_name="InvalidProtocolVersion")
+
+
+class RequestRules:
+    """ASGI middleware: drop one trailing ``/`` and check ``api-version`` on Azure routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+            raw = scope.get("raw_path")
+            scope = {**scope, "path": path, "raw_path": raw[:-1] if raw and raw.endswith(b"/") else raw}
+        if not path.startswith(_OWN_PREFIXES):
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            versions = [value for name, value in query if name == "api-version"]
+            version = versions[0] if versions else None
+            if version not in SUPPORTED_API_VERSIONS:
+                await error_response(_invalid_version(version))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

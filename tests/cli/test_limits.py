@@ -1,0 +1,81 @@
+"""Open-files limit checked up front (issue 16 item 13: a flood of ``[Errno 24]`` at 10,000 devices)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from iot_flows.cli._limits import check_open_files
+from iot_flows.hub._embedded import EmbeddedHub
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "iot_flows.cli"]
+
+
+def limited(soft: int, hard: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
+def run(args: list[str], soft: int, hard: int, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_FLOWS_")}
+    env.update({"PYTHONPATH": str(ROOT), "COLUMNS": "300"})
+    return subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout,
+                          preexec_fn=limited(soft, hard))  # fmt: skip
+
+
+def test_enough_descriptors_is_silent() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert check_open_files(min(soft, 64), "a few devices") is None
+
+
+def test_fleet_beyond_the_hard_limit_stops_with_one_line_before_connecting(tmp_path: Path) -> None:
+    cs = "HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
+    done = run(
+        [*CLI, "fleet", "simulate", "--count", "1000", "--hub", cs, "--hub-url", "http://127.0.0.1:9"],
+        128,
+        128,
+        tmp_path,
+    )
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "1,256 open files" in lines[0] and "allows 128" in lines[0] and "ulimit -n" in lines[0]
+    assert "Errno" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_fleet_raises_the_soft_limit_to_the_hard_one(tmp_path: Path, embedded_hub: EmbeddedHub) -> None:
+    # 100 devices cannot fit in 64 descriptors: without raising the soft limit this fails with EMFILE.
+    cs = embedded_hub.connection_string()
+    done = run([*CLI, "fleet", "simulate", "--count", "100", "--prefix", "rlimit", "--hub", cs,
+                "--hub-url", embedded_hub.base_url, "--mqtt-port", str(embedded_hub.hub.mqtt_port),
+                "--duration", "1", "--json"], 64, 4096, tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["total"] == 100 and stats["connected_at_stop"] == 100 and stats["failed"] == 0
+    assert "Errno 24" not in done.stderr
+
+
+def test_demo_beyond_the_hard_limit_stops_with_one_line_before_starting(tmp_path: Path) -> None:
+    done = run([sys.executable, "-m", "iot_flows.demo", "--devices", "500"], 128, 128, tmp_path, timeout=60)
+    assert done.returncode == 1, done
+    out = done.stdout.strip()
+    assert len(out.splitlines()) == 1, out
+    assert "demo cannot start" in out and "ulimit -n" in out and "756 open files" in out
+    assert "hub" not in out.split("cannot start")[0]  # nothing was started
+
+
+def test_hub_serve_raises_its_soft_limit(tmp_path: Path) -> None:
+    code = (
+        "import resource; from iot_flows.cli._limits import raise_open_files_limit; "
+        "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = run([sys.executable, "-c", code], 64, 4096, tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["4096", "4096"], done
