@@ -108,7 +108,7 @@ def test_lost_postgresql_answers_503_and_recovers() -> None:
             svc = Service(hub.base_url, hub.connection_string())
             record = svc.create_device("outage-dev")
             key = record["authentication"]["symmetricKey"]["primaryKey"]
-            dev = Device("127.0.0.1", hub.hub.mqtt_port, "localhost", "outage-dev", key)
+            dev = Device("127.0.0.1", hub.hub.mqtt_port, hub.hub.settings.hostname, "outage-dev", key)
             assert dev.connect() == 0
             dev.subscribe_iothub()
             pg.stop_server()
