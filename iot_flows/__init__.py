@@ -6,6 +6,9 @@ imported by path: ``iot_flows.blocks``, ``iot_flows.tasks``, ``iot_flows.flows``
 
 __version__ = "0.1.0"  # first: submodules read it during import
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from iot_flows._exceptions import (
     BadRequestError,
     ConfirmationTimeoutError,
@@ -32,6 +35,7 @@ from iot_flows._exceptions import (
     ProtocolError,
     QuerySyntaxError,
     QuotaExceededError,
+    RequestTimeoutError,
     ServiceUnavailableError,
     ThrottledError,
     TransportError,
@@ -40,12 +44,46 @@ from iot_flows._exceptions import (
 )
 from iot_flows._sas import ConnectionString, generate_sas_token
 from iot_flows._types import MethodResult
-from iot_flows.client import HubClient
-from iot_flows.device import BehaviourConfig, DeviceClient, Fleet, SimulatedDevice
-from iot_flows.hub import Hub, HubSettings
-from iot_flows.hub._embedded import EmbeddedHub
-from iot_flows.jobs import DeviceJobStatus, JobSettings, JobStatus, JobType
-from iot_flows.twin import TwinTooLargeError
+
+# The rest is imported on first use (PEP 562), so that ``import iot_flows.device`` does
+# not load the server stack (uvicorn, starlette, lark, the hub) nor the service client.
+_LAZY = {
+    "BehaviourConfig": "iot_flows.device",
+    "DeviceClient": "iot_flows.device",
+    "DeviceJobStatus": "iot_flows.jobs",
+    "EmbeddedHub": "iot_flows.hub._embedded",
+    "Fleet": "iot_flows.device",
+    "Hub": "iot_flows.hub",
+    "HubClient": "iot_flows.client",
+    "HubSettings": "iot_flows.hub",
+    "JobSettings": "iot_flows.jobs",
+    "JobStatus": "iot_flows.jobs",
+    "JobType": "iot_flows.jobs",
+    "SimulatedDevice": "iot_flows.device",
+    "TwinTooLargeError": "iot_flows.twin",
+}
+
+if TYPE_CHECKING:
+    from iot_flows.client import HubClient
+    from iot_flows.device import BehaviourConfig, DeviceClient, Fleet, SimulatedDevice
+    from iot_flows.hub import Hub, HubSettings
+    from iot_flows.hub._embedded import EmbeddedHub
+    from iot_flows.jobs import DeviceJobStatus, JobSettings, JobStatus, JobType
+    from iot_flows.twin import TwinTooLargeError
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily exported name (see ``_LAZY``) on first access and cache it."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iot_flows' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "BadRequestError",
@@ -86,6 +124,7 @@ __all__ = [
     "ProtocolError",
     "QuerySyntaxError",
     "QuotaExceededError",
+    "RequestTimeoutError",
     "ServiceUnavailableError",
     "SimulatedDevice",
     "ThrottledError",

@@ -21,7 +21,8 @@
     ├── TransportError                     below the hub protocol
     │   ├── ConnectError
     │   ├── ConnectionLostError
-    │   └── ProtocolError
+    │   ├── ProtocolError
+    │   └── RequestTimeoutError            also a builtin TimeoutError (device requests)
     └── OperationFailedError               a fleet operation (flow) ended badly
         ├── JobFailedError                 the hub job failed / was cancelled / too many device failures
         ├── ConfirmationTimeoutError       devices did not report the expected state in time
@@ -63,6 +64,7 @@ __all__ = [
     "ProtocolError",
     "QuerySyntaxError",
     "QuotaExceededError",
+    "RequestTimeoutError",
     "ServiceUnavailableError",
     "ThrottledError",
     "TransportError",
@@ -273,6 +275,12 @@ class ProtocolError(TransportError):
     """Raised when the peer breaks the wire protocol."""
 
     retryable = False
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """Raised when the hub does not answer a device request in time (no CONNACK, SUBACK,
+    PUBACK or ``$iothub/twin/res`` within the timeout). Also a builtin :class:`TimeoutError`,
+    so ``except TimeoutError`` keeps working."""
 
 
 class OperationFailedError(IoTFlowsError):

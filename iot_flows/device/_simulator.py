@@ -77,10 +77,12 @@ class SimulatedDevice:
 
     @property
     def connected(self) -> bool:
+        """True while the device is online."""
         return self.client.connected
 
     @property
     def firmware_version(self) -> str:
+        """The firmware version the device runs (``firmware.currentFwVersion``)."""
         return self.behaviour.fw_version
 
     def __repr__(self) -> str:
@@ -188,9 +190,11 @@ class Fleet:
 
     # ---- identities -----------------------------------------------------------------
     def device_ids(self) -> list[str]:
+        """The fleet's device ids: ``{prefix}-{index:05d}`` from ``start_index``."""
         return [f"{self.prefix}-{i:05d}" for i in range(self.start_index, self.start_index + self.count)]
 
     def device_connection_string(self, device_id: str) -> str:
+        """The connection string of ``device_id`` (key derived from the service key)."""
         return device_connection_string(self._cs, device_id)
 
     async def provision(self) -> ProvisionResult:
@@ -326,10 +330,12 @@ class Fleet:
     # ---- observation ----------------------------------------------------------------
     @property
     def connected(self) -> int:
+        """How many devices are online now."""
         return self._connected
 
     @property
     def stats(self) -> FleetStats:
+        """A snapshot: online/failed devices, reconnects, and the behaviours' counters."""
         return FleetStats(
             total=self.count,
             connected=self._connected,
@@ -339,6 +345,7 @@ class Fleet:
         )
 
     def device(self, device_id: str) -> SimulatedDevice:
+        """The device called ``device_id``; raises ``KeyError`` if the fleet has none."""
         for device in self.devices:
             if device.device_id == device_id:
                 return device

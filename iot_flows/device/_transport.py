@@ -8,8 +8,8 @@ connection once a second (keep-alive pings), instead of one timer task per devic
 
 Two departures from aiomqtt, both for fleets of thousands of devices:
 
-* The TCP connection and the TLS handshake are made by asyncio (``sock_connect`` and a
-  non-blocking handshake), then handed to paho through ``_create_socket``. paho's
+* The TCP connection and the TLS handshake are made by asyncio (``_socket.py``:
+  ``sock_connect``, a non-blocking handshake), then handed to paho through ``_create_socket``. paho's
   own ``connect()`` blocks (aiomqtt runs it in a thread pool); here nothing blocks and
   no thread is involved. Optionally the socket binds a source address first (beyond
   ~14k sockets from one address to one port, the kernel's port search slows down).
@@ -25,147 +25,26 @@ import asyncio
 import logging
 import socket
 import ssl
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from iot_flows._exceptions import ConnectError, ConnectionLostError, ProtocolError, UnauthorizedError
+from iot_flows._exceptions import (
+    ConnectError,
+    ConnectionLostError,
+    ProtocolError,
+    RequestTimeoutError,
+    UnauthorizedError,
+)
+from iot_flows.device._socket import TICK_SECONDS, Paho, open_socket, ticker
 
 __all__ = ["MqttConnection", "TICK_SECONDS"]
 
 log = logging.getLogger(__name__)
 
-#: Longest interval between ``loop_misc()`` calls (keep-alive bookkeeping); shorter
-#: (a quarter of the keep-alive) when a connection uses a short keep-alive.
-TICK_SECONDS = 5.0
-#: Linux's IP_BIND_ADDRESS_NO_PORT: bind the address now, pick the port at connect()
-#: time by the full 4-tuple, so many sockets can share one source address.
-_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _NOT_AUTHORIZED = {134, 135}  # paho's reason codes for CONNACK 4 (bad credentials) and 5
-
-
-class _Paho(mqtt.Client):
-    """paho's client, connected over a socket we made (see the module docstring)."""
-
-    _prepared: Any = None
-
-    def _create_socket(self) -> Any:  # overrides paho's blocking socket creation
-        sock, self._prepared = self._prepared, None
-        if sock is None:
-            raise ConnectionError("no prepared socket")
-        return sock
-
-    def abort(self) -> None:
-        """Close the socket without sending DISCONNECT (a crash or a network loss)."""
-        self._sock_close()
-
-
-class _Ticker:
-    """Calls ``loop_misc()`` on every open connection of one event loop, once a tick."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._members: dict[int, _Paho] = {}
-        self._handle: asyncio.TimerHandle | None = None
-        self._interval = TICK_SECONDS
-
-    def add(self, client: _Paho, keepalive: int) -> None:
-        self._members[id(client)] = client
-        if keepalive > 0:
-            self._interval = min(self._interval, max(0.25, keepalive / 4.0))
-        if self._handle is None:
-            self._handle = self._loop.call_later(self._interval, self._tick)
-
-    def discard(self, client: _Paho) -> None:
-        self._members.pop(id(client), None)
-        if not self._members:
-            self._interval = TICK_SECONDS
-            if self._handle is not None:
-                self._handle.cancel()
-                self._handle = None
-
-    def _tick(self) -> None:
-        self._handle = None
-        for client in list(self._members.values()):
-            try:
-                client.loop_misc()
-            except Exception:  # one broken client must not stop the others' pings
-                log.exception("loop_misc failed")
-        if self._members:
-            self._handle = self._loop.call_later(self._interval, self._tick)
-
-
-_TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = weakref.WeakKeyDictionary()
-
-
-def _ticker(loop: asyncio.AbstractEventLoop) -> _Ticker:
-    ticker = _TICKERS.get(loop)
-    if ticker is None:
-        ticker = _TICKERS[loop] = _Ticker(loop)
-    return ticker
-
-
-async def _wait_fd(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
-    future: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    fd = sock.fileno()
-    (loop.add_writer if write else loop.add_reader)(fd, ready)
-    try:
-        await future
-    finally:
-        (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
-async def _open_socket(
-    host: str,
-    port: int,
-    *,
-    ssl_context: ssl.SSLContext | None,
-    server_hostname: str | None,
-    bind_address: str | None,
-) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"cannot resolve {host!r}")
-    family, _, proto, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM, proto)
-    try:
-        sock.setblocking(False)
-        if bind_address:
-            if family == socket.AF_INET:
-                try:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-                except OSError:
-                    pass
-            sock.bind((bind_address, 0))
-        await loop.sock_connect(sock, address)
-        if ssl_context is None:
-            return sock
-        tls = ssl_context.wrap_socket(
-            sock, server_hostname=server_hostname or host, do_handshake_on_connect=False
-        )
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        while True:
-            try:
-                tls.do_handshake()
-                return tls
-            except ssl.SSLWantReadError:
-                await _wait_fd(loop, tls, write=False)
-            except ssl.SSLWantWriteError:
-                await _wait_fd(loop, tls, write=True)
-    except BaseException:
-        tls.close()
-        raise
 
 
 class MqttConnection:
@@ -191,7 +70,7 @@ class MqttConnection:
         self.on_message = on_message
         self.on_lost = on_lost
         self._loop = asyncio.get_running_loop()
-        self._paho: _Paho | None = None
+        self._paho: Paho | None = None
         self._sock: Any = None
         self._connack: asyncio.Future[bool] | None = None
         self._acks: dict[int, asyncio.Future[Any]] = {}
@@ -202,6 +81,7 @@ class MqttConnection:
 
     @property
     def is_open(self) -> bool:
+        """True between CONNACK and the end of the connection."""
         return self._paho is not None and not self._closed and self._paho.is_connected()
 
     # ---- connect ------------------------------------------------------------------
@@ -227,7 +107,7 @@ class MqttConnection:
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    sock = await _open_socket(
+                    sock = await open_socket(
                         host, port, ssl_context=ssl_context, server_hostname=server_hostname,
                         bind_address=bind_address,
                     )  # fmt: skip
@@ -248,8 +128,8 @@ class MqttConnection:
     def _start(
         self, sock: Any, username: str, password: str, keepalive: int, clean_session: bool, host: str, port: int
     ) -> None:
-        paho = _Paho(
-            mqtt.CallbackAPIVersion.VERSION2,
+        paho = Paho(
+            CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
@@ -273,7 +153,7 @@ class MqttConnection:
         self._connack = self._loop.create_future()
         paho.connect_async(host, port, keepalive)
         paho.reconnect()  # uses the prepared socket; queues CONNECT; never blocks
-        _ticker(self._loop).add(paho, keepalive)
+        ticker(self._loop).add(paho, keepalive)
 
     # ---- paho socket callbacks (all on the loop thread) ---------------------------
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -292,8 +172,10 @@ class MqttConnection:
         paho.loop_read()
         # TLS may hold decrypted bytes the kernel no longer reports as readable.
         sock = self._sock
-        while isinstance(sock, ssl.SSLSocket) and paho.socket() is sock and sock.pending():
-            paho.loop_read()
+        if isinstance(sock, ssl.SSLSocket):
+            tls: ssl.SSLSocket = sock  # not narrowed by the identity check below
+            while paho.socket() is sock and tls.pending():
+                paho.loop_read()
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
@@ -376,20 +258,24 @@ class MqttConnection:
             future.set_result([int(code.value) for code in codes])
 
     # ---- requests -------------------------------------------------------------------
-    def _require(self) -> _Paho:
+    def _require(self) -> Paho:
         if self._paho is None or self._closed:
             raise ConnectionLostError(f"{self.client_id!r} is not connected")
         return self._paho
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> int:
-        """Queue a PUBLISH (sent on the next loop turn); return its message id."""
+        """Queue a PUBLISH (written at once when the socket takes it); return its message id.
+
+        Raises :class:`ConnectionLostError` when the connection is closed."""
         info = self._require().publish(topic, payload, qos=qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionLostError(f"publish from {self.client_id!r} failed: {mqtt.error_string(info.rc)}")
         return int(info.mid)
 
     async def publish_acked(self, topic: str, payload: bytes, timeout: float) -> None:
-        """Publish at QoS 1 and wait for the PUBACK."""
+        """Publish at QoS 1 and wait up to ``timeout`` seconds for the PUBACK.
+
+        Raises :class:`RequestTimeoutError` or :class:`ConnectionLostError`."""
         future: asyncio.Future[Any] = self._loop.create_future()
         paho = self._require()
         paho.on_publish = self._on_ack
@@ -400,13 +286,18 @@ class MqttConnection:
         try:
             async with asyncio.timeout(timeout):
                 await future
+        except TimeoutError:
+            raise RequestTimeoutError(f"{self.client_id!r}: no PUBACK within {timeout:g} s") from None
         finally:
             self._acks.pop(mid, None)
             if not self._acks:
                 paho.on_publish = None
 
     async def subscribe(self, filters: list[str], timeout: float) -> list[int]:
-        """Subscribe at QoS 1; return the granted codes from the SUBACK."""
+        """Subscribe at QoS 1; return the granted codes from the SUBACK (0x80: refused).
+
+        Raises :class:`RequestTimeoutError` after ``timeout`` seconds or
+        :class:`ConnectionLostError`."""
         future: asyncio.Future[Any] = self._loop.create_future()
         rc, mid = self._require().subscribe([(f, 1) for f in filters])
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
@@ -415,6 +306,8 @@ class MqttConnection:
         try:
             async with asyncio.timeout(timeout):
                 return await future  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise RequestTimeoutError(f"{self.client_id!r}: no SUBACK within {timeout:g} s") from None
         finally:
             self._acks.pop(mid, None)
 
@@ -459,7 +352,7 @@ class MqttConnection:
 
     def _ticker_discard(self) -> None:
         if self._paho is not None:
-            _ticker(self._loop).discard(self._paho)
+            ticker(self._loop).discard(self._paho)
 
     def _fail_acks(self, exc: Exception) -> None:
         acks, self._acks = self._acks, {}

@@ -85,6 +85,8 @@ class TwinService:
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
         self._locks: dict[str, list[Any]] = {}
+        #: Set by a cluster node: delivers desired notifications wherever the device is.
+        self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], Awaitable[None]] | None = None
 
     def add_listener(self, listener: TwinChange) -> None:
         """Call ``listener`` after each committed twin change (change stream, events)."""
@@ -148,7 +150,10 @@ class TwinService:
         new.twin_etag = new_etag()
         await self._store.update_twin(new)
         if notification is not None:
-            self._notify_desired(new, notification)
+            if self.desired_sender is not None:
+                await self.desired_sender(new, copy.deepcopy(notification))
+            else:
+                self._notify_desired(new, notification)
             self._emit(device_id, "desired", notification, new)
         if has_tags:
             self._emit(device_id, "tags", tags or {}, new)

@@ -9,7 +9,19 @@ from typing import Any
 
 import pytest
 
-from iot_flows.device import BehaviourConfig, Fleet, MaintenanceWindow
+from iot_flows.device import (
+    Behaviour,
+    BehaviourConfig,
+    DesiredChange,
+    DeviceBehaviour,
+    Fleet,
+    MaintenanceWindow,
+    MethodRequest,
+    MethodResponse,
+    register_behaviour,
+    registered_behaviours,
+    unregister_behaviour,
+)
 from iot_flows.device._behaviours import chance
 from tests.device.conftest import FAST, ReportedLog, Rest, eventually
 
@@ -336,3 +348,52 @@ def test_behaviour_config_validates_rates() -> None:
     values = [chance(7, "dev-1", "download", n) for n in range(1000)]
     assert all(0 <= v < 1 for v in values) and 0.45 < sum(values) / len(values) < 0.55
     assert chance(7, "dev-1", "download", 3) == chance(7, "dev-1", "download", 3)
+
+
+async def test_a_new_behaviour_is_one_registered_class(make_fleet: Any, rest: Rest) -> None:
+    @register_behaviour
+    class Blink(Behaviour):
+        """Direct method ``blink`` and desired ``led``: report what the LED does."""
+
+        name = "blink"
+        methods = ("blink",)
+        desired_keys = ("led",)
+
+        def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+            device.report_soon({"led": {"blinking": request.payload}})
+            return MethodResponse(200, {"blinking": request.payload})
+
+        def on_desired(self, device: DeviceBehaviour, change: DesiredChange) -> None:
+            device.report_soon({"led": {"color": change.value, "desiredVersion": change.version}})
+
+        def on_factory_reset(self, device: DeviceBehaviour) -> dict[str, Any]:
+            return {"led": None}
+
+    try:
+        assert registered_behaviours()["blink"].__class__ is Blink
+        fleet: Fleet = await make_fleet(1)
+        d = fleet.devices[0].device_id
+        assert await rest.method(d, "blink", 3) == (200, {"blinking": 3})
+        await wait_reported(rest, d, lambda r: get(r, "led", "blinking") == 3)
+        await rest.patch_desired(d, {"led": "green"})
+        await wait_reported(rest, d, lambda r: get(r, "led", "color") == "green")
+        assert (await rest.method(d, "factoryReset"))[0] == 200
+        reported = await wait_reported(rest, d, lambda r: get(r, "iothubDM", "factoryReset") and get(r, "led", "color"))
+        assert get(reported, "led", "blinking") is None  # cleared by the reset...
+        assert get(reported, "led", "color") == "green"  # ...and the desired color applied again
+        assert (await rest.method(d, "lockDoor"))[0] == 200  # the seeds still work
+    finally:
+        unregister_behaviour("blink")
+    assert "blink" not in registered_behaviours()
+
+
+def test_two_behaviours_cannot_answer_one_method() -> None:
+    class Thief(Behaviour):
+        name = "thief"
+        methods = ("reboot",)
+
+    with pytest.raises(ValueError, match="reboot"):
+        register_behaviour(Thief)
+    assert "thief" not in registered_behaviours()
+    with pytest.raises(ValueError, match="needs a name"):
+        register_behaviour(type("Nameless", (Behaviour,), {}))

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -32,14 +33,24 @@ def test_fleet_simulate_provisions_connects_and_stops_on_ctrl_c(embedded_hub: Em
         "--http-url", embedded_hub.base_url, "--seed", "3", "--json",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The hub shows a device Connected at CONNECT, before the simulator has subscribed and
+    # fetched the twin: wait for the simulator's own "connected" line before Ctrl-C.
+    err_chunks: list[bytes] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: err_chunks.extend(iter(proc.stderr.readline, b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
         wait_until(lambda: states(service, ids) == {"Connected"}, timeout=30, interval=0.1)
+        wait_until(lambda: b"devices connected" in b"".join(err_chunks), timeout=30, interval=0.1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        out = proc.stdout.read() if proc.stdout is not None else b""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    err = b"".join(err_chunks)
     assert proc.returncode == 0, err.decode()
     stats = json.loads(out.decode().strip().splitlines()[-1])
     assert stats["total"] == 5 and stats["connected_at_stop"] == 5 and stats["failed"] == 0

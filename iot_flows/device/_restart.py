@@ -1,0 +1,99 @@
+"""Restart behaviours: ``reboot`` (seed 002, reference §7.2) and ``factoryReset``.
+
+Both answer 200 at once, go offline (clean DISCONNECT), come back, report, then read
+the twin again and apply what is desired. Both interrupt a running firmware update.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from iot_flows.device._behaviour import Behaviour, register_behaviour
+from iot_flows.device._faults import now_iso
+from iot_flows.device._firmware import interrupted_patch
+from iot_flows.device._messages import MethodRequest, MethodResponse
+
+if TYPE_CHECKING:
+    from iot_flows.device._behaviours import DeviceBehaviour
+
+__all__ = ["FactoryReset", "Reboot", "merge_patch"]
+
+_BUSY = MethodResponse(409, {"message": "the device is already restarting"})
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``patch`` into ``target`` (nested objects merged key by key); return ``target``."""
+    for key, value in patch.items():
+        current = target.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merge_patch(current, value)
+        else:
+            target[key] = value
+    return target
+
+
+@register_behaviour
+class Reboot(Behaviour):
+    """Direct method ``reboot``: 200 ``{"message": "Reboot started"}``; offline for
+    ``reboot_seconds``; reconnect; report ``iothubDM.reboot.lastReboot``. An interrupted
+    firmware update reports ``applyFailed`` / ``rolledback``. 409 while restarting."""
+
+    name = "reboot"
+    methods = ("reboot",)
+    order = 30
+
+    def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Answer 200 (409 while restarting) and reboot in the background."""
+        if device.busy:
+            return _BUSY
+        device.busy = True
+        device.spawn(self._reboot(device))
+        return MethodResponse(200, {"message": "Reboot started"})
+
+    async def _reboot(self, device: DeviceBehaviour) -> None:
+        why = "interrupted by reboot"
+        try:
+            device.stats["reboots"] += 1
+            interrupted = await device.interrupt_update()
+            await device.offline(device.config.reboot_seconds)
+            await device.report({"iothubDM": {"reboot": {"lastReboot": now_iso()}}})
+            if interrupted is not None:
+                device.stats["fw_interrupted"] += 1
+                await device.report(interrupted_patch(device, interrupted[0], why))
+        finally:
+            device.busy = False
+        await device.resume_desired()
+
+
+@register_behaviour
+class FactoryReset(Behaviour):
+    """Direct method ``factoryReset``: 200; offline for ``factory_reset_seconds``; back
+    on the factory firmware with every behaviour's applied state forgotten (their
+    ``on_factory_reset`` patches, plus ``iothubDM.factoryReset.lastFactoryReset``, are
+    reported as one); then desired configuration and firmware are applied again, as on
+    a new device. 409 while restarting."""
+
+    name = "factoryReset"
+    methods = ("factoryReset",)
+    order = 30
+
+    def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Answer 200 (409 while restarting) and reset in the background."""
+        if device.busy:
+            return _BUSY
+        device.busy = True
+        device.spawn(self._reset(device))
+        return MethodResponse(200, {"message": "Factory reset started"})
+
+    async def _reset(self, device: DeviceBehaviour) -> None:
+        try:
+            device.stats["factory_resets"] += 1
+            await device.interrupt_update()
+            patch: dict[str, Any] = {}
+            for behaviour in device.behaviours:
+                merge_patch(patch, behaviour.on_factory_reset(device) or {})
+            await device.offline(device.config.factory_reset_seconds)
+            await device.report(merge_patch(patch, {"iothubDM": {"factoryReset": {"lastFactoryReset": now_iso()}}}))
+        finally:
+            device.busy = False
+        await device.resume_desired(fresh=True)
