@@ -17,7 +17,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, PreconditionFailedError
+from iot_flows._exceptions import (
+    BadRequestError,
+    DeviceNotFoundError,
+    PreconditionFailedError,
+    ServiceUnavailableError,
+)
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.store import DeviceRecord, HubStore, new_etag
 from iot_flows.twin import (
@@ -34,6 +39,8 @@ __all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
 #: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
 TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: Compare-and-set rounds before a twin write gives up with 503 (only other nodes race).
+_CAS_ATTEMPTS = 50
 
 
 _R = TypeVar("_R")
@@ -124,31 +131,36 @@ class TwinService:
             if section is not None:
                 validate_patch(name, section)
 
-        record = await self._load(device_id)
-        check_if_match(if_match, record.twin_etag)
-        now = utc_now()
-        new = copy.deepcopy(record)
         notification: dict[str, Any] | None = None
-        if has_tags:
-            if replace or tags is None:
-                new.tags, new.tags_meta = replace_section(tags or {}, now, None)
-            else:
-                apply_patch(new.tags, new.tags_meta, tags, now, None)
-            validate_section_size("tags", new.tags)
-        if has_desired:
-            new.desired_version += 1
-            if replace or desired is None:
-                new.desired, new.desired_meta = replace_section(desired or {}, now, new.desired_version)
-                notification = removed_keys_as_nulls(record.desired, new.desired)
-            else:
-                apply_patch(new.desired, new.desired_meta, desired, now, new.desired_version)
-                notification = copy.deepcopy(desired)
-            validate_section_size("desired", new.desired)
-        if not (has_tags or has_desired):
+
+        def build(record: DeviceRecord) -> DeviceRecord | None:
+            nonlocal notification
+            check_if_match(if_match, record.twin_etag)
+            if not (has_tags or has_desired):
+                return None
+            now = utc_now()
+            new = copy.deepcopy(record)
+            notification = None
+            if has_tags:
+                if replace or tags is None:
+                    new.tags, new.tags_meta = replace_section(tags or {}, now, None)
+                else:
+                    apply_patch(new.tags, new.tags_meta, tags, now, None)
+                validate_section_size("tags", new.tags)
+            if has_desired:
+                new.desired_version += 1
+                if replace or desired is None:
+                    new.desired, new.desired_meta = replace_section(desired or {}, now, new.desired_version)
+                    notification = removed_keys_as_nulls(record.desired, new.desired)
+                else:
+                    apply_patch(new.desired, new.desired_meta, desired, now, new.desired_version)
+                    notification = copy.deepcopy(desired)
+                validate_section_size("desired", new.desired)
+            return new
+
+        record, new = await self._read_modify_write(device_id, build)
+        if new is None:
             return record
-        new.twin_version += 1
-        new.twin_etag = new_etag()
-        await self._store.update_twin(new)
         if notification is not None:
             if self.desired_sender is not None:
                 await self.desired_sender(new, copy.deepcopy(notification))
@@ -158,6 +170,30 @@ class TwinService:
         if has_tags:
             self._emit(device_id, "tags", tags or {}, new)
         return new
+
+    async def _read_modify_write(
+        self, device_id: str, build: Callable[[DeviceRecord], DeviceRecord | None]
+    ) -> tuple[DeviceRecord, DeviceRecord | None]:
+        """Load the twin, ``build`` its next state, store it if nobody wrote in between.
+
+        ``build`` returns None for "nothing to write" and raises for a refused write. The
+        store's compare-and-set on the twin ``version`` makes this safe when several hub
+        nodes share one database; within one node the per-twin lock already orders writers,
+        so a retry happens only when another node won the race.
+
+        Raises:
+            ServiceUnavailableError: the twin kept changing for ``_CAS_ATTEMPTS`` rounds (503, retryable).
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._load(device_id)
+            new = build(record)
+            if new is None:
+                return record, None
+            new.twin_version = record.twin_version + 1
+            new.twin_etag = new_etag()
+            if await self._store.update_twin(new, expected_version=record.twin_version):
+                return record, new
+        raise ServiceUnavailableError(f"The twin of {device_id} kept changing under concurrent writes; retry.")
 
     def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:
         link = self._sessions.subscribed_link(record.device_id, Subscription.DESIRED)
@@ -182,19 +218,20 @@ class TwinService:
         is stored (the MQTT 5 reference's ``if-version``; Azure/azure-iot-sdk-java#1776).
         """
         validate_patch("reported", patch)
-        record = await self._load(device_id)
-        if if_version is not None and if_version != record.reported_version:
-            raise PreconditionFailedError(
-                f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
-            )
-        now = utc_now()
-        new = copy.deepcopy(record)
-        apply_patch(new.reported, new.reported_meta, patch, now, None)
-        validate_section_size("reported", new.reported)
-        new.reported_version += 1
-        new.twin_version += 1
-        new.twin_etag = new_etag()
-        await self._store.update_twin(new)
+
+        def build(record: DeviceRecord) -> DeviceRecord:
+            if if_version is not None and if_version != record.reported_version:
+                raise PreconditionFailedError(
+                    f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
+                )
+            new = copy.deepcopy(record)
+            apply_patch(new.reported, new.reported_meta, patch, utc_now(), None)
+            validate_section_size("reported", new.reported)
+            new.reported_version += 1
+            return new
+
+        _, new = await self._read_modify_write(device_id, build)
+        assert new is not None
         self._emit(device_id, "reported", patch, new)
         return new.reported_version
 

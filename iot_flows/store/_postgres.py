@@ -256,8 +256,17 @@ class PostgresStore(HubStore):
     async def update_identity(self, record: DeviceRecord) -> None:
         await self._update(record, IDENTITY_COLUMNS)
 
-    async def update_twin(self, record: DeviceRecord) -> None:
-        await self._update(record, TWIN_COLUMNS)
+    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+        if expected_version is None:
+            await self._update(record, TWIN_COLUMNS)
+            return True
+        values = _to_row(record, TWIN_COLUMNS)
+        sets = ", ".join(f"{c} = {p}" for c, p in zip(TWIN_COLUMNS, _placeholders(TWIN_COLUMNS, 3), strict=True))
+        status = await self._execute(
+            f"UPDATE devices SET {sets} WHERE device_id = $1 AND twin_version = $2",
+            record.device_id, expected_version, *values,
+        )  # fmt: skip
+        return _rowcount(status) > 0
 
     async def delete(self, device_id: str) -> bool:
         return _rowcount(await self._execute("DELETE FROM devices WHERE device_id = $1", device_id)) > 0
