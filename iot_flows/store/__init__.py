@@ -23,8 +23,8 @@ class StoreConfigError(ValueError):
 
 
 def _sqlite_path(url_or_path: str) -> str | None:
-    if url_or_path.startswith("sqlite:///"):
-        return url_or_path[len("sqlite:///") - 1 :] if url_or_path.startswith("sqlite:////") else url_or_path[10:]
+    if url_or_path.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return url_or_path[len("sqlite:///") :]
     if "://" not in url_or_path:
         return url_or_path
     return None
