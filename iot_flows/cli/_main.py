@@ -19,7 +19,7 @@ import typer
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
 from iot_flows.cli._fleet import fleet_app
-from iot_flows.cli._limits import raise_open_files_limit
+from iot_flows._limits import raise_open_files_limit
 from iot_flows.cli._options import settings_options
 from iot_flows.cli._profile import HubProfile, default_profile_path, write_profile
 
@@ -102,7 +102,7 @@ def serve(settings: HubSettings) -> None:
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()  # one socket per connected device
-    from iot_flows.cluster import ClusterError
+    from iot_flows.hub.cluster import ClusterError
 
     try:
         asyncio.run(_serve_until_signal(settings))
