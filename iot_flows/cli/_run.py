@@ -208,10 +208,14 @@ def run(
     if spec.takes_connection:
         parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
-    state = flow(**parameters, return_state=True)
-    if inspect.isawaitable(state):
-        state = asyncio.run(state)
-    result = state.result(raise_on_failure=False)
+    try:
+        state = flow(**parameters, return_state=True)
+        if inspect.isawaitable(state):
+            state = asyncio.run(state)
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # no Prefect API (ephemeral server did not start, PREFECT_API_URL down)
+        raise fail(f"cannot run flow {spec.name} with Prefect: {type(exc).__name__}: {exc}"
+                   " (set PREFECT_API_URL to a running `prefect server start`)") from None
     if not state.is_completed():
         detail = result if isinstance(result, BaseException) else state.message
         raise fail(f"flow {spec.name} {state.type.value.lower()}: {type(detail).__name__ + ': ' if isinstance(detail, BaseException) else ''}{detail}")
