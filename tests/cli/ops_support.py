@@ -18,7 +18,7 @@ import pytest
 from tests.cli.test_readme_commands import ROOT, Running, shim
 
 COUNT = 4
-PREFIX = "ops"
+PREFIX = "sim"  #: fleet simulate's default, which the README's commands name
 
 
 @dataclass
@@ -55,7 +55,7 @@ def base_env(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ops_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsHub]:
-    """``hub serve`` plus ``fleet simulate --count 4 --prefix ops`` (fast timings) in one folder."""
+    """``hub serve`` plus ``fleet simulate --count 4`` (devices sim-00000...) (fast timings) in one folder."""
     folder = tmp_path_factory.mktemp("ops")
     shim(folder)
     env = base_env(folder)
@@ -64,7 +64,7 @@ def ops_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsHub]:
     try:
         cs = hub.wait_for(r"(?m)^(HostName=\S+)$").group(1)
         url = hub.wait_for(r"REST\s+: (\S+)").group(1)
-        fleet = Running(f".venv/bin/iot-flows fleet simulate --count {COUNT} --prefix {PREFIX} --seed 7"
+        fleet = Running(f".venv/bin/iot-flows fleet simulate --count {COUNT} --seed 7"
                         " --reboot-seconds 0.3 --jitter 0", folder, env)  # fmt: skip
         fleet.wait_for(rf"{COUNT}/{COUNT} devices connected", timeout=120)
         yield OpsHub(folder, env, cs, url)

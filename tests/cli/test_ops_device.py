@@ -10,7 +10,7 @@ from tests.cli.ops_support import COUNT, OpsHub, device, ops_hub  # noqa: F401
 
 def test_device_list_json_and_table(ops_hub: OpsHub) -> None:
     devices = ops_hub.json("device", "list")
-    ours = {d["deviceId"]: d for d in devices if d["deviceId"].startswith("ops-")}
+    ours = {d["deviceId"]: d for d in devices if d["deviceId"].startswith("sim-")}
     assert len(ours) == COUNT
     assert all(d["connectionState"] == "Connected" and d["status"] == "enabled" for d in ours.values())
     assert len(ops_hub.json("device", "list", "--top", "2")) == 2

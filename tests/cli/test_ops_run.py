@@ -128,3 +128,28 @@ def test_a_saved_hub_connection_block_names_the_hub(ops_hub: OpsHub, prefect_api
     unknown = ops_hub.cli("device", "list", env={**env, "IOT_FLOWS_HUB_CONNECTION": "no-such-block"}, cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: no saved HubConnection block named 'no-such-block'")
     assert unknown.stderr.count("\n") == 1
+
+
+def terminal_section_commands() -> list[str]:
+    import re
+
+    from tests.cli.test_readme_commands import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## From the terminal")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    return [line.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+            for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]  # fmt: skip
+
+
+def test_readme_from_the_terminal_commands_work_as_written(ops_hub: OpsHub, prefect_api: str) -> None:
+    """Every command of the README's "From the terminal" section, literally, in the folder
+    where `hub serve` runs with its simulated fleet (Prefect: PREFECT_API_URL set)."""
+    commands = terminal_section_commands()
+    assert len(commands) >= 10 and all(c.startswith(".venv/bin/iot-flows ") for c in commands), commands
+    env = {**ops_hub.env, "PREFECT_API_URL": prefect_api}
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=ops_hub.folder, env=env, text=True,
+                              capture_output=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert done.stdout.strip(), command
