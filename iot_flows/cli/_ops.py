@@ -37,10 +37,13 @@ __all__ = [
     "ProfileOption",
     "emit",
     "fail",
+    "guard",
     "open_client",
     "resolve",
     "parse_json",
+    "parse_json_object",
     "run_hub_command",
+    "UsageProblem",
 ]
 
 T = TypeVar("T")

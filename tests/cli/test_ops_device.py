@@ -73,3 +73,28 @@ def test_environment_names_the_hub(ops_hub: OpsHub, tmp_path) -> None:  # type: 
     devices = ops_hub.json("device", "list", env=env, cwd=tmp_path)
     assert {device(i) for i in range(COUNT)} <= {d["deviceId"] for d in devices}
     assert json.loads(ops_hub.cli("device", "show", device(0), env=env, cwd=tmp_path).stdout)["deviceId"] == device(0)
+
+
+def test_output_defaults_to_a_table_on_a_terminal(ops_hub: OpsHub) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "iot_flows.cli", "device", "show", device(0)], cwd=ops_hub.folder,
+                            env=ops_hub.env, stdout=terminal, stderr=subprocess.PIPE)  # fmt: skip
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(120) == 0
+    os.close(controller)
+    shown = b"".join(chunks).decode()
+    assert "property" in shown and device(0) in shown and not shown.lstrip().startswith("{")
