@@ -36,6 +36,7 @@ from iot_flows.cli._ops import (
     fail,
     guard,
     resolve,
+    run_hub_command,
 )
 
 __all__ = ["FlowSpec", "discover_flows", "run"]
@@ -167,7 +168,7 @@ def _ui_url(flow_run_id: Any) -> str | None:
 
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
-    if not (os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_UI_URL") or PREFECT_API_URL.value()):
+    if not (os.environ.get("PREFECT_UI_URL") or PREFECT_API_URL.value()):  # no server configured: none to show
         return None
     ui = PREFECT_UI_URL.value()
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
@@ -206,6 +207,8 @@ def run(
         raise UsageProblem(f"unknown flow {flow_name!r} (flows: {', '.join(flows)})")
     parameters = build_parameters(spec, param or [])
     if spec.takes_connection:
+        # An unreachable hub or a rejected key (401) is one line here, before any flow run.
+        run_hub_command(hub, hub_url, profile, lambda c: c.query_page("SELECT deviceId FROM devices", page_size=1))
         parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
     try:
@@ -217,6 +220,6 @@ def run(
         raise fail(f"cannot run flow {spec.name} with Prefect: {type(exc).__name__}: {exc}"
                    " (set PREFECT_API_URL to a running `prefect server start`)") from None
     if not state.is_completed():
-        detail = result if isinstance(result, BaseException) else state.message
-        raise fail(f"flow {spec.name} {state.type.value.lower()}: {type(detail).__name__ + ': ' if isinstance(detail, BaseException) else ''}{detail}")
+        reason = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else state.message
+        raise fail(f"flow {spec.name} {state.type.value.lower()}: {reason}")
     emit(_plain(result), output)

@@ -153,3 +153,17 @@ def test_readme_from_the_terminal_commands_work_as_written(ops_hub: OpsHub, pref
                               capture_output=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         assert done.stdout.strip(), command
+
+
+def test_run_against_an_unreachable_hub_or_a_wrong_key_starts_no_flow(ops_hub: OpsHub) -> None:
+    from iot_flows._sas import ConnectionString
+
+    env = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}  # never reached
+    down = ops_hub.cli("run", "fleet-report", "--hub", ops_hub.connection_string, "--hub-url", "http://127.0.0.1:9",
+                       env=env)  # fmt: skip
+    assert down.returncode == 1 and "cannot reach http://127.0.0.1:9" in down.stderr and down.stderr.count("\n") == 1
+    key = ConnectionString.parse(ops_hub.connection_string).shared_access_key
+    wrong = ops_hub.connection_string.replace(key, "d3Jvbmcta2V5LXdyb25nLWtleQ==")
+    denied = ops_hub.cli("run", "fleet-report", "--hub", wrong, "--hub-url", ops_hub.url, env=env)
+    assert denied.returncode == 1 and denied.stderr.startswith("error: IotHubUnauthorizedAccess (401")
+    assert "flow run" not in denied.stderr
