@@ -25,7 +25,7 @@ from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
 from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
-from iot_flows.hub._quota import Quota, max_concurrent_jobs
+from iot_flows.hub._quota import Paced, Quota, max_concurrent_jobs
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
@@ -123,8 +123,12 @@ class Hub:
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
         self.twins.add_listener(self.changes.on_twin_change)
         self.queries = QueryService(self.store)
+        # --quota paces the jobs' device operations (twin updates, method calls).
+        paced_twins = Paced(self.twins, ("update",), lambda: self.quota)
+        paced_methods = Paced(self.methods, ("invoke",), lambda: self.quota)
         self.jobs = JobEngine(
-            self.store, self.twins, self.methods, self.sessions, compile_condition, self._job_settings()
+            self.store, paced_twins, paced_methods, self.sessions, compile_condition,  # type: ignore[arg-type]
+            self._job_settings(),
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(

@@ -31,6 +31,7 @@ from iot_flows._settings import QuotaTier
 __all__ = [
     "METHOD_METER_BYTES",
     "Operation",
+    "Paced",
     "Quota",
     "TokenBucket",
     "device_publish_operation",
@@ -49,6 +50,7 @@ class Operation(str, Enum):
     TWIN_READ = "twin reads"
     TWIN_UPDATE = "twin updates"
     JOBS = "jobs operations"
+    JOB_DEVICE_OP = "jobs device operations"  #: paced (queued without bound), never refused
     DIRECT_METHOD = "direct methods"  #: cost: 4 KB blocks of payload
     QUERY = "queries"
     REGISTRY = "identity registry operations"
@@ -74,6 +76,7 @@ def tier_limits(tier: QuotaTier | str, units: int = 1) -> dict[Operation, float]
             Operation.TWIN_READ: 100.0,
             Operation.TWIN_UPDATE: 50.0,
             Operation.JOBS: 100 * per_min * u,
+            Operation.JOB_DEVICE_OP: 10.0,
             Operation.DIRECT_METHOD: 160 * kb * u,
             Operation.QUERY: 20 * per_min * u,
             Operation.REGISTRY: 100 * per_min * u,
@@ -85,6 +88,7 @@ def tier_limits(tier: QuotaTier | str, units: int = 1) -> dict[Operation, float]
             Operation.TWIN_READ: max(100.0, 10 * u),
             Operation.TWIN_UPDATE: max(50.0, 5 * u),
             Operation.JOBS: 100 * per_min * u,
+            Operation.JOB_DEVICE_OP: max(10.0, u),
             Operation.DIRECT_METHOD: 480 * kb * u,
             Operation.QUERY: 20 * per_min * u,
             Operation.REGISTRY: 100 * per_min * u,
@@ -96,6 +100,7 @@ def tier_limits(tier: QuotaTier | str, units: int = 1) -> dict[Operation, float]
             Operation.TWIN_READ: 500 * u,
             Operation.TWIN_UPDATE: 250 * u,
             Operation.JOBS: 5000 * per_min * u,
+            Operation.JOB_DEVICE_OP: 50 * u,
             Operation.DIRECT_METHOD: 24 * 1024 * kb * u,
             Operation.QUERY: 1000 * per_min * u,
             Operation.REGISTRY: 5000 * per_min * u,
@@ -242,8 +247,43 @@ class Quota:
             self.delayed[op] += 1
         return delay
 
+    async def pace(self, op: Operation, cost: float = 1.0) -> None:
+        """Wait for ``op``'s turn however long the queue (jobs device operations: Azure
+        slows a job down to the throttle rather than failing it; reference §6.3)."""
+        bucket = self._buckets.get(op)
+        if bucket is not None:
+            delay = bucket.reserve(cost, math.inf)
+            if delay:
+                self.delayed[op] += 1
+                await asyncio.sleep(delay)
+
     async def acquire(self, op: Operation, cost: float = 1.0) -> None:
         """:meth:`reserve`, then wait out the delay (traffic shaping). Raises ThrottledError."""
         delay = self.reserve(op, cost)
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+class Paced:
+    """``target`` with its coroutine methods ``names`` paced by ``quota()``'s ``op``.
+
+    Wraps the twin service and method invoker the jobs engine uses, so that jobs run no
+    faster than the tier's "jobs device operations" throttle (reference §6.1).
+    """
+
+    def __init__(self, target: object, names: tuple[str, ...], quota: Callable[[], Quota | None],
+                 op: Operation = Operation.JOB_DEVICE_OP) -> None:
+        self._target, self._names, self._quota, self._op = target, names, quota, op
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._target, name)
+        if name not in self._names:
+            return attr
+
+        async def paced(*args: object, **kwargs: object) -> object:
+            quota = self._quota()
+            if quota is not None:
+                await quota.pace(self._op)
+            return await attr(*args, **kwargs)
+
+        return paced

@@ -10,6 +10,7 @@ from iot_flows._exceptions import ThrottledError
 from iot_flows._settings import HubSettings, QuotaTier
 from iot_flows.hub._quota import (
     Operation,
+    Paced,
     Quota,
     TokenBucket,
     device_publish_operation,
@@ -166,3 +167,30 @@ def test_setting_defaults_off_and_validates() -> None:
         HubSettings(quota="s9")
     with pytest.raises(ValueError):
         HubSettings(quota_units=0)
+
+
+def test_jobs_device_operations_per_tier() -> None:
+    assert tier_limits("s1")[Operation.JOB_DEVICE_OP] == 10
+    assert tier_limits("s2", 20)[Operation.JOB_DEVICE_OP] == 20
+    assert tier_limits("s3", 2)[Operation.JOB_DEVICE_OP] == 100
+
+
+async def test_pace_queues_without_bound_and_paced_wraps_only_named_calls() -> None:
+    clock = Clock()
+    quota = Quota({Operation.JOB_DEVICE_OP: 1000}, burst_seconds=0.001, clock=clock, max_delay=0)
+
+    class Target:
+        calls = 0
+
+        async def update(self, x: int) -> int:
+            self.calls += 1
+            return x * 2
+
+        async def get(self) -> str:
+            return "free"
+
+    paced = Paced(Target(), ("update",), lambda: quota)
+    assert [await paced.update(i) for i in range(5)] == [0, 2, 4, 6, 8]  # never refused
+    assert quota.delayed[Operation.JOB_DEVICE_OP] == 4
+    assert await paced.get() == "free"
+    assert Paced(Target(), ("update",), lambda: None)  # no quota: calls pass straight through

@@ -174,3 +174,25 @@ def test_throttled_telemetry_closes_the_connection(s1_hub: EmbeddedHub, svc: Ser
         assert wait_until(dev.disconnected.is_set, timeout=10)
     finally:
         dev.disconnect()
+
+
+def test_jobs_device_operations_are_paced_not_refused(s1_hub: EmbeddedHub, svc: Service) -> None:
+    tag = f"paced-{os.getpid()}-{id(svc)}"
+    ids = [svc.create_device()["deviceId"] for _ in range(8)]
+    for device_id in ids:
+        assert svc.request("PATCH", f"/twins/{device_id}", json_body={"tags": {"site": tag}}).status_code == 200
+    # Only jobs device operations are limited here (4/s, one at once): the job PUT/GETs pass.
+    quota = Quota({Operation.JOB_DEVICE_OP: 4}, burst_seconds=0.25, max_delay=0)
+    s1_hub.hub.quota = quota
+    job_id = f"job-{tag}"
+    body = {"type": "scheduleUpdateTwin", "queryCondition": f"tags.site = '{tag}'",
+            "updateTwin": {"etag": "*", "tags": {"paced": True}}, "maxExecutionTimeInSeconds": 60}
+    assert svc.request("PUT", f"/jobs/v2/{job_id}", json_body=body).status_code == 200
+
+    def finished() -> dict | None:
+        doc = svc.request("GET", f"/jobs/v2/{job_id}").json()
+        return doc if doc["status"] in ("completed", "failed", "cancelled") else None
+
+    doc = wait_until(finished, timeout=30, interval=0.2)
+    assert doc["status"] == "completed" and doc["deviceJobStatistics"]["succeededCount"] == 8
+    assert quota.delayed[Operation.JOB_DEVICE_OP] >= 6  # all but the first waited their turn
