@@ -196,3 +196,18 @@ def test_jobs_device_operations_are_paced_not_refused(s1_hub: EmbeddedHub, svc: 
     doc = wait_until(finished, timeout=30, interval=0.2)
     assert doc["status"] == "completed" and doc["deviceJobStatistics"]["succeededCount"] == 8
     assert quota.delayed[Operation.JOB_DEVICE_OP] >= 6  # all but the first waited their turn
+
+
+def test_hub_serve_quota_flag(tmp_path) -> None:
+    from tests.support import HubProcess
+
+    hub = HubProcess(tmp_path / "hub.db", args=("--quota", "s1"))
+    try:
+        svc = Service(hub.base_url, hub.connection_string)
+        # S1 allows 20 queries a minute: of 10 back to back, most are refused.
+        codes = [svc.request("POST", "/devices/query", json_body={"query": "SELECT * FROM devices"}).status_code
+                 for _ in range(10)]
+        svc.close()
+        assert codes[0] == 200 and codes.count(429) >= 5, codes
+    finally:
+        assert hub.terminate() == 0
