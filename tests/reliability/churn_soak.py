@@ -65,7 +65,7 @@ class SoakConfig:
     sample_seconds: float = 5.0
     rss_tolerance: float = 0.10  #: end RSS within this fraction of the after-warm-up RSS
     fd_slack: int = 8  #: descriptors the hub may hold beyond its start count (logs, WAL)
-    hub_args: tuple[str, ...] = ()
+    hub_args: tuple[str, ...] = ("--log-level", "INFO")  #: INFO: the hub logs why it closes a device
 
     @property
     def warmup(self) -> float:
@@ -105,6 +105,17 @@ class HubUnderTest:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def log_summary(self) -> dict[str, int]:
+        """What the hub logged, by kind: ``closing: keep-alive expired``, ``refusing: ...``."""
+        kinds: Counter[str] = Counter()
+        for line in Path(self.log.name).read_text(errors="replace").splitlines():
+            m = re.search(r"(closing|refusing device) \S+: ([^(']+)", line)
+            if m:
+                kinds[f"{m.group(1).split()[0]}: {m.group(2).strip()}"] += 1
+            elif " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                kinds["warning_or_error"] += 1
+        return dict(kinds)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -126,55 +137,89 @@ class Stats:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-class SoakDevice(asyncio.Protocol):
+class _Link(asyncio.Protocol):
+    """One TCP connection of a device; events of a replaced connection are ignored."""
+
+    def __init__(self, device: SoakDevice) -> None:
+        self.device = device
+        self.transport: asyncio.Transport | None = None
+        self.reader = PacketReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.device.link_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.reader.feed(data):
+            self.device.packet(self, packet)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.device.link_lost(self)
+
+
+class SoakDevice:
     """A lean device: answers methods with 200, reports each desired patch back."""
 
     def __init__(self, device_id: str, hostname: str, stats: Stats) -> None:
         self.device_id, self.hostname, self.stats = device_id, hostname, stats
-        self.transport: asyncio.Transport | None = None
+        self.link: _Link | None = None
         self.ready: asyncio.Future[None] | None = None
         self.online = False
         self.leaving = False  # a drop we caused
-        self._reader = PacketReader()
+        self.closed_by_hub: asyncio.Event = asyncio.Event()
         self._rid = 0
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.link.transport if self.link is not None else None
 
     async def connect(self, port: int, local: str) -> None:
         loop = asyncio.get_running_loop()
-        self.ready, self.leaving, self._reader = loop.create_future(), False, PacketReader()
-        await loop.create_connection(lambda: self, "127.0.0.1", port, local_addr=(local, 0))
-        await asyncio.wait_for(self.ready, 60)
+        self.ready, self.leaving = loop.create_future(), False
+        self.link = _Link(self)
+        link = self.link
+        try:
+            await loop.create_connection(lambda: link, "127.0.0.1", port, local_addr=(local, 0))
+            await asyncio.wait_for(self.ready, 60)
+        except BaseException:
+            if link.transport is not None:
+                link.transport.close()
+            raise
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def link_made(self, link: _Link) -> None:
         password = generate_sas_token(f"{self.hostname}/devices/{self.device_id}", _KEY).encode()
-        self.transport.write(encode(Connect(  # type: ignore[union-attr, call-arg]
+        link.transport.write(encode(Connect(  # type: ignore[union-attr, call-arg]
             client_id=self.device_id, username=f"{self.hostname}/{self.device_id}/?{_API}",
             password=password, clean_session=False, keep_alive=KEEP_ALIVE)))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def link_lost(self, link: _Link) -> None:
+        if link is not self.link:
+            return  # an older connection of this device
         was_online, self.online = self.online, False
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(ConnectionError("closed before CONNACK"))
         if was_online and not self.leaving:
             self.stats.errors["device:closed_by_hub"] += 1
+            self.closed_by_hub.set()
 
-    def data_received(self, data: bytes) -> None:
-        for packet in self._reader.feed(data):
-            name = type(packet).__name__
-            if name == "Connack":
-                if packet.return_code != 0:
-                    self.stats.errors[f"device:connack_{packet.return_code}"] += 1
-                    self.transport.close()  # type: ignore[union-attr]
-                    continue
-                self.transport.write(encode(Subscribe(packet_id=1, topics=(  # type: ignore[union-attr]
-                    ("$iothub/methods/POST/#", 0), ("$iothub/twin/PATCH/properties/desired/#", 0),
-                    ("$iothub/twin/res/#", 0)))))
-            elif name == "Suback":
-                self.online = True
-                if self.ready is not None and not self.ready.done():
-                    self.ready.set_result(None)
-            elif name == "Publish":
-                self._on_publish(packet.topic, packet.payload)
+    def packet(self, link: _Link, packet: Any) -> None:
+        if link is not self.link or link.transport is None:
+            return
+        name = type(packet).__name__
+        if name == "Connack":
+            if packet.return_code != 0:
+                self.stats.errors[f"device:connack_{packet.return_code}"] += 1
+                link.transport.close()
+                return
+            link.transport.write(encode(Subscribe(packet_id=1, topics=(
+                ("$iothub/methods/POST/#", 0), ("$iothub/twin/PATCH/properties/desired/#", 0),
+                ("$iothub/twin/res/#", 0)))))
+        elif name == "Suback":
+            self.online = True
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+        elif name == "Publish":
+            self._on_publish(packet.topic, packet.payload)
 
     def _on_publish(self, topic: str, payload: bytes) -> None:
         assert self.transport is not None
@@ -265,6 +310,19 @@ class Soak:
                 task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
 
+    async def recover(self) -> None:
+        """Reconnect devices the hub closed unexpectedly (counted as errors), as SDKs do."""
+        tasks: set[asyncio.Task[None]] = set()
+        while not self.stopping:
+            await asyncio.sleep(1)
+            for i, device in enumerate(self.devices):
+                if device.closed_by_hub.is_set():
+                    device.closed_by_hub.clear()
+                    task = asyncio.create_task(self._connect(i, device))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+
     async def keep_alive(self) -> None:
         """PINGREQ from every online device every KEEP_ALIVE / 2 seconds, spread evenly."""
         period, tick = KEEP_ALIVE // 2, 0
@@ -320,6 +378,14 @@ class Soak:
                 code = r.status_code
             self.stats.errors[f"{kind}:{code}"] += 1
 
+    async def changes_recorded(self, http: httpx.AsyncClient) -> int | None:
+        """How many changes the hub's change feed has recorded (it keeps the newest 50,000)."""
+        try:
+            r = await http.get("/iot-flows/changes", params={"since": -1}, headers=self._headers())
+            return int(r.json()["next"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
     async def sample(self, samples: list[dict[str, Any]], start: float) -> None:
         while not self.stopping:
             if self.hub.alive():
@@ -355,14 +421,16 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
             asyncio.create_task(soak.load(http, "twin_write", config.twin_rate)),
             asyncio.create_task(soak.sample(samples, start)),
             asyncio.create_task(soak.keep_alive()),
+            asyncio.create_task(soak.recover()),
         ]
         await asyncio.sleep(config.warmup)
-        rss_warm = hub.rss_kb()
+        rss_warm, changes_warm = hub.rss_kb(), await soak.changes_recorded(http)
         remaining = config.seconds - config.warmup
         while remaining > 0 and hub.alive():
             await asyncio.sleep(min(1.0, remaining))
             remaining -= 1.0
         rss_end = hub.rss_kb() if hub.alive() else None
+        changes_end = await soak.changes_recorded(http) if hub.alive() else None
         soak.stopping = True
         await asyncio.gather(*workers)
     fds_end = await soak.settle() if hub.alive() else None
@@ -387,6 +455,10 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
                    "max": max((s["rss_kb"] for s in samples), default=None),
                    "growth_after_warmup": None if growth is None else round(growth, 4)},
         "fds": {"start": fds_start, "end": fds_end},
+        # The hub's change feed keeps the newest 50,000 changes in memory: RSS grows with it
+        # until it is full. Bytes of RSS growth per change recorded after warm-up:
+        "change_feed": {"after_warmup": changes_warm, "end": changes_end,
+                        "rss_bytes_per_change": _per_change(rss_warm, rss_end, changes_warm, changes_end)},
         "ops": dict(soak.stats.ops),
         "errors": dict(soak.stats.errors),
         "unexpected_errors": unexpected,
@@ -394,6 +466,12 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
         "ok": all(checks.values()),
         "samples": samples,
     }
+
+
+def _per_change(rss0: int, rss1: int | None, n0: int | None, n1: int | None) -> float | None:
+    if rss1 is None or n0 is None or n1 is None or n1 <= n0:
+        return None
+    return round((rss1 - rss0) * 1024 / (n1 - n0), 1)
 
 
 def run_soak(config: SoakConfig) -> dict[str, Any]:
@@ -405,6 +483,7 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
     finally:
         code = hub.stop()
     result["hub_exit_code"] = code
+    result["hub_log"] = hub.log_summary()
     return result
 
 
