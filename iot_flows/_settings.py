@@ -76,6 +76,19 @@ class Cli:
     prefix: str = ""
 
 
+_QUOTA = "Azure throttling"
+
+
+class QuotaTier(str, Enum):
+    """An IoT Hub pricing tier whose throttles ``hub serve --quota`` applies (reference §6)."""
+
+    OFF = "off"
+    FREE = "free"
+    S1 = "s1"
+    S2 = "s2"
+    S3 = "s3"
+
+
 def _config(area: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=f"IOT_FLOWS_{area}_", frozen=True, extra="forbid", populate_by_name=True)
 
@@ -96,17 +109,6 @@ class JobSettings(BaseSettings):
 
 
 _TLS = "TLS"
-_QUOTA = "Azure throttling"
-
-
-class QuotaTier(str, Enum):
-    """An IoT Hub pricing tier whose throttles ``hub serve --quota`` applies (reference §6)."""
-
-    OFF = "off"
-    FREE = "free"
-    S1 = "s1"
-    S2 = "s2"
-    S3 = "s3"
 
 
 class HubSettings(BaseSettings):
@@ -141,7 +143,6 @@ class HubSettings(BaseSettings):
         description="Where `hub serve` writes how to reach it, for the other commands; default "
         ".iot-flows/hub.json in the SQLite database's folder.",
     )
-    log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     quota: Annotated[QuotaTier, Cli(panel=_QUOTA)] = Field(
         default=QuotaTier.OFF,
         description="Apply IoT Hub's documented per-tier throttles (twin reads/updates, direct methods, jobs, "
@@ -150,6 +151,7 @@ class HubSettings(BaseSettings):
     quota_units: Annotated[int, Cli(panel=_QUOTA)] = Field(
         default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
+    log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
 
 

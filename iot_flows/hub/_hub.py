@@ -68,6 +68,8 @@ class Hub:
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
+        #: Azure's per-tier throttles (``--quota``); None: off. May be replaced while running.
+        self.quota: Quota | None = Quota.for_tier(settings.quota, settings.quota_units)
         self.ready = False
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -78,8 +80,6 @@ class Hub:
         self.store: HubStore
         #: per device: [lock, users] serialising its connection-state writes
         self._state_locks: dict[str, list[Any]] = {}
-        #: Azure's per-tier throttles (``--quota``); None: off. May be replaced while running.
-        self.quota: Quota | None = Quota.for_tier(settings.quota, settings.quota_units)
 
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
