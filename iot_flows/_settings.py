@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "FleetSettings",
     "HubSettings",
     "JobSettings",
+    "QuotaTier",
     "SimulatorSettings",
 ]
 
@@ -72,6 +74,19 @@ class Cli:
     hidden: bool = False
     #: For a nested model: its fields become ``--{prefix}{field-name}``.
     prefix: str = ""
+
+
+_QUOTA = "Azure throttling"
+
+
+class QuotaTier(str, Enum):
+    """An IoT Hub pricing tier whose throttles ``hub serve --quota`` applies (reference §6)."""
+
+    OFF = "off"
+    FREE = "free"
+    S1 = "s1"
+    S2 = "s2"
+    S3 = "s3"
 
 
 def _config(area: str) -> SettingsConfigDict:
@@ -128,6 +143,14 @@ class HubSettings(BaseSettings):
         default="",
         description="Where `hub serve` writes how to reach it, for the other commands; default "
         ".iot-flows/hub.json in the SQLite database's folder.",
+    )
+    quota: Annotated[QuotaTier, Cli(panel=_QUOTA)] = Field(
+        default=QuotaTier.OFF,
+        description="Apply IoT Hub's documented per-tier throttles (twin reads/updates, direct methods, jobs, "
+        "queries, registry, device connections, telemetry) with Azure's 429 answers; off: no throttling.",
+    )
+    quota_units: Annotated[int, Cli(panel=_QUOTA)] = Field(
+        default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())

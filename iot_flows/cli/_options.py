@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import annotated_types
@@ -204,7 +205,8 @@ def markdown_table(models: list[type[BaseModel]]) -> str:
     rows = ["| environment variable | flag | default | meaning |", "|---|---|---|---|"]
     for model in models:
         for o in iter_options(model.__name__, model):
-            default = "" if o.default is PydanticUndefined or o.default is None else f"`{o.default}`"
+            value = o.default.value if isinstance(o.default, Enum) else o.default  # `off`, not `QuotaTier.OFF`
+            default = "" if value is PydanticUndefined or value is None else f"`{value}`"
             rows.append(f"| `{o.env}` | `{o.names[0]}` | {default} | {o.help} |")
         for name, info in model.model_fields.items():
             if _cli(info).hidden:

@@ -25,6 +25,7 @@ from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
 from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
+from iot_flows.hub._quota import Paced, Quota, max_concurrent_jobs
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
@@ -33,6 +34,7 @@ from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
+from iot_flows.hub.api._throttle import Throttle
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
 from iot_flows.hub._job_engine import JobEngine
@@ -69,6 +71,8 @@ class Hub:
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
+        #: Azure's per-tier throttles (``--quota``); None: off. May be replaced while running.
+        self.quota: Quota | None = Quota.for_tier(settings.quota, settings.quota_units)
         self.ready = False
         self.mqtt_port: int | None = None
         self.mqtts_port: int | None = None
@@ -145,14 +149,25 @@ class Hub:
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
         self.twins.add_listener(self.changes.on_twin_change)
         self.queries = QueryService(self.store)
+        # --quota paces the jobs' device operations (twin updates, method calls).
+        paced_twins = Paced(self.twins, ("update",), lambda: self.quota)
+        paced_methods = Paced(self.methods, ("invoke",), lambda: self.quota)
         self.jobs = JobEngine(
-            self.store, self.twins, self.methods, self.sessions, compile_condition, self.settings.jobs
+            self.store, paced_twins, paced_methods, self.sessions, compile_condition,  # type: ignore[arg-type]
+            self._job_settings(),
         )
         self.jobs.add_listener(self.changes.on_job_change)
         self.mqtt = MqttServer(
             store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
-            policy_keys=self.service_auth.policy_keys,
+            policy_keys=self.service_auth.policy_keys, quota=lambda: self.quota,
         )
+
+    def _job_settings(self) -> Any:
+        # A --quota tier also caps concurrent jobs (reference §6.2) unless set explicitly.
+        jobs = self.settings.jobs
+        if self.quota is None or "max_concurrent_jobs" in jobs.model_fields_set:
+            return jobs
+        return jobs.model_copy(update={"max_concurrent_jobs": max_concurrent_jobs(self.settings.quota)})
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not (self.settings.tls_cert and self.settings.tls_key):
@@ -166,7 +181,7 @@ class Hub:
     def build_app(self) -> Starlette:
         app = Starlette(
             routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
-            middleware=[Middleware(RequestRules)],
+            middleware=[Middleware(RequestRules), Middleware(Throttle, quota=lambda: self.quota)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,

@@ -10,20 +10,25 @@ keep-alive enforced at 1.5x. A malformed packet closes that one connection.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from iot_flows._exceptions import UnauthorizedError
+from iot_flows._exceptions import ThrottledError, UnauthorizedError
 from iot_flows.hub._auth import check_device_token, parse_username
 from iot_flows.hub._device_endpoint import DeviceEndpoint
+from iot_flows.hub._quota import Operation, Quota, device_publish_operation
 from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.hub._topics import parse_device_topic, twin_response_topic
 from iot_flows.mqtt import (
     CONNACK_ACCEPTED,
     CONNACK_IDENTIFIER_REJECTED,
     CONNACK_NOT_AUTHORIZED,
+    CONNACK_SERVER_UNAVAILABLE,
     CONNACK_UNACCEPTABLE_PROTOCOL,
     SUBACK_FAILURE,
     Connack,
@@ -200,6 +205,8 @@ class _Connection(asyncio.Protocol):
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
+        if not await self._admit_connect():
+            return
         model_id = params.get("model-id")
         if model_id and model_id != device.model_id:  # Plug and Play: the twin's modelId
             await server.store.set_model_id(device.device_id, model_id)
@@ -218,6 +225,45 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._expiry_handle = loop.call_later(max(delay, 0), self.close, "token expired")
 
+    async def _admit_connect(self) -> bool:
+        # --quota: new device connections are shaped (CONNACK delayed) and, beyond the
+        # queue, refused with CONNACK 3 "server unavailable" so that the device retries.
+        quota = self.server.quota()
+        if quota is None:
+            return True
+        try:
+            await quota.acquire(Operation.CONNECT)
+        except ThrottledError as exc:
+            self._refuse(CONNACK_SERVER_UNAVAILABLE, exc.message)
+            return False
+        return not self.closed
+
+    async def _throttled(self, quota: Quota, packet: Publish) -> bool:
+        """--quota on a device publish: True when refused (and answered here).
+
+        Twin requests get status 429 on ``$iothub/twin/res/429/`` (reference §6.3);
+        throttled telemetry closes the connection, as IoT Hub does over MQTT.
+        """
+        op = device_publish_operation(packet.topic)
+        if op is None:
+            return False
+        try:
+            await quota.acquire(op)
+            return False
+        except ThrottledError as exc:
+            if op is Operation.D2C:
+                self.close("device-to-cloud throttled")
+                return True
+            parsed = parse_device_topic(packet.topic, self.device_id)
+            if parsed is None or parsed.rid is None:
+                return False  # not a valid request: the endpoint refuses it
+            if self.server.sessions.subscribed_link(self.device_id, Subscription.TWIN_RESPONSES) is self:
+                body = json.dumps({"errorCode": exc.error_code, "message": exc.message}).encode()
+                self.send(twin_response_topic(429, parsed.rid), body)
+            if packet.qos == 1:
+                self._write(Puback(packet_id=packet.packet_id))
+            return True
+
     async def _on_subscribe(self, packet: Subscribe) -> None:
         codes = []
         for topic_filter, qos in packet.topics:
@@ -232,6 +278,9 @@ class _Connection(asyncio.Protocol):
     async def _on_publish(self, packet: Publish) -> None:
         if packet.qos == 2:
             self.close("QoS 2 is not supported")  # IoT Hub closes the connection
+            return
+        quota = self.server.quota()
+        if quota is not None and await self._throttled(quota, packet):
             return
         if not await self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
@@ -265,8 +314,11 @@ class MqttServer:
         endpoint: DeviceEndpoint,
         hostname: str,
         policy_keys: dict[str, str] | None = None,
+        quota: Callable[[], Quota | None] | None = None,
     ) -> None:
         self.store = store
+        #: The hub's current ``--quota`` throttles (None: off).
+        self.quota: Callable[[], Quota | None] = quota or (lambda: None)
         #: Shared access policy keys: devices may sign with a DeviceConnect policy (D-SAS).
         self.policy_keys = policy_keys if policy_keys is not None else {}
         self.sessions = sessions
