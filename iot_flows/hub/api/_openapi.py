@@ -56,9 +56,11 @@ def _ok(schema: dict[str, Any], description: str = "Success.") -> dict[str, Any]
 
 
 _DEVICE_ID = {"name": "deviceId", "in": "path", "required": True,
-              "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9\-.+%_#*?!(),:=@$']+$"}}
-_JOB_ID = {"name": "jobId", "in": "path", "required": True,
-           "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[A-Za-z0-9\-._]+$"}}
+              "schema": {"type": "string", "pattern": r"^[A-Za-z0-9\-:.%_*?!(),=@;$']{1,128}$"}}
+_JOB_ID = {"name": "jobId", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"^[A-Za-z0-9-]{1,64}$"}}
+#: A base64 key of at least 16 bytes (what the registry accepts); empty or null: the hub generates one.
+_KEY = {"type": "string", "nullable": True,
+        "pattern": r"^$|^(?:[A-Za-z0-9+/]{4}){5,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"}
 _IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}}
 _CONTINUATION = {"name": "x-ms-continuation", "in": "header", "required": False, "schema": {"type": "string"}}
 _MAX_ITEMS = {"name": "x-ms-max-item-count", "in": "header", "required": False,
@@ -75,8 +77,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["Message", "ExceptionMessage"],
             "properties": {"Message": {"type": "string"}, "ExceptionMessage": {"type": "string"}},
         },
-        "SymmetricKey": {"type": "object", "properties": {
-            "primaryKey": {"type": "string", "nullable": True}, "secondaryKey": {"type": "string", "nullable": True}}},
+        "SymmetricKey": {"type": "object", "properties": {"primaryKey": _KEY, "secondaryKey": _KEY}},
         "Authentication": {"type": "object", "properties": {
             "type": {"type": "string", "enum": ["sas", "selfSigned", "certificateAuthority", "none"]},
             "symmetricKey": _ref("schemas", "SymmetricKey"),
@@ -90,10 +91,17 @@ def _schemas() -> dict[str, Any]:
             "connectionState": {"type": "string", "enum": ["Connected", "Disconnected"]},
             "authentication": _ref("schemas", "Authentication"),
             "capabilities": {"type": "object", "properties": {"iotEdge": {"type": "boolean"}}}}},
+        "DeviceRequest": {"type": "object", "description": "A device identity to create or update; a deviceId "
+                          "property, when given, must equal the one in the path.", "properties": {
+            "etag": {"type": "string"},
+            "status": {"type": "string", "enum": ["enabled", "disabled"]},
+            "statusReason": {"type": "string", "nullable": True},
+            "authentication": _ref("schemas", "Authentication"),
+            "capabilities": {"type": "object", "properties": {"iotEdge": {"type": "boolean"}}}}},
         "ExportImportDevice": {"type": "object", "required": ["id"], "properties": {
-            "id": {"type": "string"}, "eTag": {"type": "string"},
-            "importMode": {"type": "string", "enum": ["create", "update", "updateIfMatchETag", "delete",
-                                                       "deleteIfMatchETag", "createOrUpdate"]},
+            "id": _DEVICE_ID["schema"], "eTag": {"type": "string"},
+            "importMode": {"type": "string", "enum": ["create", "update", "updateIfMatchETag", "createOrUpdate",
+                                                       "createOrUpdateIfMatchETag", "delete", "deleteIfMatchETag"]},
             "status": {"type": "string", "enum": ["enabled", "disabled"]},
             "authentication": _ref("schemas", "Authentication")}},
         "BulkRegistryOperationResult": {"type": "object", "required": ["isSuccessful", "errors", "warnings"],
@@ -116,7 +124,7 @@ def _schemas() -> dict[str, Any]:
         "CloudToDeviceMethodResult": {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "integer"}, "payload": {}}},
         "QuerySpecification": {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}},
-        "JobRequest": {"type": "object", "required": ["type"], "properties": {
+        "JobRequest": {"type": "object", "required": ["type", "queryCondition"], "properties": {
             "jobId": {"type": "string"},
             "type": {"type": "string", "enum": ["scheduleDeviceMethod", "scheduleUpdateTwin"]},
             "queryCondition": {"type": "string"}, "startTime": {"type": "string", "format": "date-time"},
@@ -153,7 +161,7 @@ def openapi_document() -> dict[str, Any]:
         "/devices/{deviceId}": {
             "get": _op("getDevice", "Get a device identity.", _ok(_ref("schemas", "Device")), 404, params=device_params),
             "put": _op("putDevice", "Create or update a device identity.", _ok(_ref("schemas", "Device")), 404, 409, 412,
-                       params=[*device_params, _IF_MATCH], body=_ref("schemas", "Device")),
+                       params=[*device_params, _IF_MATCH], body=_ref("schemas", "DeviceRequest")),
             "delete": _op("deleteDevice", "Delete a device identity.", {"description": "Deleted."}, 404, 412,
                           params=[*device_params, _IF_MATCH], ok_status="204"),
         },
