@@ -116,3 +116,57 @@ def test_socket_without_connect_is_closed_after_the_connect_timeout(own_hub, clo
     clock.advance(own_hub.hub.mqtt.connect_timeout + 1)
     assert _closed_within(sock, 3)
     sock.close()
+
+
+# ---- HTTP ---------------------------------------------------------------------------------
+
+
+def _http_socket(own_hub) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", own_hub.hub.http_port), timeout=5)
+
+
+def test_http_connection_idle_after_a_response_is_closed_by_the_keep_alive_timeout(own_hub):
+    sock = _http_socket(own_hub)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n")
+    assert b"200 OK" in sock.recv(65536)
+    assert _closed_within(sock, 8)  # uvicorn's 5 s keep-alive, far below Azure's 4-minute idle timeout
+    sock.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: hub\r\n"], ids=["silent", "partial-headers"])
+def test_http_connection_without_complete_request_headers_is_closed(own_hub, sent):
+    """Found by this test: uvicorn held such sockets forever (slowloris); now 10 s."""
+    from iot_flows.hub.api._http_timeouts import REQUEST_HEADER_TIMEOUT
+
+    sock = _http_socket(own_hub)
+    sock.sendall(sent)
+    start = time.monotonic()
+    assert _closed_within(sock, REQUEST_HEADER_TIMEOUT + 5)
+    assert time.monotonic() - start >= REQUEST_HEADER_TIMEOUT - 1  # not closed early either
+    sock.close()
+
+
+def test_slow_request_after_complete_headers_is_not_cut(own_hub, own_service):
+    """The header timer only guards the headers: a request being answered is left alone."""
+    sock = _http_socket(own_hub)
+    body = b'{"deviceId": "slow-body-device"}'
+    sock.sendall(b"PUT /devices/slow-body-device?api-version=2021-04-12 HTTP/1.1\r\nHost: hub\r\n"
+                 b"Content-Type: application/json\r\nAuthorization: " + own_service.cs.token().encode() +
+                 b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    time.sleep(11)  # past the header timeout, body not sent yet
+    sock.sendall(body)
+    assert b"200 OK" in sock.recv(65536)
+    sock.close()
+
+
+def test_mqtt_over_websocket_is_not_cut_by_the_http_header_timeout(own_hub, own_service):
+    from iot_flows.hub.api._http_timeouts import REQUEST_HEADER_TIMEOUT
+    from tests.hub.test_mqtt_websocket import _ws_device
+
+    dev = _ws_device(own_hub.hub, own_service.create_device(), port=own_hub.hub.http_port)
+    assert dev.connect() == 0
+    dev.subscribe_iothub()
+    time.sleep(REQUEST_HEADER_TIMEOUT + 2)
+    assert not dev.disconnected.is_set()
+    assert dev.get_twin()[0] == 200
+    dev.disconnect()
