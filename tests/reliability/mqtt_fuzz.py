@@ -234,12 +234,13 @@ class _ErrorLog(logging.Handler):
 
 
 def run_fuzz(embedded: Any, service: Any, good: Any, *, streams_wanted: int, time_limit: float | None = None,
-             fuzz_devices: list[tuple[str, str]]) -> FuzzReport:
+             fuzz_devices: list[tuple[str, str]], progress_every: int = 0) -> FuzzReport:
     """Fuzz ``embedded`` (an EmbeddedHub) with ``streams_wanted`` streams; return the report.
 
     ``service`` is a ``tests.support.Service``; ``good`` a connected ``tests.support.Device``
     serving methods; ``fuzz_devices`` are ``(device_id, primary_key)`` of registered devices
     the fuzzer may log in as. Stops early after ``time_limit`` seconds (counts what ran).
+    With ``progress_every`` > 0, prints a progress line to stderr every that many batches.
     """
     hub = embedded.hub
     target = Target("127.0.0.1", hub.mqtt_port, hub.settings.hostname, [
@@ -287,6 +288,9 @@ def run_fuzz(embedded: Any, service: Any, good: Any, *, streams_wanted: int, tim
             report.bytes_sent += sum(map(len, chunks))
         check(batch)
         report.check_seconds += time.monotonic() - t1
+        if progress_every and report.batches % progress_every == 0:
+            print(f"fuzz: {report.streams} streams, {len(report.findings)} findings, "
+                  f"{time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
     out_of_time = False
 
@@ -356,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         service = Service(embedded.base_url, embedded.connection_string())
         good, fuzz = setup_devices(service, embedded)
         try:
-            report = run_fuzz(embedded, service, good, streams_wanted=args.streams, fuzz_devices=fuzz)
+            report = run_fuzz(embedded, service, good, streams_wanted=args.streams, fuzz_devices=fuzz, progress_every=50)
         finally:
             good.disconnect()
             service.close()
