@@ -49,6 +49,8 @@ READ_TIMEOUT = 0.25
 MARK = "\u00b5FUZZ\u00b5"
 BAD_UTF8 = [b"\xc3(\xff\xfe\x80\x80", b"\xed\xa0\x80\xed\xbf\xbf", b"\x00\x00\x00\x00\x00\x00",
             b"\xf8\x88\x80\x80\x80\x80", b"\xc0\xaf\xc0\xaf\xc0\xaf", b"\xef\xbf\xbe\xef\xbf\xbf"]
+#: Text the encoder accepts (MQTT strings may not contain U+0000); the bad bytes come from MARK.
+_SAFE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=4)
 MUTATIONS = ("truncate", "bad_length", "bad_utf8", "wrong_flags", "reorder", "flood", "junk", "chunked")
 
 
@@ -136,7 +138,7 @@ def mutated_sessions(draw: st.DrawFn, target: Target) -> tuple[str, list[bytes]]
         i = draw(st.sampled_from([1, 2, 4, 6]))
         session[i] = session[i].replace(mark, bad)
         if draw(st.booleans()):  # a bad client id / username instead
-            connect = encode(target.connect_packet(index, client_id=MARK + draw(st.text(max_size=4)), username=MARK))
+            connect = encode(target.connect_packet(index, client_id=MARK + draw(_SAFE_TEXT), username=MARK))
             session[0] = connect.replace(mark, bad)
         return kind, session
     if kind == "wrong_flags":
@@ -234,12 +236,13 @@ class _ErrorLog(logging.Handler):
 
 
 def run_fuzz(embedded: Any, service: Any, good: Any, *, streams_wanted: int, time_limit: float | None = None,
-             fuzz_devices: list[tuple[str, str]], progress_every: int = 0) -> FuzzReport:
+             fuzz_devices: list[tuple[str, str]], progress_every: int = 0, min_streams: int = 0) -> FuzzReport:
     """Fuzz ``embedded`` (an EmbeddedHub) with ``streams_wanted`` streams; return the report.
 
     ``service`` is a ``tests.support.Service``; ``good`` a connected ``tests.support.Device``
     serving methods; ``fuzz_devices`` are ``(device_id, primary_key)`` of registered devices
-    the fuzzer may log in as. Stops early after ``time_limit`` seconds (counts what ran).
+    the fuzzer may log in as. Stops early after ``time_limit`` seconds once at least
+    ``min_streams`` ran (the report counts what ran).
     With ``progress_every`` > 0, prints a progress line to stderr every that many batches.
     """
     hub = embedded.hub
@@ -304,7 +307,7 @@ def run_fuzz(embedded: Any, service: Any, good: Any, *, streams_wanted: int, tim
         pending.append(stream)
         if len(pending) >= BATCH:
             flush()
-            if time_limit is not None and time.monotonic() - start > time_limit:
+            if time_limit is not None and time.monotonic() - start > time_limit and report.streams >= min_streams:
                 out_of_time = True
 
     try:
