@@ -94,6 +94,7 @@ class JobSettings(BaseSettings):
 
 
 _TLS = "TLS"
+_CLUSTER = "Several nodes"
 
 
 class HubSettings(BaseSettings):
@@ -130,6 +131,16 @@ class HubSettings(BaseSettings):
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
+    # Several nodes (iot_flows.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
+    bus: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
+        default=None, description="NATS URL (nats://host:4222): run as one node of several sharing --db."
+    )
+    node_id: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
+        default=None, description="This node's unique name with --bus (default: <hostname>-<pid>)."
+    )
+    node_lease_seconds: Annotated[float, Cli(panel=_CLUSTER)] = Field(
+        default=10.0, ge=0.5, description="With --bus: a silent node loses its devices and jobs after this long."
+    )
 
 
 class ClientSettings(BaseSettings):
@@ -240,6 +251,7 @@ def __getattr__(name: str) -> Any:
 
 
 _CONN = "Connection"
+_TAGS = "Twin tags"
 
 
 class FleetSettings(BaseSettings):
@@ -276,6 +288,14 @@ class FleetSettings(BaseSettings):
         default=3600, ge=5, description="Device SAS token lifetime (seconds)."
     )
     seed: int = Field(default=0, description="Seed for fault injection.")
+    tags: Annotated[str | None, Cli(panel=_TAGS)] = Field(
+        default=None, description="Twin tags on every device: building=43,ring=canary."
+    )
+    spread: Annotated[list[str], Cli(panel=_TAGS)] = Field(
+        default_factory=list,
+        description="Spread a tag over id ranges by weight: ring=canary:1,wave1:9,wave2:90 (repeat; each splits "
+        "the groups of the one before).",
+    )
     duration: float = Field(default=0.0, ge=0, description="Stop after this many seconds (0: until Ctrl-C).")
     json_stats: Annotated[bool, Cli(names=("--json",))] = Field(
         default=False, description="Print the final stats as one JSON line."

@@ -132,3 +132,22 @@ def test_every_library_flow_has_an_entrypoint_and_every_entrypoint_a_deployment(
     assert set(exposed) == set(iot_flows.flows.__all__)
     deployed = {d["entrypoint"] for d in DEPLOYMENTS}
     assert {f"{path}:{name}" for name, path in exposed.items()} <= deployed
+
+
+def test_every_fleet_deployment_fails_on_too_few_devices() -> None:
+    """Shipped deployments set min_devices: 1, so a condition matching nothing fails the run."""
+    for deployment in DEPLOYMENTS:
+        schema = parameter_schema(_load(deployment["entrypoint"])).model_dump_for_openapi()
+        if "min_devices" in schema["properties"]:
+            assert deployment["parameters"].get("min_devices") == 1, deployment["name"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=_ids(DEPLOYMENTS))
+def test_the_often_changed_fields_are_flat_parameters(deployment: dict[str, Any]) -> None:
+    """One `--param` (or one UI form field) changes what a run targets, without retyping `request`."""
+    flow = _load(deployment["entrypoint"])
+    properties = parameter_schema(flow).model_dump_for_openapi()["properties"]
+    request = (deployment.get("parameters") or {}).get("request") or {}
+    for field in ("query_condition", "target_condition", "version", "package_uri"):
+        if field in request:
+            assert field in properties, f"{deployment['name']}: {field} should be a flat parameter"

@@ -9,6 +9,9 @@ uses the hub ``iot-flows hub serve`` started in this folder (its profile); ``--h
 another. Every option is a field of ``ClientSettings``, ``FleetSettings`` or
 ``SimulatorSettings`` (:mod:`iot_flows._settings`).
 
+Twin tags: ``--tags building=43,ring=canary`` on every device, ``--spread
+ring=canary:1,wave1:9,wave2:90`` over id ranges by weight.
+
 Runs until Ctrl-C (or ``--duration`` seconds), then disconnects every device cleanly.
 """
 
@@ -77,6 +80,32 @@ def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
     return HubAddress(connection_string, http_url, mqtt_host, mqtt_port, tls)
 
 
+def _parse_tags(text: str | None) -> dict[str, str]:
+    """``building=43,ring=canary`` -> ``{"building": "43", "ring": "canary"}``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r}: expected NAME=VALUE[,NAME=VALUE...]", param_hint="--tags")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _parse_spread(text: str) -> tuple[str, list[tuple[str, float]]]:
+    """``ring=canary:1,wave1:9,wave2:90`` -> ``("ring", [("canary", 1.0), ...])`` (weight 1 when omitted)."""
+    name, sep, values = text.partition("=")
+    parsed: list[tuple[str, float]] = []
+    try:
+        for item in filter(None, (part.strip() for part in values.split(","))):
+            value, _, weight = item.partition(":")
+            parsed.append((value, float(weight) if weight else 1.0))
+    except ValueError:
+        parsed = []
+    if not sep or not name.strip() or not parsed or any(w < 0 for _, w in parsed):
+        raise typer.BadParameter(f"{text!r}: expected NAME=VALUE[:WEIGHT],VALUE[:WEIGHT]...", param_hint="--spread")
+    return name.strip(), parsed
+
+
 @fleet_app.command("simulate")
 @settings_options(client=ClientSettings, fleet=FleetSettings, behaviour=SimulatorSettings)
 def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> None:
@@ -84,8 +113,9 @@ def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> No
 
     Without --hub it uses the hub `iot-flows hub serve` started in this folder (its profile).
     """
-    from iot_flows.device import BehaviourConfig, Fleet
+    from iot_flows.device import BehaviourConfig, Fleet, spread_tags
 
+    fixed, spreads = _parse_tags(fleet.tags), [_parse_spread(text) for text in fleet.spread]
     logging.basicConfig(level=fleet.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         hub = resolve_hub(client, fleet)
@@ -112,16 +142,19 @@ def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> No
     if problem:
         typer.secho(f"error: {problem}", err=True, fg="red")
         raise typer.Exit(1)
-    code = asyncio.run(_run(devices, fleet.duration, fleet.json_stats))
+    tag_map = spread_tags(devices.device_ids(), fixed, spreads) if fixed or spreads else {}
+    code = asyncio.run(_run(devices, fleet.duration, fleet.json_stats, tag_map, hub.connection_string))
     raise typer.Exit(code)
 
 
-async def _run(fleet: object, duration: float, json_stats: bool) -> int:
+async def _run(
+    fleet: object, duration: float, json_stats: bool, tags: dict[str, dict[str, str]] | None = None, hub: str = ""
+) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iot_flows._exceptions import IoTFlowsError
-    from iot_flows.device import Fleet, FleetStats
+    from iot_flows.device import Fleet, FleetStats, tag_devices
 
     assert isinstance(fleet, Fleet)
     console = Console(stderr=True)
@@ -157,6 +190,10 @@ async def _run(fleet: object, duration: float, json_stats: bool) -> int:
             if starting.done():
                 starting.result()  # raise provisioning / connect errors
                 elapsed = time.perf_counter() - began
+                if tags:
+                    verify: bool | str = fleet.ca_file or True
+                    tagged = await tag_devices(hub, tags, base_url=fleet.http_url, verify=verify)
+                    progress.console.print(f"tagged {tagged} devices")
                 progress.console.print(
                     f"{fleet.connected}/{fleet.count} devices connected in {elapsed:.1f} s "
                     f"({fleet.count / max(elapsed, 1e-9):.0f}/s); Ctrl-C to stop"

@@ -78,6 +78,8 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     typer.echo(f"  REST  : {hub.base_url}")
     typer.echo(f"  db    : {hub.settings.db}")
     typer.echo(f"  profile: {profile_path} (how the other commands find this hub)")
+    if hub.cluster is not None:
+        typer.echo(f"  node  : {hub.cluster.node_id} on {hub.cluster.bus.url}")
     typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
     first, explicit = next_commands(profile, profile_path)
     typer.echo(f"Next, in another terminal in this folder:\n  {first}\nor from anywhere:\n  {explicit}", color=False)
@@ -100,7 +102,13 @@ def serve(settings: HubSettings) -> None:
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()  # one socket per connected device
-    asyncio.run(_serve_until_signal(settings))
+    from iot_flows.cluster import ClusterError
+
+    try:
+        asyncio.run(_serve_until_signal(settings))
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

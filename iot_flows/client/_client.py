@@ -4,7 +4,8 @@ The same client talks to the bundled hub and to Azure IoT Hub, because both spea
 the contract of reference §3: SAS-signed requests with ``api-version=2021-04-12``,
 quoted ``If-Match``, ``x-ms-continuation`` paging, and error bodies carrying IoT Hub's
 ``errorCode``. Responses are translated once, here, into the project's exception
-hierarchy; each error knows whether it is worth retrying.
+hierarchy; each error knows whether it is worth retrying, and a retryable error means
+the request is safe to send again (rules in ``iot_flows.client._repeat``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,24 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from iot_flows._exceptions import ConnectError, HubError, TransportError, error_for_status
+from iot_flows._exceptions import (
+    ConnectError,
+    HubError,
+    InvalidJobTransitionError,
+    JobAlreadyExistsError,
+    TransportError,
+    error_for_status,
+)
 from iot_flows._sas import ConnectionString
 from iot_flows._types import JsonObject, MethodResult
+from iot_flows.client._conditions import MAX_BULK_DEVICES, chunks, quote_string
+from iot_flows.client._repeat import method_never_delivered, same_job_spec
 
-__all__ = ["API_VERSION", "HubClient", "QueryPage", "quote_string"]
+__all__ = ["API_VERSION", "HubClient", "QueryPage"]
 
 API_VERSION = "2021-04-12"
 #: Renew the cached service token this long before it expires.
@@ -37,6 +48,18 @@ class QueryPage:
     items: list[JsonObject]
     item_type: str | None
     continuation: str | None = field(default=None)
+
+
+def _path(*segments: str) -> str:
+    """A URL path from raw segments, each percent-encoded whole (``quote(s, safe='')``).
+
+    Device and job ids may hold ``? % # / : @ ' $ ; = ,`` and more (reference §1.5); the
+    official service SDKs encode every id segment this way (msrest ``quote(id, safe='')``,
+    Node ``encodeURIComponent``, C# ``UrlEncode``). Unencoded, ``demo?x=1`` addresses the
+    device ``demo`` and ``demo%41`` addresses ``demoA``. The ids ``.`` and ``..`` (valid
+    device ids) are sent as ``%2E`` so that no URL layer resolves them as dot segments.
+    """
+    return "".join("/" + (quote(s, safe="") if s.strip(".") else s.replace(".", "%2E")) for s in segments)
 
 
 def _quoted(etag: str) -> str:
@@ -157,7 +180,7 @@ class HubClient:
             kwargs["timeout"] = timeout
         try:
             response = await self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise ConnectError(f"cannot reach {self.base_url}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path} failed: {exc!r}") from exc
@@ -167,7 +190,7 @@ class HubClient:
 
     # ---- registry ---------------------------------------------------------------------
     async def get_device(self, device_id: str) -> JsonObject:
-        return (await self.request("GET", f"/devices/{device_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("devices", device_id))).json()  # type: ignore[no-any-return]
 
     async def create_device(
         self, device_id: str, *, status: str = "enabled", primary_key: str = "", secondary_key: str = ""
@@ -177,42 +200,50 @@ class HubClient:
             "status": status,
             "authentication": {"type": "sas", "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key}},
         }
-        return (await self.request("PUT", f"/devices/{device_id}", json_body=body)).json()  # type: ignore[no-any-return]
+        return (await self.request("PUT", _path("devices", device_id), json_body=body)).json()  # type: ignore[no-any-return]
 
     async def update_device(self, device: JsonObject, *, etag: str = "*") -> JsonObject:
         response = await self.request(
-            "PUT", f"/devices/{device['deviceId']}", json_body=device, headers={"If-Match": _quoted(etag)}
+            "PUT", _path("devices", device["deviceId"]), json_body=device, headers={"If-Match": _quoted(etag)}
         )
         return response.json()  # type: ignore[no-any-return]
 
     async def delete_device(self, device_id: str, *, etag: str = "*") -> None:
-        await self.request("DELETE", f"/devices/{device_id}", headers={"If-Match": _quoted(etag)})
+        await self.request("DELETE", _path("devices", device_id), headers={"If-Match": _quoted(etag)})
 
     async def bulk_devices(self, items: list[JsonObject]) -> JsonObject:
-        """Azure's bulk registry operation (at most 100 items).
+        """Azure's bulk registry operation, sent as calls of at most 100 items each.
 
         Per-device failures are data: the hub answers 400 with ``isSuccessful: false``
-        and an ``errors`` list, which is returned rather than raised.
+        and an ``errors`` list, which is returned rather than raised. Results of several
+        calls are merged: ``{"isSuccessful": bool, "errors": [...], "warnings": [...]}``.
         """
-        response = await self.request("POST", "/devices", json_body=items, allow_statuses=(400,))
-        body = response.json()
-        if response.status_code == 400 and not (isinstance(body, dict) and "isSuccessful" in body):
-            raise _error_from_response(response)
-        return body  # type: ignore[no-any-return]
+        merged: JsonObject = {"isSuccessful": True, "errors": [], "warnings": []}
+        for batch in chunks(items, MAX_BULK_DEVICES):
+            response = await self.request("POST", "/devices", json_body=batch, allow_statuses=(400,))
+            body = response.json()
+            if response.status_code == 400 and not (isinstance(body, dict) and "isSuccessful" in body):
+                raise _error_from_response(response)
+            if len(items) <= MAX_BULK_DEVICES:
+                return body  # type: ignore[no-any-return]
+            merged["isSuccessful"] = merged["isSuccessful"] and bool(body.get("isSuccessful"))
+            merged["errors"] += body.get("errors") or []
+            merged["warnings"] += body.get("warnings") or []
+        return merged
 
     # ---- twins --------------------------------------------------------------------------
     async def get_twin(self, device_id: str) -> JsonObject:
-        return (await self.request("GET", f"/twins/{device_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("twins", device_id))).json()  # type: ignore[no-any-return]
 
     async def update_twin(self, device_id: str, patch: JsonObject, *, etag: str = "*") -> JsonObject:
         """Merge-patch tags and/or desired properties (``null`` deletes); returns the full twin."""
         response = await self.request(
-            "PATCH", f"/twins/{device_id}", json_body=patch, headers={"If-Match": _quoted(etag)}
+            "PATCH", _path("twins", device_id), json_body=patch, headers={"If-Match": _quoted(etag)}
         )
         return response.json()  # type: ignore[no-any-return]
 
     async def replace_twin(self, device_id: str, twin: JsonObject, *, etag: str = "*") -> JsonObject:
-        response = await self.request("PUT", f"/twins/{device_id}", json_body=twin, headers={"If-Match": _quoted(etag)})
+        response = await self.request("PUT", _path("twins", device_id), json_body=twin, headers={"If-Match": _quoted(etag)})
         return response.json()  # type: ignore[no-any-return]
 
     # ---- direct methods -------------------------------------------------------------------
@@ -225,7 +256,15 @@ class HubClient:
         response_timeout: int = 30,
         connect_timeout: int = 0,
     ) -> MethodResult:
-        """Invoke a direct method; the device's status and payload come back as data."""
+        """Invoke a direct method; the device's status and payload come back as data.
+
+        Raises:
+            DeviceNotOnlineError: 404103, the device is offline (retryable: never delivered).
+            GatewayTimeoutError: 504101, no answer in time; the device may have run the
+                method, so ``retryable`` is False.
+            TransportError: the connection failed; retryable only when it could not be
+                opened (:class:`ConnectError`), never after the request was sent.
+        """
         body = {
             "methodName": method_name,
             "payload": payload,
@@ -233,9 +272,14 @@ class HubClient:
             "connectTimeoutInSeconds": connect_timeout,
         }
         # The HTTP timeout must cover connect + response plus wire time (the C# SDK adds 15 s).
-        response = await self.request(
-            "POST", f"/twins/{device_id}/methods", json_body=body, timeout=response_timeout + connect_timeout + 15
-        )
+        try:
+            response = await self.request(
+                "POST", _path("twins", device_id, "methods"), json_body=body, timeout=response_timeout + connect_timeout + 15
+            )
+        except (HubError, TransportError) as exc:
+            if not method_never_delivered(exc):
+                exc.retryable = False  # type: ignore[misc]  # the device may have run it: never repeat
+            raise
         data = response.json()
         return MethodResult(status=int(data["status"]), payload=data.get("payload"))
 
@@ -267,13 +311,39 @@ class HubClient:
 
     # ---- jobs ---------------------------------------------------------------------------------
     async def create_job(self, job_id: str, job: JsonObject) -> JsonObject:
-        return (await self.request("PUT", f"/jobs/v2/{job_id}", json_body={"jobId": job_id, **job})).json()  # type: ignore[no-any-return]
+        """Create a job (``PUT /jobs/v2/{id}``); safe to repeat.
+
+        A 409104 JobAlreadyExists answer (a first PUT that reached the hub but whose
+        response was lost) reads the job back and returns it when it has the same spec.
+
+        Raises:
+            JobAlreadyExistsError: the id holds a job with another spec.
+        """
+        body = {"jobId": job_id, **job}
+        try:
+            return (await self.request("PUT", _path("jobs", "v2", job_id), json_body=body)).json()  # type: ignore[no-any-return]
+        except JobAlreadyExistsError:
+            existing = await self.get_job(job_id)
+            if same_job_spec(body, existing):
+                return existing
+            raise
 
     async def get_job(self, job_id: str) -> JsonObject:
-        return (await self.request("GET", f"/jobs/v2/{job_id}")).json()  # type: ignore[no-any-return]
+        return (await self.request("GET", _path("jobs", "v2", job_id))).json()  # type: ignore[no-any-return]
 
     async def cancel_job(self, job_id: str) -> JsonObject:
-        return (await self.request("POST", f"/jobs/v2/{job_id}/cancel")).json()  # type: ignore[no-any-return]
+        """Cancel a job; safe to repeat (a job already ``cancelled`` is returned as is).
+
+        Raises:
+            InvalidJobTransitionError: the job already ended another way (409105).
+        """
+        try:
+            return (await self.request("POST", _path("jobs", "v2", job_id, "cancel"))).json()  # type: ignore[no-any-return]
+        except InvalidJobTransitionError:
+            existing = await self.get_job(job_id)
+            if existing.get("status") == "cancelled":
+                return existing
+            raise
 
     async def query_jobs(self, *, job_type: str | None = None, job_status: str | None = None) -> list[JsonObject]:
         params = {k: v for k, v in (("jobType", job_type), ("jobStatus", job_status)) if v}
@@ -306,8 +376,3 @@ class HubClient:
             timeout=wait + 30,
         )
         return response.json()  # type: ignore[no-any-return]
-
-
-def quote_string(value: str) -> str:
-    """A single-quoted IoT Hub query string literal (``\\`` and ``'`` escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -32,6 +32,8 @@ from iot_flows.device._provision import (
     derive_device_key,
     device_connection_string,
     provision_devices,
+    spread_tags,
+    tag_devices,
 )
 from iot_flows.device._simulator import Fleet, FleetStats, SimulatedDevice
 
@@ -61,4 +63,6 @@ __all__ = [
     "register_behaviour",
     "registered_behaviours",
     "unregister_behaviour",
+    "spread_tags",
+    "tag_devices",
 ]

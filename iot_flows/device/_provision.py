@@ -1,8 +1,8 @@
 """Bulk provisioning of simulated devices through the registry REST API.
 
 ``POST /devices?api-version=2021-04-12`` (Azure's bulk registry operation, at most 100
-devices per call) with ``importMode: createOrUpdate``, through :class:`HubClient`
-(httpx; errors become the project's typed errors there, once).
+devices per call) with ``importMode: create``, then ``update`` for the ids that already
+exist, through :class:`HubClient` (httpx; errors become the project's typed errors there, once).
 
 Device keys are derived, not stored: ``base64(HMAC-SHA256(service key, device id))``
 (and of ``device id + "/secondary"`` for the secondary key). Re-running provisioning
@@ -19,8 +19,9 @@ import hashlib
 import hmac
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from iot_flows._exceptions import BadRequestError
 from iot_flows._sas import ConnectionString
@@ -32,6 +33,8 @@ __all__ = [
     "derive_device_key",
     "device_connection_string",
     "provision_devices",
+    "spread_tags",
+    "tag_devices",
 ]
 
 #: Azure's limit for one bulk registry call.
@@ -88,26 +91,36 @@ async def provision_devices(
     started = time.perf_counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
-    async def send(client: HubClient, batch: list[str]) -> None:
-        items = [
-            {
-                "id": device_id,
-                "importMode": "createOrUpdate",
-                "status": "enabled",
-                "authentication": {
-                    "type": "sas",
-                    "symmetricKey": {
-                        "primaryKey": derive_device_key(key, device_id),
-                        "secondaryKey": derive_device_key(key, device_id, secondary=True),
-                    },
+    def item(device_id: str, mode: str) -> dict[str, object]:
+        return {
+            "id": device_id,
+            "importMode": mode,
+            "status": "enabled",
+            "authentication": {
+                "type": "sas",
+                "symmetricKey": {
+                    "primaryKey": derive_device_key(key, device_id),
+                    "secondaryKey": derive_device_key(key, device_id, secondary=True),
                 },
-            }
-            for device_id in batch
-        ]
-        async with semaphore:
-            result = await client.bulk_devices(items)
-        if not result.get("isSuccessful", False):
-            errors = result.get("errors") or []
+            },
+        }
+
+    async def send(client: HubClient, batch: list[str]) -> None:
+        # The 2021-04-12 bulk API lists create/update/... but not createOrUpdate (the C# SDK
+        # refuses it for bulk calls): create first, then update the ids that already exist.
+        errors: list[dict[str, object]] = []
+        for mode in ("create", "update"):
+            if not batch:
+                break
+            async with semaphore:
+                result = await client.bulk_devices([item(device_id, mode) for device_id in batch])
+            failures = result.get("errors") or []
+            if not result.get("isSuccessful", False) and not failures:
+                raise BadRequestError(f"bulk provisioning ({mode}) failed without per-device errors: {result}")
+            exists = "DeviceAlreadyExists" if mode == "create" else None
+            batch = [str(e.get("deviceId")) for e in failures if e.get("errorCode") == exists]
+            errors += [e for e in failures if e.get("errorCode") != exists]
+        if errors:
             raise BadRequestError(f"bulk provisioning failed for {len(errors)} device(s): {errors[:3]}")
 
     async with HubClient(str(cs), base_url=base_url, verify=verify, timeout=timeout) as client:
@@ -121,3 +134,85 @@ async def provision_devices(
                 first = first.exceptions[0]
             raise first from None  # the typed error, not a group of them
     return ProvisionResult(device_count=len(device_ids), calls=len(batches), seconds=time.perf_counter() - started)
+
+
+def _shares(count: int, weights: Sequence[float]) -> list[int]:
+    """Split ``count`` by ``weights`` (largest remainder); every positive weight gets >= 1 when it can."""
+    total = sum(weights) or 1.0
+    exact = [count * w / total for w in weights]
+    sizes = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - sizes[i], reverse=True)[: count - sum(sizes)]:
+        sizes[i] += 1
+    for i, w in enumerate(weights):  # a canary of 0.5 % still gets a device
+        if w > 0 and sizes[i] == 0:
+            donor = max(range(len(sizes)), key=lambda j: sizes[j])
+            if sizes[donor] > 1:
+                sizes[donor] -= 1
+                sizes[i] += 1
+    return sizes
+
+
+def spread_tags(
+    device_ids: Sequence[str],
+    tags: Mapping[str, Any] | None = None,
+    spreads: Sequence[tuple[str, Sequence[tuple[str, float]]]] = (),
+) -> dict[str, dict[str, Any]]:
+    """Twin tags per device: ``tags`` on every device, each spread over contiguous id ranges.
+
+    ``spreads`` is ``[(tag, [(value, weight), ...]), ...]``; the first spread splits the
+    fleet by weight, each further one splits every group of the previous one (so
+    ``[("building", [("43", 1), ("44", 1)]), ("ring", [("canary", 1), ("wave1", 9), ("wave2", 90)])]``
+    puts a canary ring in both buildings, like the demo).
+
+    Returns:
+        ``{device_id: {tag: value}}`` for every device (empty dicts when nothing applies).
+    """
+    out: dict[str, dict[str, Any]] = {d: dict(tags or {}) for d in device_ids}
+    groups: list[list[str]] = [list(device_ids)]
+    for name, values in spreads:
+        nested: list[list[str]] = []
+        for group in groups:
+            start = 0
+            for (value, _), size in zip(values, _shares(len(group), [w for _, w in values]), strict=True):
+                for device_id in group[start : start + size]:
+                    out[device_id][name] = value
+                nested.append(group[start : start + size])
+                start += size
+        groups = nested
+    return out
+
+
+async def tag_devices(
+    hub: str | ConnectionString,
+    tags: Mapping[str, Mapping[str, Any]],
+    *,
+    base_url: str | None = None,
+    verify: bool | str | ssl.SSLContext = True,
+    concurrency: int = 16,
+    timeout: float = 60.0,
+) -> int:
+    """Merge ``tags[device_id]`` into each device twin's tags (``PATCH /twins/{id}``, Azure "Update twin").
+
+    Devices with no tags are skipped. Returns how many twins were patched; raises the
+    hub's typed error when a call fails.
+    """
+    cs = _service_cs(hub)
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    todo = {device_id: dict(t) for device_id, t in tags.items() if t}
+
+    async with HubClient(str(cs), base_url=base_url, verify=verify, timeout=timeout) as client:
+
+        async def one(device_id: str, patch: dict[str, Any]) -> None:
+            async with semaphore:
+                await client.update_twin(device_id, {"tags": patch})
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for device_id, patch in todo.items():
+                    group.create_task(one(device_id, patch))
+        except BaseExceptionGroup as failures:
+            first: BaseException = failures
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+    return len(todo)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from iot_flows._exceptions import ConfirmationTimeoutError
 from iot_flows.blocks import HubConnection
 from iot_flows.flows._events import emit_job_event
+from iot_flows.flows._ui import outcome_line
 from iot_flows.tasks import get_job, get_twins, query_device_jobs
 
 __all__ = [
@@ -86,9 +87,13 @@ async def follow_job(
     max_wait: float = 3600.0,
     title: str = "job",
 ) -> dict[str, Any]:
-    """Poll a job until it is terminal (the C# ``MonitorJob`` loop), with a progress artifact."""
+    """Poll a job until it is terminal (the C# ``MonitorJob`` loop), with a progress artifact.
+
+    ``title`` says what the job does (``"lockDoor on tags.building = '43'"``); the progress
+    card and the log lines count devices by outcome.
+    """
     logger = get_run_logger()
-    artifact = await create_progress_artifact(0.0, key=None, description=f"{title} {job_id}")
+    artifact = await create_progress_artifact(0.0, description=f"{title}: starting (job {job_id})")
     deadline = time.monotonic() + max_wait
     interval = poll_interval
     last = None
@@ -96,12 +101,15 @@ async def follow_job(
         job = await get_job(connection, job_id)
         stats = job.get("deviceJobStatistics") or {}
         total = stats.get("deviceCount") or 0
-        done = (stats.get("succeededCount") or 0) + (stats.get("failedCount") or 0) + (stats.get("canceledCount") or 0)
+        ok, bad, canceled = (stats.get(k) or 0 for k in ("succeededCount", "failedCount", "canceledCount"))
+        done = ok + bad + canceled
         progress = 100.0 if job["status"] in TERMINAL else (100.0 * done / total if total else 0.0)
-        await update_progress_artifact(artifact, progress, description=f"{title} {job_id}: {job['status']}")
+        counts = f"{done}/{total} devices done: {ok} succeeded, {bad} failed" + (f", {canceled} canceled" if canceled else "")
+        await update_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
         line = (job["status"], done, total)
         if line != last:
-            logger.info("job %s: %s (%d/%d devices done)", job_id, job["status"], done, total)
+            logger.info("job %s %s: %s", job_id, job["status"], outcome_line(done, ok, bad, canceled=canceled)
+                        + (f" of {total} devices" if job["status"] not in TERMINAL else ""))  # fmt: skip
             last = line
         if job["status"] in TERMINAL:
             emit_job_event(job)
@@ -112,8 +120,14 @@ async def follow_job(
         interval = min(interval * 1.5, max_poll_interval)
 
 
-async def summarize_job(connection: HubConnection, job: dict[str, Any], started: float) -> JobSummary:
-    """Build the summary and a table artifact of the devices that did not succeed."""
+async def summarize_job(
+    connection: HubConnection, job: dict[str, Any], started: float, *, key: str | None = None, title: str | None = None
+) -> JobSummary:
+    """Build the summary, a table artifact under ``key`` and one of the devices that did not succeed.
+
+    ``key`` is a stable artifact key (``method-job-lockdoor``: one history per operation);
+    ``title`` says what ran on which devices.
+    """
     stats = job.get("deviceJobStatistics") or {}
     failures: list[DeviceFailure] = []
     if stats.get("failedCount"):
@@ -143,11 +157,17 @@ async def summarize_job(connection: HubConnection, job: dict[str, Any], started:
         {"job": summary.job_id, "status": summary.status, "devices": summary.device_count,
          "succeeded": summary.succeeded, "failed": summary.failed, "canceled": summary.canceled}
     ]  # fmt: skip
-    await create_table_artifact(rows, description=f"Job {summary.job_id} ({summary.job_type})")
+    what = title or summary.job_type
+    counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
+                          canceled=summary.canceled)  # fmt: skip
+    await create_table_artifact(
+        rows, key=key, description=f"{what}: {summary.device_count} devices, {counts} (job {summary.job_id}, {summary.status})"
+    )
     if failures:
         await create_table_artifact(
-            [f.model_dump() for f in failures[:500]], description=f"Devices that failed in {summary.job_id}"
-        )
+            [f.model_dump() for f in failures[:500]], key=f"{key}-failures" if key else None,
+            description=f"{what}: the {summary.failed} devices that failed (job {summary.job_id})",
+        )  # fmt: skip
     return summary
 
 

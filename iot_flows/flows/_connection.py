@@ -16,7 +16,7 @@ import threading
 from iot_flows._settings import ClientSettings
 from iot_flows.blocks import HubConnection
 
-__all__ = ["ConnectionRef", "embedded_hub", "resolve_connection"]
+__all__ = ["ConnectionRef", "MissingBlockError", "embedded_hub", "resolve_connection"]
 
 ConnectionRef = HubConnection | str | None
 _lock = threading.Lock()
@@ -50,6 +50,25 @@ async def resolve_connection(connection: ConnectionRef) -> HubConnection:
         return connection
     name = connection or ClientSettings().connection  # IOT_FLOWS_HUB_CONNECTION
     if name:
-        return await HubConnection.load(name)  # type: ignore[no-any-return, misc]
+        try:
+            return await HubConnection.load(name)  # type: ignore[no-any-return, misc]
+        except ValueError as exc:
+            if "Unable to find block document" not in str(exc):
+                raise
+            raise MissingBlockError(name) from None
     hub = embedded_hub()
     return HubConnection(connection_string=hub.connection_string(), base_url=hub.base_url)
+
+
+class MissingBlockError(ValueError):
+    """The ``connection`` parameter names a HubConnection block the Prefect server does not have."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no HubConnection block named {name!r} on the Prefect server; create it with: "
+            f"python -c \"from iot_flows.blocks import HubConnection; HubConnection("
+            f"connection_string='HostName=...;SharedAccessKeyName=...;SharedAccessKey=...', "
+            f"base_url='http://127.0.0.1:8080').save('{name}')\" "
+            f"(base_url empty for Azure IoT Hub), or pass another block name as the connection parameter"
+        )
+        self.block_name = name

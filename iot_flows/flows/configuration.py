@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, JobFailedError
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows.jobs import TwinUpdateJobRequest, run_twin_update_job
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows.jobs import TwinUpdateJobRequest, precheck, run_twin_update_job
 from iot_flows.tasks import get_twins, query_twins
 
 __all__ = [
@@ -62,8 +63,11 @@ def _matches(expected: Any, reported: Any) -> bool:
     return bool(expected == reported)
 
 
-async def _write_and_confirm(request: PropertyWriteRequest, connection: ConnectionRef, title: str) -> PropertyWriteResult:
+async def _write_and_confirm(
+    request: PropertyWriteRequest, connection: ConnectionRef, title: str, key: str, min_devices: int = 0
+) -> Any:
     conn = await resolve_connection(connection)
+    await precheck(conn, request.query_condition, min_devices, title)
     t0 = time.monotonic()
     job = await run_twin_update_job(
         TwinUpdateJobRequest(query_condition=request.query_condition, desired={request.name: request.value},
@@ -84,27 +88,40 @@ async def _write_and_confirm(request: PropertyWriteRequest, connection: Connecti
             conn, ids, check, timeout=request.confirm_timeout_seconds, poll_interval=request.poll_interval_seconds
         )
     result.duration_seconds = round(time.monotonic() - t0, 3)
+    zero = check_matched(job.device_count, request.query_condition, min_devices, title)
+    counts = outcome_line(job.device_count, len(result.confirmed), len(result.failed),
+                          not_confirmed=len(result.not_confirmed))  # fmt: skip
     await create_table_artifact(
         [{"property": request.name, "devices": job.device_count, "confirmed": len(result.confirmed),
           "failed": len(result.failed), "not confirmed": len(result.not_confirmed)}],
-        description=title,
+        key=key, description=zero or f"{title} on {job.device_count} devices ({request.query_condition}): {counts}",
     )  # fmt: skip
+    get_run_logger().info("%s: %s", title, counts)
     if result.failed:
         raise JobFailedError(f"{len(result.failed)} devices failed to apply {request.name}", summary=result)
     if result.not_confirmed:
         raise ConfirmationTimeoutError(f"{len(result.not_confirmed)} devices did not confirm {request.name}", summary=result)
-    return result
+    return completed(result, zero or f"{title} on {job.device_count} devices: {counts}")
 
 
-@flow(name="Write a device property", log_prints=True)
-async def write_device_property(request: PropertyWriteRequest, connection: ConnectionRef = None) -> PropertyWriteResult:
+@flow(name="Write a device property", log_prints=True,
+      flow_run_name=run_name(lambda p: f"write {param(p, 'name')} · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def write_device_property(
+    request: PropertyWriteRequest, connection: ConnectionRef = None, query_condition: str | None = None, min_devices: int = 0
+) -> PropertyWriteResult:
     """Deep write: set a desired property on the selected devices and confirm each reports it.
+
+    ``query_condition`` overrides the request's; fewer matching devices than ``min_devices``
+    fail the run with :class:`TooFewDevicesError` before anything starts.
 
     Raises:
         JobFailedError: a device reported the write as failed.
         ConfirmationTimeoutError: devices did not report the value in time.
     """
-    return await _write_and_confirm(request, connection, f"Write {request.name}")
+    request = apply_overrides(request, query_condition=query_condition)
+    return await _write_and_confirm(  # type: ignore[no-any-return]
+        request, connection, f"write {request.name}", artifact_key("write-property", request.name), min_devices
+    )
 
 
 class ConfigurationRequest(BaseModel):
@@ -116,14 +133,20 @@ class ConfigurationRequest(BaseModel):
     poll_interval_seconds: float = Field(default=1.0, gt=0)
 
 
-@flow(name="Update device configuration", log_prints=True)
-async def update_configuration(request: ConfigurationRequest, connection: ConnectionRef = None) -> PropertyWriteResult:
+@flow(name="Update device configuration", log_prints=True,
+      flow_run_name=run_name(lambda p: f"configuration · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def update_configuration(
+    request: ConfigurationRequest, connection: ConnectionRef = None, query_condition: str | None = None, min_devices: int = 0
+) -> PropertyWriteResult:
     """Configuration update: desired ``config`` over a query, confirmed by each device's report."""
+    request = apply_overrides(request, query_condition=query_condition)
     write = PropertyWriteRequest(
         name="config", value=request.config, query_condition=request.query_condition,
         confirm_timeout_seconds=request.confirm_timeout_seconds, poll_interval_seconds=request.poll_interval_seconds,
     )  # fmt: skip
-    return await _write_and_confirm(write, connection, "Configuration update")
+    return await _write_and_confirm(  # type: ignore[no-any-return]
+        write, connection, "configuration update", "configuration-update", min_devices
+    )
 
 
 class PropertyReadRequest(BaseModel):
@@ -133,19 +156,31 @@ class PropertyReadRequest(BaseModel):
     query_condition: str = Field(default="*")
 
 
-@flow(name="Read a device property", log_prints=True)
-async def read_device_property(request: PropertyReadRequest, connection: ConnectionRef = None) -> dict[str, Any]:
+@flow(name="Read a device property", log_prints=True,
+      flow_run_name=run_name(lambda p: f"read {param(p, 'path')} · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def read_device_property(
+    request: PropertyReadRequest, connection: ConnectionRef = None, query_condition: str | None = None, min_devices: int = 0
+) -> dict[str, Any]:
     """Read one reported property per device (through GET twin, exact on Azure too).
 
     Returns:
         ``{device_id: value}`` (None where the device has not reported it).
+
+    Raises:
+        TooFewDevicesError: fewer than ``min_devices`` devices matched.
     """
+    request = apply_overrides(request, query_condition=query_condition)
     conn = await resolve_connection(connection)
     ids = await _device_ids(conn, request.query_condition)
+    zero = check_matched(len(ids), request.query_condition, min_devices, f"read {request.path}")
     twins = await get_twins(conn, ids)
     values = {d: reported_value(twins.get(d), request.path) for d in ids}
+    reported = sum(v is not None for v in values.values())
+    counts = f"{len(ids)} devices: {reported} reported {request.path}, {len(ids) - reported} did not"
     await create_table_artifact(
         [{"device": d, request.path: v} for d, v in list(values.items())[:1000]] or [{"device": "-", request.path: None}],
-        description=f"reported.{request.path}",
+        key=artifact_key("read-property", request.path),
+        description=zero or f"reported.{request.path} of {counts} ({request.query_condition})",
     )
-    return values
+    get_run_logger().info("read %s: %s", request.path, counts)
+    return completed(values, zero or f"read {request.path} on {counts}")  # type: ignore[return-value]

@@ -20,7 +20,9 @@ from iot_flows._time import parse_time
 from iot_flows.client import quote_string
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows.jobs import MethodJobRequest, run_method_job
+from iot_flows.flows._firmware import installed_version
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows.jobs import MethodJobRequest, precheck, run_method_job
 from iot_flows.tasks import query_device_jobs
 
 __all__ = [
@@ -67,9 +69,10 @@ def _newer_than(started: datetime, path: str):  # type: ignore[no-untyped-def]
 
 
 async def _method_then_confirm(
-    request: RebootRequest, connection: ConnectionRef, method: str, path: str, what: str
-) -> ConfirmedOperation:
+    request: RebootRequest, connection: ConnectionRef, method: str, path: str, what: str, min_devices: int = 0
+) -> Any:
     conn = await resolve_connection(connection)
+    await precheck(conn, request.query_condition, min_devices, what)
     t0 = time.monotonic()
     started = datetime.now(UTC).replace(microsecond=0)  # reported times may be truncated to seconds
     job = await run_method_job(
@@ -86,17 +89,21 @@ async def _method_then_confirm(
     )  # fmt: skip
     result = ConfirmedOperation(job=job, confirmed=confirmed, not_confirmed=missing,
                                 duration_seconds=round(time.monotonic() - t0, 3))  # fmt: skip
+    zero = check_matched(job.device_count, request.query_condition, min_devices, what)
+    counts = outcome_line(job.device_count, len(confirmed), len(failed), not_confirmed=len(missing))
     await create_table_artifact(
         [{"devices": job.device_count, "accepted": len(accepted), "confirmed": len(confirmed),
           "not confirmed": len(missing), "method failed": len(failed)}],
-        description=f"{what}: {path} newer than {started.isoformat()}",
+        key=artifact_key(what),
+        description=zero or f"{what} of {job.device_count} devices on {request.query_condition}: {counts} "
+                            f"({path} newer than {started.isoformat()})",
     )  # fmt: skip
-    get_run_logger().info("%s: %d confirmed, %d not confirmed, %d failed", what, len(confirmed), len(missing), len(failed))
+    get_run_logger().info("%s: %s", what, counts)
     if missing:
         raise ConfirmationTimeoutError(f"{len(missing)} devices did not confirm {what} in time", summary=result)
     if job.device_count and len(failed) / job.device_count > request.max_failure_ratio:
         raise JobFailedError(f"{len(failed)}/{job.device_count} devices refused {method}", summary=result)
-    return result
+    return completed(result, zero or f"{what} of {job.device_count} devices: {counts}")
 
 
 async def _accepted_devices(conn: Any, job: JobSummary, failed: set[str]) -> list[str]:
@@ -104,22 +111,35 @@ async def _accepted_devices(conn: Any, job: JobSummary, failed: set[str]) -> lis
     return sorted(r["deviceId"] for r in records if r["deviceId"] not in failed)
 
 
-@flow(name="Reboot devices and confirm", log_prints=True)
-async def reboot_devices(request: RebootRequest, connection: ConnectionRef = None) -> ConfirmedOperation:
+@flow(name="Reboot devices and confirm", log_prints=True,
+      flow_run_name=run_name(lambda p: f"reboot · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def reboot_devices(
+    request: RebootRequest, connection: ConnectionRef = None, query_condition: str | None = None, min_devices: int = 0
+) -> ConfirmedOperation:
     """Reboot every selected device and wait until each reports a ``lastReboot`` newer than the call.
+
+    ``query_condition`` overrides the request's; fewer matching devices than ``min_devices``
+    fail the run with :class:`TooFewDevicesError` before anything starts.
 
     Raises:
         ConfirmationTimeoutError: some devices did not report back in time.
         JobFailedError: more devices refused the reboot than allowed.
     """
-    return await _method_then_confirm(request, connection, "reboot", "iothubDM.reboot.lastReboot", "reboot")
+    request = apply_overrides(request, query_condition=query_condition)
+    return await _method_then_confirm(  # type: ignore[no-any-return]
+        request, connection, "reboot", "iothubDM.reboot.lastReboot", "reboot", min_devices
+    )
 
 
-@flow(name="Factory reset devices and confirm", log_prints=True)
-async def factory_reset_devices(request: RebootRequest, connection: ConnectionRef = None) -> ConfirmedOperation:
+@flow(name="Factory reset devices and confirm", log_prints=True,
+      flow_run_name=run_name(lambda p: f"factory reset · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def factory_reset_devices(
+    request: RebootRequest, connection: ConnectionRef = None, query_condition: str | None = None, min_devices: int = 0
+) -> ConfirmedOperation:
     """Factory-reset every selected device (2016 preview job type) and confirm ``lastFactoryReset``."""
-    return await _method_then_confirm(
-        request, connection, "factoryReset", "iothubDM.factoryReset.lastFactoryReset", "factory reset"
+    request = apply_overrides(request, query_condition=query_condition)
+    return await _method_then_confirm(  # type: ignore[no-any-return]
+        request, connection, "factoryReset", "iothubDM.factoryReset.lastFactoryReset", "factory reset", min_devices
     )
 
 
@@ -155,12 +175,17 @@ def _condition(request: FirmwareUpdateRequest) -> str:
     return request.query_condition
 
 
-def _installed_version(twin: dict[str, Any] | None) -> Any:
-    return reported_value(twin, "firmware.version") or reported_value(twin, "iothubDM.firmwareVersion")
-
-
-@flow(name="Update firmware", log_prints=True)
-async def update_firmware(request: FirmwareUpdateRequest, connection: ConnectionRef = None) -> FirmwareUpdateResult:
+@flow(name="Update firmware", log_prints=True,
+      flow_run_name=run_name(lambda p: f"firmware {param(p, 'version')} · "
+                                       f"{param(p, 'device_id') or param(p, 'query_condition', '*')}"))  # fmt: skip
+async def update_firmware(
+    request: FirmwareUpdateRequest,
+    connection: ConnectionRef = None,
+    version: str | None = None,
+    package_uri: str | None = None,
+    query_condition: str | None = None,
+    min_devices: int = 0,
+) -> FirmwareUpdateResult:
     """Start ``firmwareUpdate`` on the devices and follow each through its reported steps.
 
     Each step (``downloading`` -> ``downloadComplete`` -> ``applying`` -> ``applyComplete``)
@@ -170,9 +195,15 @@ async def update_firmware(request: FirmwareUpdateRequest, connection: Connection
         FirmwareUpdateFailedError: devices reported downloadFailed/applyFailed, or refused the update,
             beyond ``max_failure_ratio``.
         ConfirmationTimeoutError: devices did not finish within ``step_timeout_seconds``.
+        TooFewDevicesError: fewer than ``min_devices`` devices matched (checked before starting).
+
+    ``version``, ``package_uri`` and ``query_condition`` override the request's fields.
     """
     logger = get_run_logger()
+    request = apply_overrides(request, version=version, package_uri=package_uri, query_condition=query_condition)
     conn = await resolve_connection(connection)
+    what = f"firmware {request.version}"
+    await precheck(conn, _condition(request), min_devices, what)
     t0 = time.monotonic()
     job = await run_method_job(
         MethodJobRequest(method_name="firmwareUpdate", query_condition=_condition(request),
@@ -183,13 +214,15 @@ async def update_firmware(request: FirmwareUpdateRequest, connection: Connection
     refused = {f.device_id: f"refused ({f.device_status or f.code})" for f in job.failures}
     accepted = await _accepted_devices(conn, job, set(refused))
     steps: dict[str, list[str]] = {d: [] for d in accepted}
-    progress = await create_progress_artifact(0.0, description=f"firmware {request.version}: applyComplete")
+    progress = await create_progress_artifact(
+        0.0, description=f"firmware {request.version} on {len(accepted)} devices: share that reached applyComplete"
+    )
 
     def check(twin: dict[str, Any] | None) -> bool | None:
         status = reported_value(twin, FW_STATUS)
         if status in FW_FAILED:
             return False
-        if status == "applyComplete" and _installed_version(twin) == request.version:
+        if status == "applyComplete" and installed_version(twin) == request.version:
             return True
         return None
 
@@ -214,14 +247,18 @@ async def update_firmware(request: FirmwareUpdateRequest, connection: Connection
         timed_out={d: (steps.get(d) or [None])[-1] for d in missing},
         steps=steps, duration_seconds=round(time.monotonic() - t0, 3),
     )  # fmt: skip
+    zero = check_matched(job.device_count, _condition(request), min_devices, what)
+    counts = outcome_line(job.device_count, len(updated), len(failed), timed_out=len(missing))
     await create_table_artifact(
         [{"device": d, "steps": " → ".join(s), "result": "updated" if d in updated else failed.get(d, "timed out")}
          for d, s in sorted(steps.items())][:1000] or [{"device": "-", "steps": "-", "result": "no device accepted"}],
-        description=f"Firmware {request.version} per device",
+        key=artifact_key("firmware", request.version),
+        description=zero or f"Firmware {request.version} on {job.device_count} devices ({_condition(request)}): {counts}",
     )  # fmt: skip
+    logger.info("firmware %s: %s", request.version, counts)
     total = job.device_count or 1
     if len(failed) / total > request.max_failure_ratio:
         raise FirmwareUpdateFailedError(f"{len(failed)}/{job.device_count} devices failed the update", summary=result)
     if missing:
         raise ConfirmationTimeoutError(f"{len(missing)} devices did not finish the update in time", summary=result)
-    return result
+    return completed(result, zero or f"{what} on {job.device_count} devices: {counts}")  # type: ignore[return-value]

@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field
 from iot_flows._exceptions import JobFailedError
 from iot_flows.flows._common import JobSummary, follow_job, new_job_id, summarize_job
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.tasks import create_method_job, create_twin_update_job
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.tasks import create_method_job, create_twin_update_job, query_twins
 
-__all__ = ["MethodJobRequest", "TwinUpdateJobRequest", "run_method_job", "run_twin_update_job"]
+__all__ = ["MethodJobRequest", "TwinUpdateJobRequest", "count_matching", "precheck", "run_method_job", "run_twin_update_job"]
 
 
 class MethodJobRequest(BaseModel):
@@ -45,6 +46,27 @@ class TwinUpdateJobRequest(BaseModel):
     job_id: str | None = None
 
 
+async def count_matching(conn: Any, condition: str) -> int:
+    """How many devices ``condition`` (a WHERE body, ``*`` = all) selects now."""
+    where = "" if condition.strip() == "*" else f" WHERE {condition}"
+    rows = await query_twins(conn, f"SELECT COUNT() AS n FROM devices{where}")
+    return int(rows[0]["n"]) if rows else 0
+
+
+async def precheck(conn: Any, condition: str, min_devices: int, what: str) -> None:
+    """Fail before starting anything when fewer than ``min_devices`` devices match (skipped at 0)."""
+    if min_devices > 0:
+        check_matched(await count_matching(conn, condition), condition, min_devices, what)
+
+
+def _done(summary: JobSummary, condition: str, min_devices: int, what: str) -> Any:
+    """The final state: ``0 devices matched ...`` or the outcome counts in its message."""
+    zero = check_matched(summary.device_count, condition, min_devices, what)
+    counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
+                          canceled=summary.canceled)  # fmt: skip
+    return completed(summary, zero or f"{what} on {summary.device_count} devices: {counts}")
+
+
 def _check(summary: JobSummary, max_failure_ratio: float) -> JobSummary:
     if summary.status != "completed":
         raise JobFailedError(f"job {summary.job_id} ended {summary.status}", summary=summary)
@@ -57,21 +79,34 @@ def _check(summary: JobSummary, max_failure_ratio: float) -> JobSummary:
     return summary
 
 
-@flow(name="Run a direct-method job", log_prints=True)
-async def run_method_job(request: MethodJobRequest, connection: ConnectionRef = None) -> JobSummary:
+@flow(name="Run a direct-method job", log_prints=True,
+      flow_run_name=run_name(lambda p: f"{param(p, 'method_name')} · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def run_method_job(
+    request: MethodJobRequest,
+    connection: ConnectionRef = None,
+    query_condition: str | None = None,
+    min_devices: int = 0,
+) -> JobSummary:
     """Schedule a method job over a query and follow it to completion (seed 000 ``MonitorJob``).
 
     Args:
         request: what to invoke and on which devices.
         connection: a :class:`HubConnection`, a saved block's name, or None (embedded hub).
+        query_condition: overrides ``request.query_condition`` (one flat parameter to change per run).
+        min_devices: fail with :class:`TooFewDevicesError` when fewer devices match.
 
     Returns:
-        A :class:`JobSummary` with counts and the devices that failed.
+        A :class:`JobSummary` with counts and the devices that failed (the final state's
+        message counts them, or says ``0 devices matched <condition>``).
 
     Raises:
         JobFailedError: the job failed or was cancelled, or too many devices failed.
+        TooFewDevicesError: fewer than ``min_devices`` devices matched.
     """
+    request = apply_overrides(request, query_condition=query_condition)
+    what = request.method_name
     conn = await resolve_connection(connection)
+    await precheck(conn, request.query_condition, min_devices, what)
     started = time.monotonic()
     job_id = request.job_id or new_job_id(f"method-{request.method_name.lower()}")
     await create_method_job(
@@ -81,27 +116,42 @@ async def run_method_job(request: MethodJobRequest, connection: ConnectionRef = 
         wait_for_offline_devices=request.wait_for_offline_devices,
     )  # fmt: skip
     get_run_logger().info("created method job %s (%s on %s)", job_id, request.method_name, request.query_condition)
+    title = f"{request.method_name} on {request.query_condition}"
     job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
-                           max_wait=request.max_execution_time_seconds + 60, title=f"{request.method_name} job")  # fmt: skip
-    return _check(await summarize_job(conn, job, started), request.max_failure_ratio)
+                           max_wait=request.max_execution_time_seconds + 60, title=title)  # fmt: skip
+    summary = await summarize_job(conn, job, started, key=artifact_key("method-job", request.method_name), title=title)
+    return _done(_check(summary, request.max_failure_ratio), request.query_condition, min_devices, what)  # type: ignore[no-any-return]
 
 
-@flow(name="Update desired properties across devices", log_prints=True)
-async def run_twin_update_job(request: TwinUpdateJobRequest, connection: ConnectionRef = None) -> JobSummary:
+@flow(name="Update desired properties across devices", log_prints=True,
+      flow_run_name=run_name(lambda p: f"twin update · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def run_twin_update_job(
+    request: TwinUpdateJobRequest,
+    connection: ConnectionRef = None,
+    query_condition: str | None = None,
+    min_devices: int = 0,
+) -> JobSummary:
     """Schedule a twin-update job (seed 000 ``Building``/``Floor``) and follow it to completion.
+
+    ``query_condition`` overrides the request's; ``min_devices`` as in :func:`run_method_job`.
 
     Raises:
         JobFailedError: the job did not complete, or any device update failed.
+        TooFewDevicesError: fewer than ``min_devices`` devices matched.
     """
     if request.desired is None and request.tags is None:
         raise ValueError("set desired and/or tags")
+    request = apply_overrides(request, query_condition=query_condition)
     conn = await resolve_connection(connection)
+    await precheck(conn, request.query_condition, min_devices, "twin update")
     started = time.monotonic()
     job_id = request.job_id or new_job_id("twin-update")
     await create_twin_update_job(
         conn, job_id, request.query_condition, desired=request.desired, tags=request.tags,
         start_time=request.start_time, max_execution_time=request.max_execution_time_seconds,
     )  # fmt: skip
+    title = f"twin update on {request.query_condition}"
     job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
-                           max_wait=request.max_execution_time_seconds + 60, title="twin update job")  # fmt: skip
-    return _check(await summarize_job(conn, job, started), 0.0)
+                           max_wait=request.max_execution_time_seconds + 60, title=title)  # fmt: skip
+    summary = await summarize_job(conn, job, started, key="twin-update-job", title=title)
+    return _done(_check(summary, 0.0), request.query_condition, min_devices, "twin update")  # type: ignore[no-any-return]

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, param, run_name
 from iot_flows.tasks import query_twins
 
 __all__ = ["FleetReport", "FleetReportRequest", "fleet_report"]
@@ -26,14 +27,28 @@ class FleetReport(BaseModel):
     groups: dict[str, dict[str, int]] = Field(description="path -> value -> device count ('(none)' = not reported)")
 
 
-@flow(name="Fleet report", log_prints=True)
-async def fleet_report(request: FleetReportRequest | None = None, connection: ConnectionRef = None) -> FleetReport:
-    """Count devices by firmware version, connection state, ... (one GROUP BY query per path)."""
-    request = request or FleetReportRequest()
+@flow(name="Fleet report", log_prints=True,
+      flow_run_name=run_name(lambda p: f"fleet report · {param(p, 'query_condition', '*')}"))  # fmt: skip
+async def fleet_report(
+    request: FleetReportRequest | None = None,
+    connection: ConnectionRef = None,
+    query_condition: str | None = None,
+    min_devices: int = 0,
+) -> FleetReport:
+    """Count devices by firmware version, connection state, ... (one GROUP BY query per path).
+
+    Artifacts: ``fleet-report`` (markdown, every group) and ``fleet-by-<path>`` (one table
+    per path), keyed so the Artifacts page keeps the history of every run.
+
+    Raises:
+        TooFewDevicesError: fewer than ``min_devices`` devices matched.
+    """
+    request = apply_overrides(request or FleetReportRequest(), query_condition=query_condition)
     conn = await resolve_connection(connection)
     where = "" if request.query_condition.strip() == "*" else f" WHERE {request.query_condition}"
     total_rows = await query_twins(conn, f"SELECT COUNT() AS n FROM devices{where}")
     total = int(total_rows[0]["n"]) if total_rows else 0
+    zero = check_matched(total, request.query_condition, min_devices, "fleet report")
     groups: dict[str, dict[str, int]] = {}
     lines = [f"# Fleet report\n\n**{total}** devices" + (f" matching `{request.query_condition}`" if where else "")]
     for path in request.group_by:
@@ -46,8 +61,12 @@ async def fleet_report(request: FleetReportRequest | None = None, connection: Co
         await create_table_artifact(
             [{"value": k, "devices": v, "share": f"{v / total:.1%}" if total else "-"} for k, v in groups[path].items()]
             or [{"value": "-", "devices": 0, "share": "-"}],
-            description=f"Devices by {path}",
+            key=artifact_key("fleet-by", path.removeprefix("properties.reported.")),
+            description=f"{total} devices by {path}" + (f" ({request.query_condition})" if where else ""),
         )
         lines.append(f"\n## {path}\n" + "\n".join(f"- `{k}`: {v}" for k, v in groups[path].items()))
-    await create_markdown_artifact("\n".join(lines), description="Fleet report")
-    return FleetReport(total_devices=total, groups=groups)
+    await create_markdown_artifact(
+        "\n".join(lines), key="fleet-report", description=zero or f"Fleet report: {total} devices by {len(groups)} paths"
+    )
+    return completed(FleetReport(total_devices=total, groups=groups),  # type: ignore[return-value]
+                     zero or f"{total} devices by {', '.join(request.group_by)}")  # fmt: skip

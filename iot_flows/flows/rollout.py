@@ -12,9 +12,16 @@ The flagship flow (design.md "Firmware rollout, end to end"):
 4. retry failed and timed-out devices with exponential backoff and jitter;
 5. gate: continue only when the wave's success ratio meets ``min_success_ratio``; abort
    when its failure ratio passes ``abort_failure_ratio``; optionally pause for approval
-   after the canary (Prefect ``pause_flow_run``; resume from the UI);
-6. progress in the Prefect UI: a progress artifact, a per-wave table, and an
-   ``iot-flows.rollout.wave-completed`` event per wave.
+   after the canary (Prefect ``pause_flow_run`` with a summary in the resume form's
+   description; resume from the UI);
+6. progress in the Prefect UI: the per-wave table ``rollout-<version>`` (created before the
+   canary, a new version after every wave), a progress artifact, the run renamed
+   ``firmware 2.1.0 · wave 2/4``, and an ``iot-flows.rollout.wave-completed`` event per wave.
+
+Waiting for the maintenance window does not hold a worker: a run started from a
+deployment puts itself back to Scheduled (state ``AwaitingWindow``) at the window's
+opening and exits; the worker starts it again then, and the run skips the devices (and
+waves) already on the version. Outside a deployment (a script, a subflow) it sleeps.
 
 Cancelling the flow run cancels the hub job it is following.
 """
@@ -24,27 +31,32 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger, pause_flow_run
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import flow, get_client, get_run_logger, pause_flow_run
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import Pause
+from prefect.input import RunInput
+from prefect.states import Scheduled
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from iot_flows._exceptions import OperationFailedError
 from iot_flows._window import MaintenanceWindow
 from iot_flows.blocks import HubConnection
-from iot_flows.client import quote_string
+from iot_flows.client import device_id_conditions, quote_string
 from iot_flows.flows._common import confirm_reported, follow_job, new_job_id, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
+from iot_flows.flows._firmware import installed_version, not_on_version_condition
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
 from iot_flows.tasks import cancel_job, create_method_job, query_device_jobs, query_twins
 
-__all__ = ["RolloutAbortedError", "RolloutRequest", "RolloutResult", "WaveResult", "roll_out_firmware"]
+__all__ = ["RolloutAbortedError", "RolloutApproval", "RolloutRequest", "RolloutResult", "WaveResult", "roll_out_firmware"]
 
 FW_STATUS = "iothubDM.firmwareUpdate.status"
 FW_FAILED = ("downloadFailed", "applyFailed")
-VERSION_PATHS = ("firmware.version", "iothubDM.firmwareVersion", "firmware.currentFwVersion")
 
 
 class RolloutAbortedError(OperationFailedError):
@@ -70,6 +82,10 @@ class Window(BaseModel):
     def seconds_until_open(self, now: datetime | None = None) -> float:
         return self.parsed().seconds_until_open(now)
 
+    def describe(self) -> str:
+        """``22:00-04:00 Europe/Berlin`` (plus the days, when limited)."""
+        return f"{self.start}-{self.end} {self.timezone}" + (f" ({', '.join(self.days)})" if self.days else "")
+
 
 class RolloutRequest(BaseModel):
     """What to roll out, to whom, and the rules between waves."""
@@ -87,6 +103,9 @@ class RolloutRequest(BaseModel):
     approval_after_canary: bool = Field(default=False, description="Pause for approval after the first wave.")
     approval_timeout_seconds: int = Field(default=86400, gt=0)
     poll_interval_seconds: float = Field(default=2.0, gt=0)
+    hold_worker_max_seconds: float = Field(
+        default=300, ge=0, description="Wait for the window in-process at most this long; longer waits reschedule the run."
+    )
 
     @field_validator("waves")
     @classmethod
@@ -116,14 +135,6 @@ class RolloutResult(BaseModel):
     reason: str | None = None
 
 
-def installed_version(twin: dict[str, Any] | None) -> Any:
-    for path in VERSION_PATHS:
-        value = reported_value(twin, path)
-        if value:
-            return value
-    return None
-
-
 def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[str]]:
     """Stable, non-empty waves from cumulative percentages (the canary gets at least one device)."""
     waves: list[list[str]] = []
@@ -140,18 +151,17 @@ def split_waves(device_ids: list[str], percentages: list[float]) -> list[list[st
 def wave_condition(target: str, ids: list[str], version: str) -> str:
     """A short condition for a wave: its id range within the target, minus current devices."""
     base = "" if target.strip() == "*" else f"({target}) AND "
-    fw = "properties.reported.firmware.version"
     return (f"{base}deviceId >= {quote_string(ids[0])} AND deviceId <= {quote_string(ids[-1])} AND "
-            f"(NOT IS_DEFINED({fw}) OR {fw} != {quote_string(version)})")  # fmt: skip
+            f"({not_on_version_condition(version)})")  # fmt: skip
 
 
-async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str):  # type: ignore[no-untyped-def]
-    """One firmwareUpdate job over ``condition``; follow ``ids`` to a verdict."""
+async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str, ids: set[str], label: str, title: str = ""):  # type: ignore[no-untyped-def]
+    """One firmwareUpdate job over ``condition``; follow ``ids`` to a verdict (``title`` names it in the UI)."""
     job_id = new_job_id(f"rollout-{label}")
     await create_method_job(conn, job_id, "firmwareUpdate", condition,
                             {"fwPackageUri": request.package_uri, "version": request.version})  # fmt: skip
     try:
-        await follow_job(conn, job_id, poll_interval=min(request.poll_interval_seconds, 1.0), title=f"rollout {label}")
+        await follow_job(conn, job_id, poll_interval=min(request.poll_interval_seconds, 1.0), title=title or f"rollout {label}")
     except asyncio.CancelledError:
         await cancel_job(conn, job_id)
         raise
@@ -170,31 +180,118 @@ async def _attempt(conn: HubConnection, request: RolloutRequest, condition: str,
     return set(updated), set(failed) | set(refused), set(timed_out)
 
 
-@flow(name="Roll out firmware in waves", log_prints=True)
-async def roll_out_firmware(request: RolloutRequest, connection: ConnectionRef = None) -> RolloutResult:
+class RolloutApproval(RunInput):
+    """The resume form after the canary: approve (default) or stop the rollout."""
+
+    approve: bool = True
+
+
+def _wave_rows(plan: list[list[str]], todo: list[list[str]], results: dict[int, WaveResult], note: str) -> list[dict[str, Any]]:
+    rows = []
+    for index, wave in enumerate(plan):
+        w = results.get(index)
+        status = ("already current" if not todo[index] else note if w is None else
+                  "updated" if w.updated == w.devices else f"{w.success_ratio:.0%} updated")  # fmt: skip
+        rows.append({"wave": f"{index + 1}/{len(plan)}", "devices": len(wave), "to update": len(todo[index]),
+                     "updated": w.updated if w else 0, "failed": len(w.failed) if w else 0,
+                     "timed out": len(w.timed_out) if w else 0, "attempts": w.attempts if w else 0,
+                     "status": status, "seconds": w.seconds if w else 0})  # fmt: skip
+    return rows
+
+
+async def _rename(name: str) -> None:
+    context = FlowRunContext.get()
+    if context and context.flow_run:
+        async with get_client() as client:
+            await client.update_flow_run(context.flow_run.id, name=name)
+
+
+async def _wait_for_window(request: RolloutRequest, index: int, publish: Any) -> None:
+    """Wait until the window opens: in-process when short or outside a deployment, else reschedule the run."""
+    window = request.maintenance_window
+    delay = window.seconds_until_open() if window else 0.0
+    if not window or delay <= 0:
+        return
+    opens = datetime.now(UTC) + timedelta(seconds=delay)
+    local = opens.astimezone(window.parsed().tz)
+    note = f"wave {index + 1} starts {window.start} {window.timezone}"
+    hours, minutes = divmod(round(delay / 60), 60)
+    wait = f"{hours} h {minutes} min" if hours else f"{minutes} min" if minutes else f"{delay:.0f} s"
+    when = f"{note} ({local:%a %Y-%m-%d %H:%M}, in {wait}; window {window.describe()})"
+    await publish(f"waiting: {note}")
+    await create_markdown_artifact(
+        f"# Firmware {request.version}: {note}\n\n{when}.\n", key=artifact_key("rollout", request.version, "window"),
+        description=f"Firmware {request.version}: {note}",
+    )  # fmt: skip
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    deployed = bool(context and context.flow_run and context.flow_run.deployment_id)
+    if deployed and delay > request.hold_worker_max_seconds:
+        logger.info("%s: rescheduling this run for %s UTC (the worker is free meanwhile)", when, f"{opens:%H:%M}")
+        async with get_client() as client:
+            state = Scheduled(scheduled_time=opens, name="AwaitingWindow", message=note)
+            result = await client.set_flow_run_state(context.flow_run.id, state, force=True)  # type: ignore[union-attr]
+        raise Pause(note, state=result.state)
+    logger.info("%s: waiting in this process", when)
+    await asyncio.sleep(delay)
+
+
+@flow(name="Roll out firmware in waves", log_prints=True,
+      flow_run_name=run_name(lambda p: f"firmware {param(p, 'version')} · rollout to {param(p, 'target_condition', '*')}"))  # fmt: skip
+async def roll_out_firmware(
+    request: RolloutRequest,
+    connection: ConnectionRef = None,
+    version: str | None = None,
+    package_uri: str | None = None,
+    target_condition: str | None = None,
+    min_devices: int = 0,
+) -> RolloutResult:
     """Roll firmware out in waves with gates, abort thresholds, retries and maintenance windows.
 
+    Waves are cut from every matching device in id order (stable across re-runs); devices
+    already on ``version`` are skipped inside their wave. ``version``, ``package_uri`` and
+    ``target_condition`` override the request's fields (flat parameters, one per ``--param``).
+
+    Artifacts: ``rollout-<version>`` (per-wave table, a new version before the canary, after
+    every wave and while waiting), ``rollout-<version>-window`` (when the next wave starts).
+
     Raises:
-        RolloutAbortedError: a wave missed its gate or passed the abort threshold;
-            ``summary`` is the :class:`RolloutResult` so far.
+        RolloutAbortedError: a wave missed its gate or passed the abort threshold, or the
+            approval was refused; ``summary`` is the :class:`RolloutResult` so far.
+        TooFewDevicesError: fewer than ``min_devices`` devices matched ``target_condition``.
     """
     logger = get_run_logger()
+    request = apply_overrides(request, version=version, package_uri=package_uri, target_condition=target_condition)
     conn = await resolve_connection(connection)
     where = "" if request.target_condition.strip() == "*" else f" WHERE {request.target_condition}"
     rows = await query_twins(conn, f"SELECT deviceId, properties.reported FROM devices{where}")
+    zero = check_matched(len(rows), request.target_condition, min_devices, f"rollout of {request.version}")
     current = {r["deviceId"] for r in rows if installed_version({"properties": {"reported": r.get("reported")}}) == request.version}
-    targets = sorted(r["deviceId"] for r in rows if r["deviceId"] not in current)
-    result = RolloutResult(version=request.version, status="completed", targets=len(targets), already_current=len(current))
-    waves = split_waves(targets, request.waves)
-    logger.info("rollout %s: %d targets (%d already current) in %d waves", request.version, len(targets), len(current), len(waves))
-    progress = await create_progress_artifact(0.0, description=f"Firmware {request.version} rollout")
+    plan = split_waves(sorted(r["deviceId"] for r in rows), request.waves)
+    todo = [[d for d in wave if d not in current] for wave in plan]
+    targets = sum(len(t) for t in todo)
+    result = RolloutResult(version=request.version, status="completed", targets=targets, already_current=len(current))
+    logger.info("rollout %s: %d targets (%d already current) in %d waves", request.version, targets, len(current), len(plan))
+    key = artifact_key("rollout", request.version)
+    title = f"Firmware {request.version} rollout to {len(rows)} devices ({request.target_condition})"
+    results: dict[int, WaveResult] = {}
+
+    async def publish(note: str) -> None:
+        await create_table_artifact(
+            _wave_rows(plan, todo, results, "pending") or [{"wave": "-", "devices": 0, "status": zero or "no devices"}],
+            key=key, description=f"{title}: {note}",
+        )  # fmt: skip
+
+    await publish(zero or f"{targets} to update in {len(plan)} waves, {len(current)} already current")
+    progress = await create_progress_artifact(0.0, description=f"{title}: share of the {targets} targets handled")
     finished = 0
-    for index, wave in enumerate(waves):
-        if request.maintenance_window is not None:
-            delay = request.maintenance_window.seconds_until_open()
-            if delay > 0:
-                logger.info("wave %d waits %.0f s for the maintenance window", index, delay)
-                await asyncio.sleep(delay)
+    approval_due = request.approval_after_canary and len(plan) > 1
+    for index, wave in enumerate(todo):
+        if not wave:
+            continue
+        label = f"wave {index + 1}/{len(plan)}"
+        await _wait_for_window(request, index, publish)
+        await _rename(f"firmware {request.version} · {label}")
         t0 = time.monotonic()
         outcome = WaveResult(index=index, devices=len(wave))
         remaining, updated = set(wave), set()
@@ -202,13 +299,20 @@ async def roll_out_firmware(request: RolloutRequest, connection: ConnectionRef =
         timed_out: set[str] = set()
         condition = wave_condition(request.target_condition, wave, request.version)
         for attempt in range(request.retries + 1):
+            parts = [(sorted(remaining), condition)]
             if attempt:
                 delay = request.retry_backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                logger.info("wave %d: retrying %d devices in %.1f s", index, len(remaining), delay)
+                logger.info("%s: retrying %d devices in %.1f s", label, len(remaining), delay)
                 await asyncio.sleep(delay)
-                ids = ", ".join(quote_string(d) for d in sorted(remaining))
-                condition = f"deviceId IN [{ids}]"
-            ok, failed, timed_out = await _attempt(conn, request, condition, remaining, f"w{index}a{attempt}")
+                parts = device_id_conditions(sorted(remaining))  # one job per part: each under 8 KB
+            ok, failed, timed_out = set(), set(), set()
+            for part, (ids, cond) in enumerate(parts):
+                suffix = f" (part {part + 1}/{len(parts)})" if len(parts) > 1 else ""
+                o, f, t = await _attempt(
+                    conn, request, cond, set(ids), f"w{index + 1}a{attempt + 1}p{part + 1}",
+                    f"firmware {request.version}, {label}, attempt {attempt + 1}: {len(ids)} devices{suffix}",
+                )  # fmt: skip
+                ok, failed, timed_out = ok | o, failed | f, timed_out | t
             updated |= ok
             remaining -= ok
             outcome.attempts = attempt + 1
@@ -218,29 +322,40 @@ async def roll_out_firmware(request: RolloutRequest, connection: ConnectionRef =
         outcome.success_ratio = round(len(updated) / len(wave), 4)
         outcome.seconds = round(time.monotonic() - t0, 2)
         result.waves.append(outcome)
+        results[index] = outcome
         finished += len(wave)
-        await update_progress_artifact(progress, 100.0 * finished / max(len(targets), 1))
+        await update_progress_artifact(progress, 100.0 * finished / max(targets, 1))
         emit_event(
             event="iot-flows.rollout.wave-completed",
             resource={"prefect.resource.id": f"iot-flows.rollout.{request.version}.wave.{index}"},
             payload=outcome.model_dump(),
         )
-        logger.info("wave %d: %d/%d updated (%.0f %%)", index, len(updated), len(wave), 100 * outcome.success_ratio)
+        counts = outcome_line(len(wave), len(updated), len(failed), timed_out=len(timed_out))
+        logger.info("%s: %s (%.0f %% updated)", label, counts, 100 * outcome.success_ratio)
         failure_ratio = (len(failed) + len(timed_out)) / len(wave)
         if failure_ratio > request.abort_failure_ratio or outcome.success_ratio < request.min_success_ratio:
             result.status = "aborted"
-            result.reason = (f"wave {index}: success {outcome.success_ratio:.0%} (gate {request.min_success_ratio:.0%}), "
+            result.reason = (f"{label}: success {outcome.success_ratio:.0%} (gate {request.min_success_ratio:.0%}), "
                              f"failures {failure_ratio:.0%} (abort above {request.abort_failure_ratio:.0%})")  # fmt: skip
             break
-        if index == 0 and request.approval_after_canary and len(waves) > 1:
-            logger.info("canary done: waiting for approval (resume the flow run to continue)")
-            await pause_flow_run(timeout=request.approval_timeout_seconds)
-    await create_table_artifact(
-        [{"wave": w.index, "devices": w.devices, "updated": w.updated, "failed": len(w.failed),
-          "timed out": len(w.timed_out), "attempts": w.attempts, "success": f"{w.success_ratio:.0%}", "seconds": w.seconds}
-         for w in result.waves] or [{"wave": "-", "devices": 0}],
-        description=f"Firmware {request.version} rollout: {result.status}",
-    )  # fmt: skip
+        await publish(f"{label} done: {counts}")
+        if approval_due and index == 0 and any(todo[1:]):
+            summary = (f"**Canary of firmware {request.version}**: {counts} in {outcome.seconds:.0f} s. "
+                       f"Next: {sum(len(t) for t in todo[1:])} devices in {len(plan) - 1} waves. "
+                       f"Resume with approve=true to continue, false to stop the rollout.")  # fmt: skip
+            await publish(f"waiting for approval: {label} done: {counts}")
+            logger.info("canary done (%s): waiting for approval (resume the flow run to continue)", counts)
+            approval = await pause_flow_run(
+                wait_for_input=RolloutApproval.with_initial_data(description=summary, approve=True),
+                timeout=request.approval_timeout_seconds,
+            )  # fmt: skip
+            if not approval.approve:
+                result.status, result.reason = "aborted", f"not approved after the canary ({counts})"
+                break
+    done = outcome_line(finished, sum(w.updated for w in result.waves),
+                        sum(len(w.failed) for w in result.waves), timed_out=sum(len(w.timed_out) for w in result.waves))  # fmt: skip
+    await publish(f"{result.status}: {done}" + (f"; {result.reason}" if result.reason else ""))
     if result.status == "aborted":
         raise RolloutAbortedError(f"rollout of {request.version} aborted: {result.reason}", summary=result)
-    return result
+    return completed(result, zero or f"firmware {request.version} on {len(rows)} devices: {done}, "  # type: ignore[return-value]
+                             f"{len(current)} already current")

@@ -2,5 +2,7 @@
 
 from iot_flows._settings import HubSettings
 from iot_flows.hub._hub import Hub
+from iot_flows.hub._methods import MethodCall, parse_method_call
+from iot_flows.hub._sessions import Subscription
 
-__all__ = ["Hub", "HubSettings"]
+__all__ = ["Hub", "HubSettings", "MethodCall", "Subscription", "parse_method_call"]

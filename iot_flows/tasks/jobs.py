@@ -39,8 +39,10 @@ async def create_method_job(
 
     ``wait_for_offline_devices`` is an iot-flows hub extension (ignored by Azure).
 
+    Safe to retry: a retry whose first attempt created the job adopts it (same spec).
+
     Raises:
-        JobAlreadyExistsError: the id was used before (not retried).
+        JobAlreadyExistsError: the id holds a job with another spec (not retried).
         ThrottledError: too many active jobs (429004, retried with backoff).
     """
     body: dict[str, Any] = {

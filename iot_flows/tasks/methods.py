@@ -27,9 +27,15 @@ async def invoke_device_method(
     Returns:
         The device's own status and payload (a device error is data, not an exception).
 
+    Retried only when the request surely never reached the device (404103, 429, a
+    connection that could not be opened); never after a 504101 or a lost response, so a
+    method such as ``reboot`` runs at most once per call.
+
     Raises:
         DeviceNotOnlineError: offline or not subscribed (retried: it may come back).
-        GatewayTimeoutError: no answer within ``response_timeout`` (retried).
+        GatewayTimeoutError: no answer within ``response_timeout`` (not retried: the device
+            may have run it).
+        TransportError: the connection failed (retried only if it never opened).
     """
     async with connection.get_client() as hub:
         return await hub.invoke_device_method(

@@ -14,8 +14,8 @@ from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 
 #: Fast device timings so flows finish in seconds.
-FAST = BehaviourConfig(reboot_seconds=0.5, factory_reset_seconds=0.5, fw_wait_seconds=0.1, fw_download_seconds=0.3,
-                       fw_apply_seconds=0.3, config_apply_seconds=0.2, jitter=0.1)
+FAST = BehaviourConfig(reboot_seconds=0.5, factory_reset_seconds=0.5, fw_wait_seconds=0.1, fw_download_seconds=1.5,
+                       fw_apply_seconds=1.5, config_apply_seconds=0.2, jitter=0.1)
 
 
 @pytest.fixture(scope="session", autouse=True)
