@@ -131,7 +131,7 @@ class HubSettings(BaseSettings):
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
-    # Several nodes (iot_flows.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
+    # Several nodes (iot_flows.hub.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
     bus: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
         default=None, description="NATS URL (nats://host:4222): run as one node of several sharing --db."
     )

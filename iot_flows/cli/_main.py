@@ -1,4 +1,5 @@
-"""``iot-flows`` command line: ``hub serve``, ``fleet simulate``, ``demo``.
+"""``iot-flows`` command line: ``hub serve``, ``fleet simulate``, ``demo``, and the operator
+verbs ``device``, ``twin``, ``query``, ``method``, ``job``, ``run``.
 
 Every option is generated from a settings model in :mod:`iot_flows._settings` (see
 :mod:`iot_flows.cli._options`): a flag beats its ``IOT_FLOWS_*`` environment variable,
@@ -16,18 +17,31 @@ from pathlib import Path
 
 import typer
 
+from iot_flows._limits import raise_open_files_limit
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
+from iot_flows.cli._device import device_app
 from iot_flows.cli._fleet import fleet_app
-from iot_flows.cli._limits import raise_open_files_limit
+from iot_flows.cli._job import job_app
+from iot_flows.cli._method import method_app
 from iot_flows.cli._options import settings_options
 from iot_flows.cli._profile import HubProfile, default_profile_path, write_profile
+from iot_flows.cli._query import query
+from iot_flows.cli._run import run
+from iot_flows.cli._twin import twin_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="IoT fleet operations as Prefect flows.")
+app = typer.Typer(no_args_is_help=True, help="IoT fleet operations as Prefect flows.")
 hub_app = typer.Typer(no_args_is_help=True, help="Run the bundled IoT Hub-compatible hub.")
 app.add_typer(hub_app, name="hub")
 app.add_typer(fleet_app, name="fleet")
 app.command("demo")(demo)
+# Operator verbs, named after `az iot hub`'s (issue 14).
+app.add_typer(device_app, name="device")
+app.add_typer(twin_app, name="twin")
+app.command("query")(query)
+app.add_typer(method_app, name="method")
+app.add_typer(job_app, name="job")
+app.command("run")(run)
 
 
 def program() -> str:
@@ -102,7 +116,7 @@ def serve(settings: HubSettings) -> None:
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()  # one socket per connected device
-    from iot_flows.cluster import ClusterError
+    from iot_flows.hub.cluster import ClusterError
 
     try:
         asyncio.run(_serve_until_signal(settings))

@@ -36,13 +36,13 @@ from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine
+from iot_flows.hub._job_engine import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
-    from iot_flows.cluster import ClusterNode
+    from iot_flows.hub.cluster import ClusterNode
 
 __all__ = ["Hub", "HubSettings"]
 
@@ -123,7 +123,7 @@ class Hub:
             self.cluster.on_revoked(device_id)
 
     async def _join_cluster(self) -> None:
-        from iot_flows.cluster import ClusterNode, ClusterSettings
+        from iot_flows.hub.cluster import ClusterNode, ClusterSettings
 
         s = self.settings
         assert s.bus is not None

@@ -1,6 +1,6 @@
 """What the nodes of a hub cluster share in the store: node leases, presence, job leases.
 
-The one place the cluster (``iot_flows.cluster``) touches the database, SQLite or
+The one place the cluster (``iot_flows.hub.cluster``) touches the database, SQLite or
 PostgreSQL, kept apart from :class:`~iot_flows.store.HubStore` because only hub nodes
 started with ``--bus`` use it. Three tables:
 

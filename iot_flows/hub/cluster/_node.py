@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from iot_flows.cluster._bus import Bus, NoResponderError, NodeIdInUseError
-from iot_flows.cluster._routing import DesiredRelay, MethodRouter
+from iot_flows.hub.cluster._bus import Bus, NoResponderError, NodeIdInUseError
+from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.hub import Subscription
 from iot_flows.store import ClusterStore, open_cluster_store
 from iot_flows.twin import utc_now

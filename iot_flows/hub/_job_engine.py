@@ -33,9 +33,9 @@ from iot_flows._settings import JobSettings
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
-from iot_flows.jobs._repository import DeviceOutcome, JobRepository
-from iot_flows.jobs._requests import JobRequest, format_time, parse_job_request, parse_time
-from iot_flows.jobs._states import (
+from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
+from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
+from iot_flows.jobs import (
     ACTIVE_JOB_STATES,
     DeviceJobStatus,
     JobStatus,
@@ -45,7 +45,7 @@ from iot_flows.jobs._states import (
 )
 from iot_flows.store import HubStore
 
-__all__ = ["JobEngine", "JobSettings"]
+__all__ = ["JobEngine"]
 
 log = logging.getLogger(__name__)
 _D = DeviceJobStatus

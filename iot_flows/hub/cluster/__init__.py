@@ -4,7 +4,7 @@
 any node accepts any device and any REST call. See :class:`ClusterNode` for the hooks.
 """
 
-from iot_flows.cluster._bus import Bus, BusUnavailableError, ClusterError, NodeIdInUseError
-from iot_flows.cluster._node import ClusterNode, ClusterSettings, default_node_id
+from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, ClusterError, NodeIdInUseError
+from iot_flows.hub.cluster._node import ClusterNode, ClusterSettings, default_node_id
 
 __all__ = ["Bus", "BusUnavailableError", "ClusterError", "NodeIdInUseError", "ClusterNode", "ClusterSettings", "default_node_id"]

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError, ServiceUnavailableError, error_for_status
 from iot_flows._types import MethodResult
-from iot_flows.cluster._bus import Bus, BusUnavailableError, NoResponderError
+from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.hub import Subscription, parse_method_call
 from iot_flows.store import ClusterStore
 
