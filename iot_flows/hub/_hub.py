@@ -30,6 +30,7 @@ from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._http_timeouts import guarded_http_protocol
 from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
@@ -214,6 +215,7 @@ class Hub:
             ssl_certfile=s.tls_cert if tls else None,
             ssl_keyfile=s.tls_key if tls else None,
             timeout_graceful_shutdown=2,
+            http=guarded_http_protocol(),  # closes sockets that never send complete request headers
         )
         config.load()
         server = uvicorn.Server(config)

@@ -4,7 +4,8 @@ IoT Hub's dialect (reference §2, sdk-wire-facts): client id = device id, SAS to
 password, CONNACK 5 (not authorized) for any credential problem, one connection per
 identity, persistent subscriptions with ``clean_session=0``, no QoS 2 (a QoS 2 PUBLISH
 closes the connection), only IoT Hub topics may be subscribed (others get 0x80),
-keep-alive enforced at 1.5x. A malformed packet closes that one connection.
+keep-alive enforced at 1.5x and capped at 1,767 s (so keep-alive 0 or 3600 cannot hold
+a silent connection forever). A malformed packet closes that one connection.
 """
 
 from __future__ import annotations
@@ -54,6 +55,23 @@ log = logging.getLogger(__name__)
 
 #: Seconds a socket may stay open without sending CONNECT.
 CONNECT_TIMEOUT = 10.0
+#: Azure's server-side keep-alive cap in seconds (IoT Hub MQTT doc, "Default keep-alive
+#: timeout"; reference §2.1): the hub times out at 1.5x the client's keep-alive, at most this.
+MAX_KEEP_ALIVE = 1767.0
+
+
+def idle_limit(keep_alive: float, cap: float = MAX_KEEP_ALIVE) -> float:
+    """Seconds of silence after which the hub closes a connected device's socket.
+
+    ``keep_alive`` is the CONNECT packet's value in seconds. MQTT 3.1.1 §3.1.2.10 says the
+    server waits 1.5x keep-alive; Azure caps this server-side timeout at ``cap`` (1,767 s),
+    which also applies to keep-alive 0 (MQTT's "no keep-alive"), so no silent client holds
+    a connection forever.
+    """
+    if keep_alive <= 0:
+        return cap
+    return min(keep_alive * 1.5, cap)
+
 _PINGRESP = encode(Pingresp())
 
 
@@ -68,7 +86,7 @@ class _Connection(asyncio.Protocol):
         self.authenticated = False
         self.closed = False
         self.keep_alive = 0.0
-        self.last_seen = time.monotonic()
+        self.last_seen = server.clock()
         self._expiry_handle: asyncio.TimerHandle | None = None
         # Packets are handled one at a time, in order, by one task per busy connection
         # (handling awaits the store); sends before CONNACK are held until it is written.
@@ -89,7 +107,7 @@ class _Connection(asyncio.Protocol):
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
+        self.last_seen = self.server.clock()
         try:
             packets = self.reader.feed(data)
         except MqttCodecError as exc:
@@ -315,10 +333,17 @@ class MqttServer:
         hostname: str,
         policy_keys: dict[str, str] | None = None,
         quota: Callable[[], Quota | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_keep_alive: float = MAX_KEEP_ALIVE,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.store = store
         #: The hub's current ``--quota`` throttles (None: off).
         self.quota: Callable[[], Quota | None] = quota or (lambda: None)
+        #: Monotonic seconds; tests inject a fake clock to pass 30 minutes instantly.
+        self.clock = clock
+        self.max_keep_alive = max_keep_alive
+        self.connect_timeout = connect_timeout
         #: Shared access policy keys: devices may sign with a DeviceConnect policy (D-SAS).
         self.policy_keys = policy_keys if policy_keys is not None else {}
         self.sessions = sessions
@@ -355,17 +380,15 @@ class MqttServer:
         return int(server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
-        """Close connections silent for 1.5x their keep-alive, or stuck before CONNECT."""
+        """Close connections silent for 1.5x their keep-alive (capped), or stuck before CONNECT."""
         while True:
             await asyncio.sleep(0.5)
-            now = time.monotonic()
+            now = self.clock()
             for conn in list(self._connections):
                 if not conn.authenticated:
-                    limit = CONNECT_TIMEOUT
-                elif conn.keep_alive > 0:
-                    limit = conn.keep_alive * 1.5
+                    limit = self.connect_timeout
                 else:
-                    continue
+                    limit = idle_limit(conn.keep_alive, self.max_keep_alive)
                 if now - conn.last_seen > limit:
                     log.info("closing %s: keep-alive expired", conn.device_id or "unauthenticated client")
                     conn.close("keep-alive expired")

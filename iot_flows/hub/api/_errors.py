@@ -22,15 +22,35 @@ __all__ = ["error_response", "hub_error_handler", "unexpected_error_handler"]
 log = logging.getLogger(__name__)
 
 
+#: IoT Hub's generic error codes (status x 1000), for statuses without a specific code.
+_GENERIC_NAMES = {
+    400: "GenericBadRequest", 401: "GenericUnauthorized", 403: "GenericForbidden", 404: "GenericNotFound",
+    405: "GenericMethodNotAllowed", 409: "GenericConflict", 412: "GenericPreconditionFailed",
+    413: "GenericRequestEntityTooLarge", 415: "GenericUnsupportedMediaType", 429: "GenericTooManyRequests",
+    500: "GenericServerError", 503: "GenericServiceUnavailable", 504: "GenericTimeout",
+}
+
+
+def _code_and_name(exc: HubError) -> tuple[int, str]:
+    """The error's code and name; a code from another status class (e.g. 500001 on a 405)
+    becomes IoT Hub's generic code for the status (405000 GenericMethodNotAllowed)."""
+    status = exc.status_code
+    if exc.error_code is not None and exc.error_code // 1000 == status:
+        return exc.error_code, exc.error_name
+    return status * 1000, _GENERIC_NAMES.get(status, "GenericError")
+
+
 def error_response(exc: HubError) -> Response:
+    """The IoT Hub error response for ``exc``: its status, the error body, ``iothub-errorcode``."""
     now = datetime.now(UTC)
+    error_code, error_name = _code_and_name(exc)
     tracking_id = exc.tracking_id or f"{uuid.uuid4().hex}-G:0-TimeStamp:{now:%m/%d/%Y %H:%M:%S}"
     if isinstance(exc, DeviceNotFoundError) and exc.error_code == 404001:
         message = f"ErrorCode:DeviceNotFound;{exc.message}"
     else:
         message = json.dumps(
             {
-                "errorCode": exc.error_code,
+                "errorCode": error_code,
                 "trackingId": tracking_id,
                 "message": exc.message,
                 "info": exc.info,
@@ -38,7 +58,7 @@ def error_response(exc: HubError) -> Response:
             }
         )
     body = json.dumps({"Message": message, "ExceptionMessage": f"Tracking ID:{tracking_id}"})
-    headers = {"iothub-errorcode": exc.error_name}
+    headers = {"iothub-errorcode": error_name}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after:
         headers["Retry-After"] = str(int(retry_after))

@@ -9,7 +9,7 @@
   ``InvalidProtocolVersion``; so does the hub, so that a client bug shows up here and
   not first in production. :data:`SUPPORTED_API_VERSIONS` lists what the official SDKs
   send (``docs/azure-contract.md`` gives the sources). The hub's own endpoints
-  (``/healthz``, ``/iot-flows/...``) need no version.
+  (``/healthz``, ``/openapi.json``, ``/iot-flows/...``) need no version.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = ["SUPPORTED_API_VERSIONS", "RequestRules"]
 #: api-version values the official SDKs send (newest first); see docs/azure-contract.md.
 SUPPORTED_API_VERSIONS: frozenset[str] = frozenset({"2021-04-12", "2020-09-30", "2019-10-01"})
 #: Paths of the hub's own (non-Azure) endpoints: no api-version required.
-_OWN_PREFIXES = ("/healthz", "/iot-flows/")
+_OWN_PREFIXES = ("/healthz", "/openapi.json", "/iot-flows/")
 
 
 def _invalid_version(value: str | None) -> BadRequestError:

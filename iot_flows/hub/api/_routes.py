@@ -17,6 +17,7 @@ from starlette.routing import Route
 from iot_flows._exceptions import BadRequestError
 from iot_flows.hub._auth import Permission
 from iot_flows.hub._methods import parse_method_call
+from iot_flows.hub.api._openapi import openapi_routes
 
 if TYPE_CHECKING:
     from iot_flows.hub._hub import Hub
@@ -133,6 +134,7 @@ async def healthz(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/healthz", healthz, methods=["GET"]),
+        *openapi_routes(),
         Route("/devices", list_devices, methods=["GET"]),
         Route("/devices", bulk_devices, methods=["POST"]),
         Route("/devices/{device_id}", get_device, methods=["GET"]),
