@@ -10,6 +10,7 @@ after the retry policy's backoff. A rate policy starts devices in chunks over ti
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class WaveRunner:
                        tally: WaveTally, succeeded: set[str], final: dict[str, Failure]) -> tuple[dict[str, Any], str | None]:  # fmt: skip
         req, rate = self.request, self.policies.rate
         state = _Attempt({d: _Device() for d in ids}, list(ids))
-        tag = f"{label.replace(' ', '').replace('/', 'of')}a{attempt}"
+        tag = re.sub(r"[^A-Za-z0-9-]+", "", label.replace("/", "of").replace(".", "-")) + f"a{attempt}"
         interval = min(req.poll_interval_seconds, 1.0)
         try:
             while True:
