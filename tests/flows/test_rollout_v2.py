@@ -6,10 +6,12 @@ import asyncio
 import time
 
 import pytest
+from prefect.testing.fixtures import asserting_events_worker, reset_worker_events  # noqa: F401 - fixtures
 
 from iot_flows.client import HubClient
 from iot_flows.device import BehaviourConfig
 from iot_flows.flows.rollout import AbortCriterion, HealthGate, RolloutAbortedError, RolloutRequest, roll_out_firmware
+
 from tests.flows.conftest import make_fleet
 
 FAST_FW = dict(fw_wait_seconds=0.05, fw_download_seconds=0.2, fw_apply_seconds=0.2, jitter=0.1)
@@ -201,5 +203,57 @@ async def test_rate_limit_starts_devices_in_chunks(flow_hub, connection):
         async with HubClient(flow_hub.connection_string(), base_url=flow_hub.base_url) as client:
             jobs = [j for j in await client.query_jobs() if "rate-0000" in (j.get("queryCondition") or "")]
         assert len(jobs) >= 2  # 2 devices per second at most: more than one job
+    finally:
+        await fleet.stop()
+
+
+async def test_live_progress_and_one_event_per_wave_and_verdict(flow_hub, connection, asserting_events_worker):  # noqa: F811
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    fleet = make_fleet(flow_hub, "evt", 4, behaviour=BehaviourConfig(**FAST_FW))
+    await fleet.start(timeout=60)
+    try:
+        await _tag(flow_hub, fleet.device_ids(), "evt")
+        await roll_out_firmware(_request("6.8.0", "evt", waves=[50, 100], rollout_id="evt-rollout"), connection)
+        asserting_events_worker.drain()
+        events = [e for e in asserting_events_worker._client.events if e.event.startswith("iot-flows.rollout.")]
+        assert [e.event for e in events] == ["iot-flows.rollout.wave-completed"] * 2 + ["iot-flows.rollout.completed"]
+        assert events[0].resource.id == "iot-flows.rollout.evt-rollout.wave.0" and events[0].payload["updated"] == 2
+        async with get_client() as prefect:
+            versions = await prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rollout-evt-rollout"])))
+        live = [a for a in versions if "attempt 1:" in (a.description or "")]
+        assert live and any("running:" in str(a.data) for a in live)  # counts by state while a wave ran
+    finally:
+        await fleet.stop()
+
+
+async def test_resume_by_rollout_id_and_refuse_a_second_run_at_once(flow_hub, connection):
+    from iot_flows.flows.rollout import RolloutInProgressError
+
+    fleet = make_fleet(flow_hub, "res", 6, behaviour=BehaviourConfig(**{**FAST_FW, "fw_apply_seconds": 1.0}))
+    await fleet.start(timeout=60)
+    try:
+        await _tag(flow_hub, fleet.device_ids(), "res")
+        request = _request("6.9.0", "res", waves=[34, 67, 100], rollout_id="res-1")
+        # the first run stops after its canary wave: a health gate that never holds keeps it there
+        never = HealthGate(condition="properties.reported.never = 1", hold_seconds=1, timeout_seconds=300)
+        first = asyncio.create_task(roll_out_firmware(request.model_copy(update={"health": never}), connection))
+        for _ in range(300):  # until the canary wave is done
+            if sum(fleet.device(d).firmware_version == "6.9.0" for d in fleet.device_ids()) >= 2 or first.done():
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(RolloutInProgressError, match="res-1 is already running"):
+            await roll_out_firmware(request, connection)
+        first.cancel()  # the flow-run process stops mid-rollout
+        with pytest.raises((asyncio.CancelledError, Exception)):
+            await first
+        await asyncio.sleep(3)  # devices that got the method before the stop finish their update
+        updated_before = fleet.counters["fw_succeeded"]
+        assert updated_before == 2
+        result = await roll_out_firmware(request, connection)
+        assert result.status == "completed" and result.already_current == 2 and result.targets == 4
+        assert all(fleet.device(d).firmware_version == "6.9.0" for d in fleet.device_ids())
+        assert fleet.counters["fw_succeeded"] == 6  # nobody updated twice
     finally:
         await fleet.stop()

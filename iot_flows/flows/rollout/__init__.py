@@ -25,7 +25,14 @@ The rules are small objects in :mod:`._policies` (gate, abort, retry, window, ra
 health); the mechanisms in :mod:`._mechanisms`; one wave in :mod:`._wave`.
 """
 
-from iot_flows.flows.rollout._flow import RolloutAbortedError, RolloutApproval, roll_out_firmware, split_waves, wave_condition
+from iot_flows.flows.rollout._flow import (
+    RolloutAbortedError,
+    RolloutApproval,
+    RolloutInProgressError,
+    roll_out_firmware,
+    split_waves,
+    wave_condition,
+)
 from iot_flows.flows.rollout._models import (
     AbortCriterion,
     HealthGate,
@@ -60,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "RolloutAbortedError",
     "RolloutApproval",
+    "RolloutInProgressError",
     "RolloutPlan",
     "RolloutRequest",
     "RolloutResult",

@@ -24,14 +24,40 @@ from iot_flows.flows.rollout._mechanisms import Mechanism, mechanism_for
 from iot_flows.flows.rollout._models import RolloutPlan, RolloutRequest, RolloutResult, WavePlan, WaveResult
 from iot_flows.flows.rollout._policies import AbortPolicy, Policies, policies_for
 from iot_flows.flows.rollout._publish import Board, emit_rollout_event, publish_plan, publish_window_note, rename_run
-from iot_flows.flows.rollout._wave import WaveRunner
+from iot_flows.flows.rollout._wave import WaveRunner, job_prefix
 from iot_flows.tasks import query_twins
 
-__all__ = ["RolloutAbortedError", "RolloutApproval", "roll_out_firmware", "split_waves", "wave_condition"]
+__all__ = ["RolloutAbortedError", "RolloutApproval", "RolloutInProgressError", "roll_out_firmware", "split_waves", "wave_condition"]
 
 
 class RolloutAbortedError(OperationFailedError):
     """Raised when a wave fails its gate, passes an abort criterion or its health gate."""
+
+
+class RolloutInProgressError(OperationFailedError):
+    """Another run of the same rollout id is running (a flow run, or hub jobs of it are active)."""
+
+
+async def _refuse_concurrent(conn: HubConnection, request: RolloutRequest) -> None:
+    """Raise :class:`RolloutInProgressError` when the same rollout id is already running."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    context = FlowRunContext.get()
+    me = context.flow_run.id if context and context.flow_run else None
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[roll_out_firmware.name])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
+    for run in runs:
+        p = run.parameters or {}
+        if run.id != me and (param(p, "rollout_id") or param(p, "version")) == request.key:
+            raise RolloutInProgressError(f"rollout {request.key} is already running (flow run {run.name}, {run.id})")
+    async with conn.get_client() as hub:
+        active = [j for status in ("running", "queued", "scheduled") for j in await hub.query_jobs(job_status=status)
+                  if str(j.get("jobId", "")).startswith(job_prefix(request))]  # fmt: skip
+    if active:
+        raise RolloutInProgressError(f"rollout {request.key} is already running: hub job {active[0]['jobId']} is {active[0]['status']}")
 
 
 class RolloutApproval(RunInput):
@@ -171,6 +197,9 @@ async def roll_out_firmware(
     Raises:
         RolloutAbortedError: a gate, abort criterion or health gate stopped it, or the
             approval was refused; ``summary`` is the :class:`RolloutResult` so far.
+        RolloutInProgressError: a run of the same rollout id (``rollout_id``, else the
+            version) is running now. Re-running an id after a stop or crash continues it:
+            devices already current are skipped, waves are cut the same way.
         TooFewDevicesError: fewer than ``min_devices`` devices matched ``target_condition``.
     """
     logger = get_run_logger()
@@ -194,6 +223,7 @@ async def roll_out_firmware(
         await publish_plan(request, result.plan)
         emit_rollout_event(request, "planned", {"targets": targets, "waves": [len(t) for t in todo]})
         return completed(result, f"plan: {targets} targets in {len(plan)} waves, {len(current)} already current")  # type: ignore[return-value]
+    await _refuse_concurrent(conn, request)
     result.previous = {d: {"version": installed_version(twins[d]),
                            "package_uri": request.rollback_package_uri.format(version=installed_version(twins[d]))
                            if request.rollback_package_uri else None} for t in todo for d in t}  # fmt: skip

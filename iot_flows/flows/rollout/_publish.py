@@ -81,9 +81,11 @@ class Board:
                                     key=self.key, description=f"{self.title}: {note}")  # fmt: skip
 
     async def live_update(self, index: int, label: str, tally: WaveTally, every: float = 5.0) -> None:
-        """Record a wave's live counts; publish them at most every ``every`` seconds."""
+        """Record a wave's live counts; publish them at once for a new wave, then at most
+        every ``every`` seconds."""
+        first = index not in self.live
         self.live[index] = tally
-        if time.monotonic() - self._last >= every:
+        if first or time.monotonic() - self._last >= every:
             await self.publish(f"{label}: {tally.describe()}")
 
 

@@ -26,7 +26,12 @@ from iot_flows.flows.rollout._models import RolloutRequest, WaveResult
 from iot_flows.flows.rollout._policies import Policies, WaveTally
 from iot_flows.tasks import cancel_job, get_job, get_twins, query_device_jobs
 
-__all__ = ["WaveRun", "WaveRunner"]
+__all__ = ["WaveRun", "WaveRunner", "job_prefix"]
+
+
+def job_prefix(request: RolloutRequest) -> str:
+    """``rollout-<id>-``: every hub job of a rollout starts with it (the id cut to 24 characters)."""
+    return "rollout-" + re.sub(r"[^A-Za-z0-9-]+", "-", request.key)[:24].strip("-") + "-"
 
 _TERMINAL = ("completed", "failed", "cancelled")
 
@@ -131,7 +136,7 @@ class WaveRunner:
         parts = [(ids, condition)] if condition else device_id_conditions(ids)
         timeout = int(self.request.device_timeout_seconds) + 60
         for part, (part_ids, cond) in enumerate(parts):
-            job_id = new_job_id(f"rollout-{tag}p{len(state.jobs) + part + 1}")
+            job_id = new_job_id(f"{job_prefix(self.request)}{tag}p{len(state.jobs) + part + 1}")
             self.task_runs += 1
             await self.mechanism.start(self.conn, job_id, cond, timeout)
             state.jobs[job_id] = False
