@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from iot_flows.flows.rollout._models import AbortCriterion, HealthGate, RateLimit, RolloutRequest, Window
 
@@ -124,8 +124,6 @@ class WindowPolicy:
 
     def opens_at(self, now: datetime | None = None) -> datetime:
         now = now or datetime.now(UTC)
-        from datetime import timedelta
-
         return now + timedelta(seconds=self.seconds_until_open(now))
 
 
