@@ -52,7 +52,8 @@ async def _refuse_concurrent(conn: HubConnection, request: RolloutRequest) -> No
     for run in runs:
         p = run.parameters or {}
         if run.id != me and (param(p, "rollout_id") or param(p, "version")) == request.key:
-            raise RolloutInProgressError(f"rollout {request.key} is already running (flow run {run.name}, {run.id})")
+            raise RolloutInProgressError(f"rollout {request.key} is already running (flow run {run.name}, {run.id}); "
+                                         f"if that process died, cancel it first: prefect flow-run cancel {run.id}")
     async with conn.get_client() as hub:
         active = [j for status in ("running", "queued", "scheduled") for j in await hub.query_jobs(job_status=status)
                   if str(j.get("jobId", "")).startswith(job_prefix(request))]  # fmt: skip
