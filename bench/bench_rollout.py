@@ -1,6 +1,7 @@
 """Staged rollout over N simulated devices with injected download failures (JSON output).
 
     .venv/bin/python -m bench.bench_rollout --count 1000 --download-failure-rate 0.05
+    .venv/bin/python -m bench.bench_rollout --count 10000 --separate-hub
 
 Runs an embedded hub, a simulated fleet and ``roll_out_firmware`` under Prefect's test
 harness; reports wall time, Prefect task runs, retries and the per-wave table.
@@ -16,7 +17,7 @@ import tempfile
 import time
 
 
-async def _run(hub, count: int, rate: float, waves: list[float]) -> dict:  # type: ignore[no-untyped-def]
+async def _run(cs: str, mqtt_port: int, base_url: str, count: int, rate: float, waves: list[float]) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
 
@@ -26,13 +27,13 @@ async def _run(hub, count: int, rate: float, waves: list[float]) -> dict:  # typ
 
     behaviour = BehaviourConfig(fw_wait_seconds=0.2, fw_download_seconds=1.0, fw_apply_seconds=1.0, jitter=0.3,
                                 download_failure_rate=rate)  # fmt: skip
-    fleet = Fleet(hub.connection_string(), count=count, prefix="bench", mqtt_host="127.0.0.1", mqtt_port=hub.hub.mqtt_port,
-                  http_url=hub.base_url, tls=False, behaviour=behaviour, seed=11)  # fmt: skip
+    fleet = Fleet(cs, count=count, prefix="bench", mqtt_host="127.0.0.1", mqtt_port=mqtt_port,
+                  http_url=base_url, tls=False, behaviour=behaviour, seed=11)  # fmt: skip
     t0 = time.monotonic()
     await fleet.start(timeout=600)
     connect_s = time.monotonic() - t0
     try:
-        conn = HubConnection(connection_string=hub.connection_string(), base_url=hub.base_url)
+        conn = HubConnection(connection_string=cs, base_url=base_url)
         request = RolloutRequest(package_uri="https://firmware.example.com/fw-2.0.0.bin", version="2.0.0", waves=waves,
                                  retries=3, retry_backoff_seconds=2, device_timeout_seconds=120, poll_interval_seconds=1,
                                  min_success_ratio=0.95)  # fmt: skip
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--download-failure-rate", type=float, default=0.05)
     parser.add_argument("--waves", default="1,10,50,100")
+    parser.add_argument("--separate-hub", action="store_true", help="run the hub in its own process (10,000 devices: fds)")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from prefect.testing.utilities import prefect_test_harness
@@ -78,10 +80,22 @@ def main() -> None:
     from iot_flows.hub import HubSettings
     from iot_flows.hub._embedded import EmbeddedHub
 
-    folder = tempfile.mkdtemp(prefix="bench-rollout-")
-    with prefect_test_harness(server_startup_timeout=120), \
-            EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db"))) as hub:  # fmt: skip
-        out = asyncio.run(_run(hub, args.count, args.download_failure_rate, [float(w) for w in args.waves.split(",")]))
+    waves = [float(w) for w in args.waves.split(",")]
+    with prefect_test_harness(server_startup_timeout=120):
+        if args.separate_hub:
+            from bench._lean import HubProc
+
+            proc = HubProc()
+            try:
+                out = asyncio.run(_run(proc.connection_string, proc.mqtt_port, proc.base_url, args.count,
+                                       args.download_failure_rate, waves))  # fmt: skip
+            finally:
+                proc.stop()
+        else:
+            folder = tempfile.mkdtemp(prefix="bench-rollout-")
+            with EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db"))) as hub:
+                out = asyncio.run(_run(hub.connection_string(), hub.hub.mqtt_port, hub.base_url, args.count,
+                                       args.download_failure_rate, waves))  # fmt: skip
     print(json.dumps(out, indent=2))
 
 
