@@ -94,6 +94,7 @@ class JobSettings(BaseSettings):
 
 
 _TLS = "TLS"
+_CLUSTER = "Several nodes"
 
 
 class HubSettings(BaseSettings):
@@ -130,6 +131,16 @@ class HubSettings(BaseSettings):
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
+    # Several nodes (iot_flows.hub.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
+    bus: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
+        default=None, description="NATS URL (nats://host:4222): run as one node of several sharing --db."
+    )
+    node_id: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
+        default=None, description="This node's unique name with --bus (default: <hostname>-<pid>)."
+    )
+    node_lease_seconds: Annotated[float, Cli(panel=_CLUSTER)] = Field(
+        default=10.0, ge=0.5, description="With --bus: a silent node loses its devices and jobs after this long."
+    )
 
 
 class ClientSettings(BaseSettings):

@@ -1,16 +1,75 @@
-"""Shared fixtures: one real hub per session on 127.0.0.1 (free ports, SQLite in a temp dir)."""
+"""Shared fixtures: one real hub per session on 127.0.0.1 (free ports, a real store).
+
+Store backends: the hub, jobs, query and interop suites run on SQLite *and* on
+PostgreSQL (a throw-away PostgreSQL 15 cluster on a free port, see ``tests/pgcluster``);
+the other suites run on SQLite only. ``TEST_STORE_BACKENDS=sqlite`` (comma list) narrows
+the set for a quick local run.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
+from tests.pgcluster import PgCluster, PostgresMissing
 from tests.support import Device, Service
+
+TESTS = Path(__file__).parent
+#: Suites that run on every store backend.
+BOTH_BACKENDS = ("hub", "jobs", "query", "interop", "store")
+BACKENDS = tuple(b for b in os.environ.get("TEST_STORE_BACKENDS", "sqlite,postgresql").split(",") if b)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    try:
+        suite = Path(str(metafunc.definition.fspath)).relative_to(TESTS).parts[0]
+    except ValueError:
+        suite = ""
+    backends = BACKENDS if suite in BOTH_BACKENDS else ("sqlite",)
+    metafunc.parametrize("backend", backends, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``: the store the hubs of this test use."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throw-away PostgreSQL 15 cluster for the whole session (stopped at the end)."""
+    try:
+        cluster = PgCluster()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def make_db(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Callable[[], str]:
+    """Factory: a fresh, empty store for one hub: a SQLite path or a PostgreSQL URL."""
+    counter = itertools.count(1)
+
+    def make() -> str:
+        n = next(counter)
+        if backend == "postgresql":
+            cluster: PgCluster = request.getfixturevalue("pg_cluster")
+            return cluster.create_database(f"hub_{os.getpid()}_{n}")
+        return str(tmp_path_factory.mktemp("hub") / "hub.db")
+
+    return make
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +80,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedHub]:
-    db = tmp_path_factory.mktemp("hub") / "hub.db"
-    settings = HubSettings(mqtt_port=0, http_port=0, db=str(db))
+def embedded_hub(make_db: Callable[[], str]) -> Iterator[EmbeddedHub]:
+    settings = HubSettings(mqtt_port=0, http_port=0, db=make_db())
     with EmbeddedHub(settings) as hub:
         yield hub
 

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -237,9 +238,12 @@ CLI = [sys.executable, "-m", "iot_flows.cli"]
 class HubProcess:
     """``iot-flows hub serve`` in a subprocess; reads the printed connection string."""
 
-    def __init__(self, db: Path, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
+    def __init__(self, db: Path | str, env: dict[str, str] | None = None, *, ports: tuple[int, int] | None = None,
                  args: tuple[str, ...] = ()) -> None:
         self.mqtt_port, self.http_port = ports or (free_port(), free_port())
+        if "://" in str(db) and "IOT_FLOWS_HUB_PROFILE" not in (env or {}):
+            # A database URL has no folder for the profile: keep it out of the working directory.
+            env = {**(env or {}), "IOT_FLOWS_HUB_PROFILE": os.path.join(tempfile.mkdtemp(prefix="hub-profile-"), "hub.json")}
         self.proc = subprocess.Popen(
             [*CLI, "hub", "serve", "--db", str(db), "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port),
              *args],

@@ -1,4 +1,5 @@
-"""``iot-flows`` command line: ``hub serve``, ``fleet simulate``, ``demo``.
+"""``iot-flows`` command line: ``hub serve``, ``fleet simulate``, ``demo``, and the operator
+verbs ``device``, ``twin``, ``query``, ``method``, ``job``, ``run``.
 
 Every option is generated from a settings model in :mod:`iot_flows._settings` (see
 :mod:`iot_flows.cli._options`): a flag beats its ``IOT_FLOWS_*`` environment variable,
@@ -16,18 +17,31 @@ from pathlib import Path
 
 import typer
 
+from iot_flows._limits import raise_open_files_limit
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
+from iot_flows.cli._device import device_app
 from iot_flows.cli._fleet import fleet_app
-from iot_flows.cli._limits import raise_open_files_limit
+from iot_flows.cli._job import job_app
+from iot_flows.cli._method import method_app
 from iot_flows.cli._options import settings_options
 from iot_flows.cli._profile import HubProfile, default_profile_path, write_profile
+from iot_flows.cli._query import query
+from iot_flows.cli._run import run
+from iot_flows.cli._twin import twin_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="IoT fleet operations as Prefect flows.")
+app = typer.Typer(no_args_is_help=True, help="IoT fleet operations as Prefect flows.")
 hub_app = typer.Typer(no_args_is_help=True, help="Run the bundled IoT Hub-compatible hub.")
 app.add_typer(hub_app, name="hub")
 app.add_typer(fleet_app, name="fleet")
 app.command("demo")(demo)
+# Operator verbs, named after `az iot hub`'s (issue 14).
+app.add_typer(device_app, name="device")
+app.add_typer(twin_app, name="twin")
+app.command("query")(query)
+app.add_typer(method_app, name="method")
+app.add_typer(job_app, name="job")
+app.command("run")(run)
 
 
 def program() -> str:
@@ -78,6 +92,8 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     typer.echo(f"  REST  : {hub.base_url}")
     typer.echo(f"  db    : {hub.settings.db}")
     typer.echo(f"  profile: {profile_path} (how the other commands find this hub)")
+    if hub.cluster is not None:
+        typer.echo(f"  node  : {hub.cluster.node_id} on {hub.cluster.bus.url}")
     typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
     first, explicit = next_commands(profile, profile_path)
     typer.echo(f"Next, in another terminal in this folder:\n  {first}\nor from anywhere:\n  {explicit}", color=False)
@@ -100,7 +116,13 @@ def serve(settings: HubSettings) -> None:
         raise typer.BadParameter("--tls-cert and --tls-key go together")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()  # one socket per connected device
-    asyncio.run(_serve_until_signal(settings))
+    from iot_flows.hub.cluster import ClusterError
+
+    try:
+        asyncio.run(_serve_until_signal(settings))
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

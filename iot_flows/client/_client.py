@@ -376,3 +376,35 @@ class HubClient:
             timeout=wait + 30,
         )
         return response.json()  # type: ignore[no-any-return]
+
+    # ---- operator verbs (``iot-flows device ...``, ``iot-flows query``) --------------------
+    async def list_devices(self, *, top: int | None = None) -> list[JsonObject]:
+        """Device twins of the registry (``SELECT * FROM devices``, every page, at most ``top``).
+
+        Azure deprecated ``GET /devices``; ``az iot hub device-identity list`` queries too.
+        """
+        return await self.query_top("SELECT * FROM devices", top=top)
+
+    async def query_top(self, query: str, *, top: int | None = None, page_size: int = 100) -> list[JsonObject]:
+        """Every result of ``query`` (following ``x-ms-continuation``), or the first ``top``."""
+        out: list[JsonObject] = []
+        size = min(page_size, top) if top else page_size
+        async for item in self.query(query, page_size=max(size, 1)):
+            out.append(item)
+            if top is not None and len(out) >= top:
+                break
+        return out
+
+    async def set_device_status(self, device_id: str, status: str, *, reason: str | None = None) -> JsonObject:
+        """Enable or disable a device identity (``status`` ``enabled``/``disabled``), keeping
+        its keys: read, change ``status``, write back under the read ``etag``.
+
+        Raises:
+            DeviceNotFoundError: no such device; PreconditionFailedError: changed meanwhile.
+        """
+        device = await self.get_device(device_id)
+        device["status"] = status
+        if reason is not None:
+            device["statusReason"] = reason
+        return await self.update_device(device, etag=str(device.get("etag") or "*"))
+

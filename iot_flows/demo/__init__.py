@@ -30,12 +30,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEMO_TAG", "DemoOptions", "run_demo"]
+__all__ = ["DEMO_TAG", "QUICK_DEVICES", "DemoOptions", "launch", "run_demo"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so ``python -m iot_flows.demo`` can set Prefect's logging options before
     # Prefect is imported (it reads them once, on import).
+    if name in ("QUICK_DEVICES", "launch"):
+        from iot_flows.demo import _launch
+
+        return getattr(_launch, name)
     if name in __all__:
         from iot_flows.demo import _run
 

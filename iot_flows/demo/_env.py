@@ -22,7 +22,7 @@ from iot_flows.client import HubClient
 from iot_flows.demo._fleet_process import FleetProcess
 from iot_flows.device import BehaviourConfig, FleetStats
 from iot_flows.hub import HubSettings
-from iot_flows.hub._embedded import EmbeddedHub
+from iot_flows.hub import EmbeddedHub
 
 __all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
 

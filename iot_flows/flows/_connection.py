@@ -29,7 +29,7 @@ def embedded_hub():  # type: ignore[no-untyped-def]
     with _lock:
         if _embedded is None:
             from iot_flows.hub import HubSettings
-            from iot_flows.hub._embedded import EmbeddedHub
+            from iot_flows.hub import EmbeddedHub
 
             folder = tempfile.mkdtemp(prefix="iot-flows-hub-")
             hub = EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from iot_flows.store import DeviceRecord
@@ -28,12 +29,20 @@ class ChangeFeed:
         self._seq = itertools.count(1)
         self._last = 0
         self._waiters: list[asyncio.Future[None]] = []
+        #: Set by a cluster node: sends each local change to the other nodes.
+        self.publisher: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def last_sequence(self) -> int:
         return self._last
 
     def append(self, change: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher(change)
+        self.ingest(change)
+
+    def ingest(self, change: dict[str, Any]) -> None:
+        """Append without publishing (a change another hub node made)."""
         self._last = next(self._seq)
         self._changes.append({"sequence": self._last, "time": utc_now(), **change})
         waiters, self._waiters = self._waiters, []

@@ -7,7 +7,7 @@ import json
 import logging
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -35,10 +35,13 @@ from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._query import QueryService
-from iot_flows.jobs import JobEngine
+from iot_flows.hub._job_engine import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now
+
+if TYPE_CHECKING:
+    from iot_flows.hub.cluster import ClusterNode
 
 __all__ = ["Hub", "HubSettings"]
 
@@ -76,11 +79,13 @@ class Hub:
         self.store: HubStore
         #: per device: [lock, users] serialising its connection-state writes
         self._state_locks: dict[str, list[Any]] = {}
+        self.cluster: ClusterNode | None = None
 
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
         self.store = await open_store(self.settings.db)
-        await self.store.reset_connection_states(utc_now())
+        if self.settings.bus is None:  # a cluster node resets only its own (ClusterNode.connect)
+            await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or None
         stored = await self.store.get_meta("policy_keys")
         keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
@@ -97,9 +102,10 @@ class Hub:
         try:
             async with entry[0]:
                 now_connected = self.sessions.is_connected(device_id)
-                await self.store.set_connection_state(
-                    device_id, "Connected" if now_connected else "Disconnected", utc_now()
-                )
+                if self.cluster is None or await self.cluster.on_connection_change(device_id, now_connected):
+                    await self.store.set_connection_state(
+                        device_id, "Connected" if now_connected else "Disconnected", utc_now()
+                    )
         except Exception:
             if connected:
                 raise  # the CONNECT fails: the device retries
@@ -110,12 +116,32 @@ class Hub:
                 self._state_locks.pop(device_id, None)
         self.changes.on_connection_change(device_id, connected)
 
+    def _on_revoked(self, device_id: str) -> None:
+        self.sessions.forget(device_id)
+        if self.cluster is not None:
+            self.cluster.on_revoked(device_id)
+
+    async def _join_cluster(self) -> None:
+        from iot_flows.hub.cluster import ClusterNode, ClusterSettings
+
+        s = self.settings
+        assert s.bus is not None
+        node = ClusterNode(self, ClusterSettings(bus=s.bus, node_id=s.node_id or "", lease_seconds=s.node_lease_seconds))
+        try:
+            await node.connect()
+        except BaseException:
+            await node.bus.close()
+            await self.store.close()
+            raise
+        await node.start()
+        self.cluster = node
+
     def _build_services(self) -> None:
         self.changes = ChangeFeed()
         self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
-        self.registry = RegistryService(self.store, on_revoked=self.sessions.forget)
+        self.registry = RegistryService(self.store, on_revoked=self._on_revoked)
         self.endpoint = DeviceEndpoint(self.twins, self.methods, self.sessions)
         self.twins.add_listener(self.changes.on_twin_change)
         self.queries = QueryService(self.store)
@@ -157,6 +183,8 @@ class Hub:
         s = self.settings
         await self._open_store()
         self._build_services()
+        if s.bus is not None:
+            await self._join_cluster()
         self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
         tls = self._tls_context()
         if tls is not None:
@@ -184,6 +212,8 @@ class Hub:
     async def stop(self) -> None:
         """Close connections and listeners, then the store."""
         self.ready = False
+        if self.cluster is not None:
+            await self.cluster.stop_heartbeat()  # adopts no job while this node shuts down
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
             if self._uvicorn_task is not None:
@@ -192,6 +222,9 @@ class Hub:
             self._uvicorn = None
         await self.jobs.stop()
         await self.mqtt.close()
+        if self.cluster is not None:
+            await self.cluster.leave()
+            await self.cluster.stop()
         await self.store.close()
 
     # ---- facts for users --------------------------------------------------------------

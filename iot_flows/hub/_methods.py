@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,8 @@ class MethodInvoker:
         self._sessions = sessions
         self._pending: dict[tuple[str, str], asyncio.Future[MethodResult]] = {}
         self._ids = itertools.count(1)
+        #: Set by a cluster node: routes each call to the node holding the device.
+        self.router: Callable[[str, MethodCall], Awaitable[MethodResult]] | None = None
 
     @property
     def pending_count(self) -> int:
@@ -98,6 +101,12 @@ class MethodInvoker:
 
     async def invoke(self, device_id: str, call: MethodCall) -> MethodResult:
         """Invoke ``call`` on ``device_id``; raise 404103 / 504101 as IoT Hub does."""
+        if self.router is not None:
+            return await self.router(device_id, call)
+        return await self.invoke_local(device_id, call)
+
+    async def invoke_local(self, device_id: str, call: MethodCall) -> MethodResult:
+        """Invoke ``call`` through this process's connection to the device (404103 if none)."""
         link = self._sessions.subscribed_link(device_id, Subscription.METHODS)
         if link is None and call.connect_timeout > 0:
             link = await self._sessions.wait_for(device_id, Subscription.METHODS, call.connect_timeout)

@@ -134,6 +134,7 @@ class RegistryService:
 
     async def _update(self, existing: DeviceRecord, body: dict[str, Any]) -> DeviceRecord:
         fields = _parse_identity(body)
+        old_keys = (existing.primary_key, existing.secondary_key, existing.primary_thumbprint, existing.secondary_thumbprint)
         sym = (body.get("authentication") or {}).get("symmetricKey") or {}
         for name, key in (("primary_key", "primaryKey"), ("secondary_key", "secondaryKey")):
             if not sym.get(key) and getattr(existing, name):
@@ -144,8 +145,9 @@ class RegistryService:
             setattr(existing, name, value)
         existing.device_etag = new_etag()
         await self._store.update_identity(existing)
-        if existing.status == "disabled":
-            self._on_revoked(existing.device_id)
+        new_keys = (existing.primary_key, existing.secondary_key, existing.primary_thumbprint, existing.secondary_thumbprint)
+        if existing.status == "disabled" or new_keys != old_keys:
+            self._on_revoked(existing.device_id)  # disabled or re-keyed: its connection goes
         return existing
 
     async def delete(self, device_id: str, *, if_match: str | None) -> None:

@@ -134,6 +134,17 @@ class SessionRegistry:
         if session is not None and session.link is not None:
             session.link.close("device removed")
 
+    def release(self, device_id: str, reason: str) -> None:
+        """The device connected to another hub node: close the link here, and reload the
+        stored session on its next connection here (the other node may change it)."""
+        session = self._sessions.get(device_id)
+        if session is None:
+            return
+        session.restored = False
+        session.subscriptions.clear()
+        if session.link is not None:
+            session.link.close(reason)
+
     async def subscribe(self, device_id: str, subscription: Subscription) -> None:
         session = self._sessions.setdefault(device_id, _Session())
         if subscription not in session.subscriptions:

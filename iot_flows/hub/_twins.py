@@ -10,12 +10,19 @@ Every change is committed before it is acknowledged or pushed to the device.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, PreconditionFailedError
+from iot_flows._exceptions import (
+    BadRequestError,
+    DeviceNotFoundError,
+    PreconditionFailedError,
+    ServiceUnavailableError,
+)
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.store import DeviceRecord, HubStore, new_etag
 from iot_flows.twin import (
@@ -32,6 +39,31 @@ __all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
 #: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
 TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: Compare-and-set rounds before a twin write gives up with 503 (only other nodes race).
+_CAS_ATTEMPTS = 50
+
+
+_R = TypeVar("_R")
+
+
+def _one_writer_per_twin(
+    method: Callable[..., Awaitable[_R]],
+) -> Callable[..., Awaitable[_R]]:
+    """Run read-modify-write of one twin one at a time (the store may suspend between them)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: "TwinService", device_id: str, *args: Any, **kwargs: Any) -> _R:
+        entry = self._locks.setdefault(device_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await method(self, device_id, *args, **kwargs)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._locks.pop(device_id, None)
+
+    return wrapper
 
 
 def device_not_found(device_id: str) -> DeviceNotFoundError:
@@ -59,6 +91,9 @@ class TwinService:
         self._store = store
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
+        self._locks: dict[str, list[Any]] = {}
+        #: Set by a cluster node: delivers desired notifications wherever the device is.
+        self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], Awaitable[None]] | None = None
 
     def add_listener(self, listener: TwinChange) -> None:
         """Call ``listener`` after each committed twin change (change stream, events)."""
@@ -74,6 +109,7 @@ class TwinService:
     async def get(self, device_id: str) -> DeviceRecord:
         return await self._load(device_id)
 
+    @_one_writer_per_twin
     async def update(
         self, device_id: str, body: Any, *, if_match: str | None = None, replace: bool = False
     ) -> DeviceRecord:
@@ -95,37 +131,69 @@ class TwinService:
             if section is not None:
                 validate_patch(name, section)
 
-        record = await self._load(device_id)
-        check_if_match(if_match, record.twin_etag)
-        now = utc_now()
-        new = copy.deepcopy(record)
         notification: dict[str, Any] | None = None
-        if has_tags:
-            if replace or tags is None:
-                new.tags, new.tags_meta = replace_section(tags or {}, now, None)
-            else:
-                apply_patch(new.tags, new.tags_meta, tags, now, None)
-            validate_section_size("tags", new.tags)
-        if has_desired:
-            new.desired_version += 1
-            if replace or desired is None:
-                new.desired, new.desired_meta = replace_section(desired or {}, now, new.desired_version)
-                notification = removed_keys_as_nulls(record.desired, new.desired)
-            else:
-                apply_patch(new.desired, new.desired_meta, desired, now, new.desired_version)
-                notification = copy.deepcopy(desired)
-            validate_section_size("desired", new.desired)
-        if not (has_tags or has_desired):
+
+        def build(record: DeviceRecord) -> DeviceRecord | None:
+            nonlocal notification
+            check_if_match(if_match, record.twin_etag)
+            if not (has_tags or has_desired):
+                return None
+            now = utc_now()
+            new = copy.deepcopy(record)
+            notification = None
+            if has_tags:
+                if replace or tags is None:
+                    new.tags, new.tags_meta = replace_section(tags or {}, now, None)
+                else:
+                    apply_patch(new.tags, new.tags_meta, tags, now, None)
+                validate_section_size("tags", new.tags)
+            if has_desired:
+                new.desired_version += 1
+                if replace or desired is None:
+                    new.desired, new.desired_meta = replace_section(desired or {}, now, new.desired_version)
+                    notification = removed_keys_as_nulls(record.desired, new.desired)
+                else:
+                    apply_patch(new.desired, new.desired_meta, desired, now, new.desired_version)
+                    notification = copy.deepcopy(desired)
+                validate_section_size("desired", new.desired)
+            return new
+
+        record, new = await self._read_modify_write(device_id, build)
+        if new is None:
             return record
-        new.twin_version += 1
-        new.twin_etag = new_etag()
-        await self._store.update_twin(new)
         if notification is not None:
-            self._notify_desired(new, notification)
+            if self.desired_sender is not None:
+                await self.desired_sender(new, copy.deepcopy(notification))
+            else:
+                self._notify_desired(new, notification)
             self._emit(device_id, "desired", notification, new)
         if has_tags:
             self._emit(device_id, "tags", tags or {}, new)
         return new
+
+    async def _read_modify_write(
+        self, device_id: str, build: Callable[[DeviceRecord], DeviceRecord | None]
+    ) -> tuple[DeviceRecord, DeviceRecord | None]:
+        """Load the twin, ``build`` its next state, store it if nobody wrote in between.
+
+        ``build`` returns None for "nothing to write" and raises for a refused write. The
+        store's compare-and-set on the twin ``version`` makes this safe when several hub
+        nodes share one database; within one node the per-twin lock already orders writers,
+        so a retry happens only when another node won the race.
+
+        Raises:
+            ServiceUnavailableError: the twin kept changing for ``_CAS_ATTEMPTS`` rounds (503, retryable).
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            record = await self._load(device_id)
+            new = build(record)
+            if new is None:
+                return record, None
+            new.twin_version = record.twin_version + 1
+            new.twin_etag = new_etag()
+            if await self._store.update_twin(new, expected_version=record.twin_version):
+                return record, new
+        raise ServiceUnavailableError(f"The twin of {device_id} kept changing under concurrent writes; retry.")
 
     def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:
         link = self._sessions.subscribed_link(record.device_id, Subscription.DESIRED)
@@ -141,6 +209,7 @@ class TwinService:
     async def device_view(self, device_id: str) -> dict[str, Any]:
         return (await self._load(device_id)).device_twin_view()
 
+    @_one_writer_per_twin
     async def report(self, device_id: str, patch: Any, *, if_version: int | None = None) -> int:
         """Merge a device's reported patch; return the new reported ``$version``.
 
@@ -149,19 +218,20 @@ class TwinService:
         is stored (the MQTT 5 reference's ``if-version``; Azure/azure-iot-sdk-java#1776).
         """
         validate_patch("reported", patch)
-        record = await self._load(device_id)
-        if if_version is not None and if_version != record.reported_version:
-            raise PreconditionFailedError(
-                f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
-            )
-        now = utc_now()
-        new = copy.deepcopy(record)
-        apply_patch(new.reported, new.reported_meta, patch, now, None)
-        validate_section_size("reported", new.reported)
-        new.reported_version += 1
-        new.twin_version += 1
-        new.twin_etag = new_etag()
-        await self._store.update_twin(new)
+
+        def build(record: DeviceRecord) -> DeviceRecord:
+            if if_version is not None and if_version != record.reported_version:
+                raise PreconditionFailedError(
+                    f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
+                )
+            new = copy.deepcopy(record)
+            apply_patch(new.reported, new.reported_meta, patch, utc_now(), None)
+            validate_section_size("reported", new.reported)
+            new.reported_version += 1
+            return new
+
+        _, new = await self._read_modify_write(device_id, build)
+        assert new is not None
         self._emit(device_id, "reported", patch, new)
         return new.reported_version
 

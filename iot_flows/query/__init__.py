@@ -1,4 +1,4 @@
-"""IoT Hub query language: parser, SQLite compiler and a pure-Python oracle.
+"""IoT Hub query language: parser, SQL compiler (SQLite; PostgreSQL with ``POSTGRES``), a pure-Python oracle.
 
 Reference: ``iothub-reference.md`` section 4. The pieces:
 
@@ -14,14 +14,18 @@ Reference: ``iothub-reference.md`` section 4. The pieces:
 from ._ast import UNDEFINED, Query
 from ._compile import CompiledQuery, compile_condition, compile_parsed, compile_query, row_to_item
 from ._grammar import MAX_QUERY_LENGTH
+from ._dialect import SqlDialect
 from ._evaluate import evaluate_condition, run_query
+from ._pgdialect import POSTGRES
 from ._parser import parse_condition, parse_query
 
 __all__ = [
     "MAX_QUERY_LENGTH",
+    "POSTGRES",
     "UNDEFINED",
     "CompiledQuery",
     "Query",
+    "SqlDialect",
     "compile_condition",
     "compile_parsed",
     "compile_query",

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ._ast import Aggregate, Projection, Query
+from ._dialect import SqlDialect, current, using
 from ._parser import parse_condition, parse_query
 from ._sqlexpr import Val, forms, numeric, value
 from ._sqlfrag import Frag
@@ -68,26 +69,37 @@ class CompiledQuery:
 
 
 def _where(expr: Any) -> tuple[str, tuple[Any, ...]]:
+    dialect = current()
     if expr is None:
-        return "1", ()
+        return dialect.true_sql, ()
     t = forms(expr)[0]
     if t.is_const:
-        return ("1" if t.const is True else "0"), ()
-    return t.sql, t.params
+        return (dialect.true_sql if t.const is True else dialect.false_sql), ()
+    return dialect.finish(t.sql), t.params
 
 
-def compile_condition(text: str) -> tuple[str, tuple[Any, ...]]:
-    """SQL WHERE body and parameters for a job ``queryCondition``; ``'*'`` gives ``('1', ())``."""
-    return _where(parse_condition(text))
+def compile_condition(text: str, dialect: SqlDialect | None = None) -> tuple[str, tuple[Any, ...]]:
+    """SQL WHERE body and parameters for a job ``queryCondition``; ``'*'`` gives ``('1', ())``.
+
+    ``dialect`` defaults to SQLite; PostgreSQL's is ``iot_flows.query.POSTGRES``.
+    """
+    parsed = parse_condition(text)
+    with using(dialect or current()):
+        return _where(parsed)
 
 
-def compile_query(text: str) -> CompiledQuery:
+def compile_query(text: str, dialect: SqlDialect | None = None) -> CompiledQuery:
     """Parse, check and compile ``text``; raises only QuerySyntaxError."""
-    return compile_parsed(parse_query(text))
+    return compile_parsed(parse_query(text), dialect)
 
 
-def compile_parsed(query: Query) -> CompiledQuery:
-    """Compile an already parsed and bound query."""
+def compile_parsed(query: Query, dialect: SqlDialect | None = None) -> CompiledQuery:
+    """Compile an already parsed and bound query (SQLite unless ``dialect`` says otherwise)."""
+    with using(dialect or current()):
+        return _compile_parsed(query)
+
+
+def _compile_parsed(query: Query) -> CompiledQuery:
     where_sql, params = _where(query.where)
     table = _TABLES[query.source]
     if query.projections is None:
@@ -105,7 +117,7 @@ def compile_parsed(query: Query) -> CompiledQuery:
         keys: list[str] = []
         for path in query.group_by:
             keys.extend(_group_keys(value(path)))
-        group_by = ", ".join(dict.fromkeys(keys)) or "NULL"
+        group_by = ", ".join(dict.fromkeys(keys)) or current().constant_group_key
     return CompiledQuery(
         query.source,
         table,
@@ -141,9 +153,9 @@ def _projection_sql(proj: Projection) -> tuple[str, str]:
 
 def _value_sql(v: Val) -> tuple[str, str]:
     if v.kind == "json":
-        return f"{_plain(v.sql)}, {_plain(v.typ)}", "typed"
+        return current().json_projection(v)
     if v.kind == "object":
-        return _plain(v.sql), "json"
+        return current().object_projection(_plain(v.sql)), "json"
     if v.kind == "lit":
         return "NULL", "plain"
     return _plain(v.sql), "plain"
@@ -151,10 +163,7 @@ def _value_sql(v: Val) -> tuple[str, str]:
 
 def _group_keys(v: Val) -> list[str]:
     if v.kind == "json":
-        # Type first: SQLite matches GROUP BY terms to an index in any order, so an index
-        # on (json_extract, json_type) still covers this; a json_extract-only index cannot,
-        # and type-first stops the planner from walking it row by row (slower than a scan).
-        return [_plain(v.typ), _plain(v.sql)]
+        return current().json_group_keys(v)
     if v.kind == "lit":
         return []
     return [_plain(v.sql)]
@@ -180,6 +189,12 @@ def row_to_item(compiled: CompiledQuery, row: Sequence[Any]) -> dict[str, Any]:
     item: dict[str, Any] = {}
     i = 0
     for alias, decoder in compiled.decoders:
+        if decoder == "jsontext":  # PostgreSQL: (JSON text, jsonb_typeof)
+            raw, json_type = row[i], row[i + 1]
+            i += 2
+            if json_type is not None:
+                item[alias] = json.loads(raw)
+            continue
         if decoder == "typed":
             raw, json_type = row[i], row[i + 1]
             i += 2

@@ -1,4 +1,4 @@
-"""Compile bound expressions to SQLite over the ``devices`` / ``device_jobs`` tables.
+"""Compile bound expressions to SQL (SQLite, or PostgreSQL via ``_dialect``) over the ``devices`` / ``device_jobs`` tables.
 
 Every Boolean node compiles to three fragments:
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._ast import UNDEFINED, And, Arith, Compare, In, IsDefined, Literal, Neg, Not, Or, Path, Ref
-from ._paths import json_path_literal
+from ._dialect import current
 from ._sqlfrag import (
     FALSE,
     NULL,
@@ -43,7 +43,6 @@ from ._sqlfrag import (
     kleene_and,
     kleene_not,
     kleene_or,
-    param,
 )
 from ._values import arith, compare, kind, member, negate, truth
 
@@ -56,13 +55,6 @@ _ELIGIBLE = {
 }
 _ORDERED = ("number", "text")
 _JSON_KINDS = frozenset(["number", "text", "bool", "null", "array", "object"])
-_JSON_TYPES = {
-    "number": "IN ('integer','real')",
-    "text": "= 'text'",
-    "bool": "IN ('true','false')",
-    "null": "= 'null'",
-}
-_ARITH_SQL = {"+": "({} + {})", "-": "({} - {})", "*": "({} * {})", "/": "(CAST({} AS REAL) / {})", "%": "mod({}, {})"}
 
 Forms = tuple[Frag, Frag, Frag]
 
@@ -88,7 +80,7 @@ class Val:
     def is_kind(self, k: str) -> Frag:
         """Condition for "the value has kind k", TRUE when known statically (NULL propagates)."""
         if self.kind == "json":
-            return cat(self.typ, " ", _JSON_TYPES[k])
+            return cat(self.typ, " ", current().type_test(k))
         return TRUE
 
     def defined_as(self, k: str) -> Frag:
@@ -101,7 +93,7 @@ class Val:
 
     def operand(self) -> Frag:
         """The value as an SQL operand (JSON booleans read as 1/0)."""
-        return param(self.lit) if self.kind == "lit" else self.sql
+        return current().literal(self.lit) if self.kind == "lit" else self.sql
 
 
 _UNDEFINED_VAL = Val("lit", lit=UNDEFINED)
@@ -111,18 +103,13 @@ def _ref_val(ref: Ref) -> Val:
     if ref.kind == "column":
         return Val(ref.value_kind, Frag(ref.column))
     if ref.kind == "json":
-        path = json_path_literal(ref.json_path)
-        return Val("json", Frag(f"json_extract({ref.column}, {path})"), Frag(f"json_type({ref.column}, {path})"))
+        return Val("json", *current().json_ref(ref.column, ref.json_path))
     if ref.kind == "section":
-        return Val("object", _section_sql(ref.column))
+        return Val("object", current().section(ref.column))
     if ref.kind == "properties":
-        desired, reported = _section_sql("desired"), _section_sql("reported")
-        return Val("object", cat("json_object('desired', json(", desired, "), 'reported', json(", reported, "))"))
+        dialect = current()
+        return Val("object", dialect.properties(dialect.section("desired"), dialect.section("reported")))
     return _UNDEFINED_VAL
-
-
-def _section_sql(section: str) -> Frag:
-    return Frag(f"json_set({section}, '$.\"$version\"', {section}_version)")
 
 
 def numeric(v: Val) -> Val:
@@ -130,7 +117,7 @@ def numeric(v: Val) -> Val:
     if v.kind == "lit":
         return v if kind(v.lit) == "number" else _UNDEFINED_VAL
     if v.kind == "json":
-        return Val("number", cat("CASE WHEN ", v.is_kind("number"), " THEN ", v.sql, " END"))
+        return Val("number", current().json_number(v))
     return v if v.kind == "number" else _UNDEFINED_VAL
 
 
@@ -145,8 +132,7 @@ def value(node: Any) -> Val:
         left, right = numeric(value(node.left)), numeric(value(node.right))
         if _UNDEFINED_VAL in (left, right) or (left.kind == "lit" and right.kind == "lit"):
             return Val("lit", lit=arith(node.op, left.lit, right.lit))
-        sql = _ARITH_SQL[node.op].split("{}")
-        return Val("number", cat(sql[0], left.operand(), sql[1], right.operand(), sql[2]))
+        return Val("number", current().arith(node.op, left.operand(), right.operand()))
     if isinstance(node, Neg):
         inner = numeric(value(node.operand))
         if inner.kind == "lit":
@@ -163,11 +149,7 @@ def _truth(v: Val) -> Forms:
         t = truth(v.lit)
         return const(t is True), const(t is False), const(t)
     if v.kind == "json":
-        return (
-            cat(v.typ, " = 'true'"),
-            cat(v.typ, " = 'false'"),
-            cat("CASE ", v.typ, " WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"),
-        )
+        return current().json_truth(v)
     if v.kind == "bool":
         return v.sql, kleene_not(v.sql), v.sql
     return FALSE, FALSE, NULL
@@ -188,20 +170,12 @@ def _compare(op: str, a: Val, b: Val) -> Forms:
             (t_terms if op == "=" else f_terms).append(cond)
             cases.append((cond, TRUE if op == "=" else FALSE))
             continue
-        va, vb = a.operand(), b.operand()
+        va, vb = current().operands(k, a, b)
         yes, no = cat(va, f" {op} ", vb), cat(va, f" {_NEGATED[op]} ", vb)
         t_terms.append(all_of([yes, cond]))
         f_terms.append(all_of([no, cond]))
         cases.append((cond, cat("(", yes, ")")))
     return any_of(t_terms), any_of(f_terms), case_when(cases)
-
-
-def _in_list(values: list[Any]) -> Frag:
-    parts: list[Frag | str] = ["("]
-    for i, item in enumerate(values):
-        parts += [", " if i else "", param(item)]
-    parts.append(")")
-    return cat(*parts)
 
 
 def _member(a: Val, items: tuple[Any, ...], negated: bool) -> Forms:
@@ -216,9 +190,9 @@ def _member(a: Val, items: tuple[Any, ...], negated: bool) -> Forms:
         if k == "null":
             (t_terms if vals else f_terms).append(a.defined_as(k))
         elif vals:
-            listed = _in_list(vals)
-            t_terms.append(all_of([cat(a.operand(), " IN ", listed), a.is_kind(k)]))
-            f_terms.append(all_of([cat(a.operand(), " NOT IN ", listed), a.is_kind(k)]))
+            operand, listed = current().in_operands(a, k, vals)
+            t_terms.append(all_of([cat(operand, " IN ", listed), a.is_kind(k)]))
+            f_terms.append(all_of([cat(operand, " NOT IN ", listed), a.is_kind(k)]))
         else:
             f_terms.append(a.defined_as(k))
     t, f = any_of(t_terms), any_of(f_terms)
@@ -229,7 +203,7 @@ def _member(a: Val, items: tuple[Any, ...], negated: bool) -> Forms:
     elif t_terms:
         b = t
     else:
-        b = cat("NULLIF(", a.sql, " IS NULL, 1)")
+        b = current().null_when_null(a.sql)
     return (f, t, kleene_not(b)) if negated else (t, f, b)
 
 

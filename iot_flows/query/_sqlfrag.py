@@ -18,6 +18,7 @@ left-deep and rejects expressions deeper than 1000 levels.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,15 +75,21 @@ def const(value: Any) -> Frag:
     return NULL
 
 
+#: How TRUE, FALSE and NULL are spelled inside larger fragments: SQLite's 1/0 by default,
+#: PostgreSQL's boolean keywords while its compiler runs (see ``_dialect``).
+CONST_SQL: ContextVar[dict[Any, str] | None] = ContextVar("CONST_SQL", default=None)
+
+
 def cat(*parts: Frag | str) -> Frag:
     """Concatenate fragments and plain SQL text, keeping parameters in order."""
     sql: list[str] = []
     params: list[Any] = []
+    spelled = CONST_SQL.get()
     for part in parts:
         if isinstance(part, str):
             sql.append(part)
         else:
-            sql.append(part.sql)
+            sql.append(spelled[part.const] if spelled is not None and part.is_const else part.sql)
             params.extend(part.params)
     return Frag("".join(sql), tuple(params))
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows.store._cluster import ClusterStore, open_cluster_store
 from iot_flows.store._records import NEVER, DeviceRecord, new_etag
 
-__all__ = ["NEVER", "DeviceOutcome", "DeviceRecord", "HubStore", "StoreConfigError", "new_etag", "open_store"]
+__all__ = [
+    "NEVER", "ClusterStore", "DeviceOutcome", "DeviceRecord", "HubStore", "StoreConfigError", "new_etag",
+    "open_cluster_store", "open_store",
+]  # fmt: skip
 
 
 class StoreConfigError(ValueError):
@@ -19,8 +23,8 @@ class StoreConfigError(ValueError):
 
 
 def _sqlite_path(url_or_path: str) -> str | None:
-    if url_or_path.startswith("sqlite:///"):
-        return url_or_path[len("sqlite:///") - 1 :] if url_or_path.startswith("sqlite:////") else url_or_path[10:]
+    if url_or_path.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return url_or_path[len("sqlite:///") :]
     if "://" not in url_or_path:
         return url_or_path
     return None

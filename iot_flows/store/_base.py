@@ -77,8 +77,12 @@ class HubStore(ABC):
         """Store the identity fields (status, keys, thumbprints, capabilities, etag)."""
 
     @abstractmethod
-    async def update_twin(self, record: DeviceRecord) -> None:
-        """Store the twin fields (sections, metadata, versions, etag)."""
+    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+        """Store the twin fields (sections, metadata, versions, etag); True when written.
+
+        With ``expected_version`` the write is a compare-and-set: it happens only while the
+        stored twin ``version`` still equals it, so read-modify-writes by several hub nodes
+        on one database never lose each other's changes (the loser reads again)."""
 
     @abstractmethod
     async def delete(self, device_id: str) -> bool:

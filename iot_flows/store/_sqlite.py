@@ -186,12 +186,13 @@ class SqliteStore(HubStore):
             [*_to_row(record, IDENTITY_COLUMNS), record.device_id],
         )
 
-    async def update_twin(self, record: DeviceRecord) -> None:
+    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
         sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
-        self._conn.execute(
-            f"UPDATE devices SET {sets} WHERE device_id = ?",
-            [*_to_row(record, TWIN_COLUMNS), record.device_id],
-        )
+        where, params = "device_id = ?", [record.device_id]
+        if expected_version is not None:
+            where, params = "device_id = ? AND twin_version = ?", [record.device_id, expected_version]
+        cur = self._conn.execute(f"UPDATE devices SET {sets} WHERE {where}", [*_to_row(record, TWIN_COLUMNS), *params])
+        return cur.rowcount > 0
 
     async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))

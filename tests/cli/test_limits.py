@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from iot_flows.cli._limits import check_open_files
+from iot_flows._limits import check_open_files
 from iot_flows.hub._embedded import EmbeddedHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_demo_beyond_the_hard_limit_stops_with_one_line_before_starting(tmp_path
 
 def test_hub_serve_raises_its_soft_limit(tmp_path: Path) -> None:
     code = (
-        "import resource; from iot_flows.cli._limits import raise_open_files_limit; "
+        "import resource; from iot_flows._limits import raise_open_files_limit; "
         "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     done = run([sys.executable, "-c", code], 64, 4096, tmp_path)

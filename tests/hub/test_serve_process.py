@@ -27,9 +27,9 @@ def test_default_host_name_works_for_every_device_sdk(tmp_path):
         assert hub.terminate() == 0
 
 
-def test_owner_key_from_env_and_clean_sigterm(tmp_path):
+def test_owner_key_from_env_and_clean_sigterm(make_db):
     key = base64.b64encode(os.urandom(32)).decode()
-    hub = HubProcess(tmp_path / "hub.db", env={"IOT_FLOWS_HUB_OWNER_KEY": key})
+    hub = HubProcess(make_db(), env={"IOT_FLOWS_HUB_OWNER_KEY": key})
     assert hub.connection_string == f"HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey={key}"
     assert re.search(r"MQTT\s+: 127\.0\.0\.1:\d+", hub.output)
     dev_record = Service(hub.base_url, hub.connection_string).create_device("sigterm-dev")
@@ -40,8 +40,8 @@ def test_owner_key_from_env_and_clean_sigterm(tmp_path):
     dev.client.loop_stop()
 
 
-def test_generated_owner_key_is_stored_and_reused(tmp_path):
-    db = tmp_path / "hub.db"
+def test_generated_owner_key_is_stored_and_reused(make_db):
+    db = make_db()
     first = HubProcess(db)
     cs = first.connection_string
     assert first.terminate() == 0
@@ -50,8 +50,8 @@ def test_generated_owner_key_is_stored_and_reused(tmp_path):
     assert second.terminate() == 0
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path):
-    db = tmp_path / "hub.db"
+def test_acknowledged_writes_survive_kill_9(make_db):
+    db = make_db()
     hub = HubProcess(db)
     svc = Service(hub.base_url, hub.connection_string)
     created = [svc.create_device(f"dur-{i}") for i in range(20)]

@@ -52,8 +52,8 @@ def interop_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 @pytest.fixture(scope="module")
-def tls_hub(node_bin: str, interop_pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedHub]:
-    db = tmp_path_factory.mktemp("interop-hub") / "hub.db"
+def tls_hub(node_bin: str, interop_pki: TestPki, make_db: Callable[[], str]) -> Iterator[EmbeddedHub]:
+    db = make_db()
     settings = HubSettings(
         mqtt_port=0,
         http_port=0,

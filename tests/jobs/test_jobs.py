@@ -16,9 +16,9 @@ from tests.support import Device, Service, error_code, wait_until
 
 
 @pytest.fixture(scope="module")
-def jobs_hub(tmp_path_factory):
+def jobs_hub(make_db):
     """A hub with small fan-out limits, so cancellation and timeouts are observable."""
-    settings = HubSettings(mqtt_port=0, http_port=0, db=str(tmp_path_factory.mktemp("jobs") / "hub.db"),
+    settings = HubSettings(mqtt_port=0, http_port=0, db=make_db(),
                            jobs=JobSettings(max_concurrent_jobs=3, device_concurrency=2, batch_size=2))
     with EmbeddedHub(settings) as hub:
         yield hub

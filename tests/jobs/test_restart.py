@@ -7,8 +7,8 @@ import time
 from tests.support import Device, HubProcess, Service, free_port, wait_until
 
 
-def test_method_job_resumes_after_kill_9(tmp_path):
-    db = tmp_path / "hub.db"
+def test_method_job_resumes_after_kill_9(make_db):
+    db = make_db()
     ports = (free_port(), free_port())
     args = ("--job-device-concurrency", "1")
     hub = HubProcess(db, ports=ports, args=args)

@@ -55,8 +55,8 @@ def _section(twin: dict[str, Any], name: str) -> dict[str, Any]:
     return twin.get("properties", {}).get(name, {})
 
 
-def insert_twin(conn: sqlite3.Connection, twin: dict[str, Any]) -> None:
-    """Insert a twin document as a ``devices`` row (placeholders for other NOT NULLs)."""
+def twin_row(twin: dict[str, Any]) -> dict[str, Any]:
+    """A twin document as ``devices`` column values (placeholders for other NOT NULLs)."""
     desired, reported = _section(twin, "desired"), _section(twin, "reported")
     row = {
         "device_id": twin["deviceId"],
@@ -79,24 +79,38 @@ def insert_twin(conn: sqlite3.Connection, twin: dict[str, Any]) -> None:
         "twin_version": twin.get("version", 1),
         "twin_etag": twin.get("etag", "AAAAAAAAAAE="),
     }
+    return row
+
+
+def job_row(job: dict[str, Any]) -> tuple[Any, ...]:
+    """A device-job record (reference section 3.6 shape) as ``device_jobs`` values."""
+    def js(value: Any) -> str | None:
+        return None if value is None else _dumps(value)
+
+    return (
+        job["jobId"], job["deviceId"], job["jobType"], job["status"], job.get("startTimeUtc"),
+        job.get("endTimeUtc"), job["createdDateTimeUtc"], job["lastUpdatedDateTimeUtc"],
+        js(job.get("outcome")), js(job.get("error")),
+    )
+
+
+def insert_twin(conn: Any, twin: dict[str, Any]) -> None:
+    """Insert a twin document as a ``devices`` row."""
+    if not isinstance(conn, sqlite3.Connection):
+        conn.insert_twin(twin)
+        return
+    row = twin_row(twin)
     cols = ", ".join(row)
     marks = ", ".join("?" for _ in row)
     conn.execute(f"INSERT INTO devices ({cols}) VALUES ({marks})", tuple(row.values()))
 
 
-def insert_job(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+def insert_job(conn: Any, job: dict[str, Any]) -> None:
     """Insert a device-job record (reference section 3.6 shape) into ``device_jobs``."""
-    def js(value: Any) -> str | None:
-        return None if value is None else _dumps(value)
-
-    conn.execute(
-        "INSERT INTO device_jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (
-            job["jobId"], job["deviceId"], job["jobType"], job["status"], job.get("startTimeUtc"),
-            job.get("endTimeUtc"), job["createdDateTimeUtc"], job["lastUpdatedDateTimeUtc"],
-            js(job.get("outcome")), js(job.get("error")),
-        ),
-    )
+    if not isinstance(conn, sqlite3.Connection):
+        conn.insert_job(job)
+        return
+    conn.execute("INSERT INTO device_jobs VALUES (?,?,?,?,?,?,?,?,?,?)", job_row(job))
 
 
 def execute(conn: sqlite3.Connection, compiled: CompiledQuery) -> list[Any]:
@@ -117,8 +131,10 @@ def execute(conn: sqlite3.Connection, compiled: CompiledQuery) -> list[Any]:
     return [row_to_item(compiled, r) for r in rows]
 
 
-def sql_query(conn: sqlite3.Connection, text: str) -> list[Any]:
-    """Compile and run ``text``."""
+def sql_query(conn: Any, text: str) -> list[Any]:
+    """Compile ``text`` for the database's dialect and run it (SQLite or PostgreSQL)."""
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.query(text)  # type: ignore[no-any-return]
     return execute(conn, compile_query(text))
 
 

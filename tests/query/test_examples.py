@@ -10,7 +10,7 @@ import pytest
 from iot_flows._exceptions import QuerySyntaxError
 from iot_flows.query import compile_condition, compile_query, evaluate_condition, run_query
 
-from ._support import as_multiset, execute, insert_job, insert_twin, make_db, make_twin
+from ._support import as_multiset, insert_job, insert_twin, make_twin, sql_query
 
 TWINS = [
     make_twin(
@@ -66,8 +66,9 @@ JOBS = [
 
 
 @pytest.fixture(scope="module")
-def conn() -> sqlite3.Connection:
-    db = make_db()
+def conn(query_db: Any) -> Any:
+    """The example twins and job records, on each store backend."""
+    db = query_db()
     for twin in TWINS:
         insert_twin(db, twin)
     for job in JOBS:
@@ -97,20 +98,20 @@ TWIN_EXAMPLES = [
 
 
 @pytest.mark.parametrize(("text", "expected"), TWIN_EXAMPLES)
-def test_twin_filters(conn: sqlite3.Connection, text: str, expected: list[str]) -> None:
+def test_twin_filters(conn: Any, text: str, expected: list[str]) -> None:
     compiled = compile_query(text)
     assert compiled.item_type == "twin"
-    assert execute(conn, compiled) == expected
+    assert sql_query(conn, text) == expected
     assert _oracle(text) == expected
 
 
-def test_count_total(conn: sqlite3.Connection) -> None:
+def test_count_total(conn: Any) -> None:
     text = "SELECT COUNT() as totalNumberOfDevices FROM devices"
-    assert execute(conn, compile_query(text)) == [{"totalNumberOfDevices": 6}]
+    assert sql_query(conn, text) == [{"totalNumberOfDevices": 6}]
     assert _oracle(text) == [{"totalNumberOfDevices": 6}]
 
 
-def test_group_by_status(conn: sqlite3.Connection) -> None:
+def test_group_by_status(conn: Any) -> None:
     text = (
         "SELECT properties.reported.telemetryConfig.status AS status, COUNT() AS numberOfDevices "
         "FROM devices GROUP BY properties.reported.telemetryConfig.status"
@@ -120,16 +121,16 @@ def test_group_by_status(conn: sqlite3.Connection) -> None:
         {"numberOfDevices": 2, "status": "Pending"},
         {"numberOfDevices": 1},  # d5 has no status: the undefined group has no "status" member
     ]
-    assert as_multiset(execute(conn, compile_query(text))) == as_multiset(expected)
+    assert as_multiset(sql_query(conn, text)) == as_multiset(expected)
     assert as_multiset(_oracle(text)) == as_multiset(expected)
 
 
-def test_projection_with_case_insensitive_root_fields(conn: sqlite3.Connection) -> None:
+def test_projection_with_case_insensitive_root_fields(conn: Any) -> None:
     text = "SELECT DeviceId, LastActivityTime FROM devices WHERE status = 'enabled' AND connectionState = 'Disconnected'"
     compiled = compile_query(text)
     assert compiled.item_type == "raw"
     assert compiled.columns == ("DeviceId", "LastActivityTime")
-    got = execute(conn, compiled)
+    got = sql_query(conn, text)
     assert sorted(i["DeviceId"] for i in got) == ["d1", "d4", "d5", "d6"]
     assert {"DeviceId": "d1", "LastActivityTime": "2024-01-01T00:00:01Z"} in got
     assert as_multiset(got) == as_multiset(_oracle(text))
@@ -163,24 +164,24 @@ JOB_EXAMPLES = [
 
 
 @pytest.mark.parametrize(("text", "expected"), JOB_EXAMPLES)
-def test_job_queries(conn: sqlite3.Connection, text: str, expected: list[tuple[str, str]]) -> None:
+def test_job_queries(conn: Any, text: str, expected: list[tuple[str, str]]) -> None:
     compiled = compile_query(text)
     assert compiled.item_type == "deviceJob"
     assert compiled.table == "device_jobs"
-    assert execute(conn, compiled) == expected
+    assert sql_query(conn, text) == expected
     assert _oracle(text) == expected
 
 
-def test_configurations_example_parses_and_selects_nothing(conn: sqlite3.Connection) -> None:
+def test_configurations_example_parses_and_selects_nothing(conn: Any) -> None:
     # configurations.* is not stored by this hub: the path is undefined, so nothing matches.
     text = (
         "SELECT deviceId FROM devices WHERE configurations.[[firmware285]].status='Applied' "
         "AND properties.reported.firmware.fwUpdateStatus='current'"
     )
-    assert execute(conn, compile_query(text)) == []
+    assert sql_query(conn, text) == []
     assert _oracle(text) == []
     rest = "SELECT deviceId FROM devices WHERE properties.reported.firmware.fwUpdateStatus='current'"
-    assert execute(conn, compile_query(rest)) == [{"deviceId": "d6"}] == _oracle(rest)
+    assert sql_query(conn, rest) == [{"deviceId": "d6"}] == _oracle(rest)
 
 
 @pytest.mark.parametrize(
@@ -192,10 +193,12 @@ def test_configurations_example_parses_and_selects_nothing(conn: sqlite3.Connect
         ("tags.location.region = 'EU'", ["d3"]),
     ],
 )
-def test_job_query_conditions(conn: sqlite3.Connection, condition: str, expected: list[str]) -> None:
-    where, params = compile_condition(condition)
-    rows = conn.execute(f"SELECT device_id FROM devices WHERE {where} ORDER BY device_id", params).fetchall()
-    assert [r[0] for r in rows] == expected
+def test_job_query_conditions(conn: Any, condition: str, expected: list[str]) -> None:
+    assert sql_query(conn, f"SELECT * FROM devices WHERE {condition}" if condition != "*" else "SELECT * FROM devices") == expected
+    if isinstance(conn, sqlite3.Connection):
+        where, params = compile_condition(condition)
+        rows = conn.execute(f"SELECT device_id FROM devices WHERE {where} ORDER BY device_id", params).fetchall()
+        assert [r[0] for r in rows] == expected
     assert [t["deviceId"] for t in TWINS if evaluate_condition(condition, t)] == expected
 
 

@@ -1,7 +1,8 @@
-"""The demo's command line: ``iot-flows demo``, ``python -m iot_flows.demo``, ``./scripts/demo``.
+"""Launch the demo: Prefect's logging options first, then the hub, the fleet and the scenarios.
 
-Options come from :class:`~iot_flows._settings.DemoSettings` (``IOT_FLOWS_DEMO_*``). Prefect
-is imported only after its logging options are set (it reads them once, on import).
+:func:`launch` is what ``iot-flows demo``, ``python -m iot_flows.demo`` and ``./scripts/demo``
+run (their command line is :mod:`iot_flows.cli`). Prefect is imported only after its logging
+options are set (it reads them once, on import).
 """
 
 from __future__ import annotations
@@ -9,31 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 
-import typer
+from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
 
-from iot_flows._settings import DemoSettings
-from iot_flows.cli._limits import BASE_DESCRIPTORS, check_open_files
-from iot_flows.cli._options import settings_options
-
-__all__ = ["QUICK_DEVICES", "demo", "demo_app"]
+__all__ = ["QUICK_DEVICES", "launch"]
 
 QUICK_DEVICES = 100
-_EPILOG = (
-    "Watch the runs in the Prefect UI: run `.venv/bin/prefect server start` in another terminal and "
-    "`export PREFECT_API_URL=http://127.0.0.1:4200/api` before ./scripts/demo."
-)
 
 
-@settings_options(settings=DemoSettings)
-def demo(settings: DemoSettings) -> None:
-    """An embedded hub, a simulated fleet over MQTT, and every seed scenario as a Prefect flow run."""
-    if settings.quick and "devices" in settings.model_fields_set:
-        raise typer.BadParameter("--quick means 100 devices; give --quick or --devices, not both")
-    devices = QUICK_DEVICES if settings.quick else settings.devices
-    raise typer.Exit(run(devices, tuple(settings.only), verbose=settings.verbose))
-
-
-def run(devices: int, only: tuple[str, ...], *, verbose: bool) -> int:
+def launch(devices: int, only: tuple[str, ...], *, verbose: bool) -> int:
     """Run the demo; the process exit code (0 only when every scenario succeeded)."""
     # Before Prefect is imported (it reads its settings and logging options once):
     if not verbose:
@@ -76,6 +60,3 @@ def run(devices: int, only: tuple[str, ...], *, verbose: bool) -> int:
             console.print_exception()
         return 1
 
-
-demo_app = typer.Typer(add_completion=False, epilog=_EPILOG)
-demo_app.command(epilog=_EPILOG)(demo)

@@ -10,7 +10,7 @@ from typing import Any
 from iot_flows._exceptions import BadRequestError
 from iot_flows._time import format_time, parse_time
 from iot_flows.hub._methods import MethodCall, parse_method_call
-from iot_flows.jobs._states import JobType
+from iot_flows.jobs import JobType
 
 __all__ = ["JobRequest", "format_time", "parse_job_request", "parse_time"]
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from iot_flows._exceptions import (
     DeviceNotOnlineError,
@@ -33,9 +33,9 @@ from iot_flows._settings import JobSettings
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
-from iot_flows.jobs._repository import DeviceOutcome, JobRepository
-from iot_flows.jobs._requests import JobRequest, format_time, parse_job_request, parse_time
-from iot_flows.jobs._states import (
+from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
+from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
+from iot_flows.jobs import (
     ACTIVE_JOB_STATES,
     DeviceJobStatus,
     JobStatus,
@@ -45,7 +45,7 @@ from iot_flows.jobs._states import (
 )
 from iot_flows.store import HubStore
 
-__all__ = ["JobEngine", "JobSettings"]
+__all__ = ["JobEngine"]
 
 log = logging.getLogger(__name__)
 _D = DeviceJobStatus
@@ -53,6 +53,14 @@ _D = DeviceJobStatus
 ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 #: Called with the job document whenever a job changes state.
 JobListener = Callable[[dict[str, Any]], None]
+
+
+class JobLease(Protocol):
+    """Who may run a job when several hub nodes share the store."""
+
+    async def acquire(self, job_id: str) -> bool: ...
+
+    async def release(self, job_id: str) -> None: ...
 
 
 def _now() -> datetime:
@@ -88,6 +96,12 @@ class JobEngine:
         self.settings = settings or JobSettings()
         self._runs: dict[str, _Run] = {}
         self._listeners: list[JobListener] = []
+        #: Set by a cluster node: exactly one node runs each job (a lease in the store).
+        self.lease: JobLease | None = None
+        #: Set by a cluster node: True when another node holds the device's connection.
+        self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
+        #: Set by a cluster node: wait up to N s until the device is reachable on any node.
+        self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
 
     @property
     def repository(self) -> JobRepository:
@@ -128,7 +142,15 @@ class JobEngine:
             doc["updateTwin"] = request.update_twin
         if request.wait_for_offline_devices:
             doc["waitForOfflineDevices"] = True
-        await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+        if self.lease is not None and await self.lease.acquire(job_id):
+            try:  # the node that creates a job runs it
+                await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
+            except BaseException:
+                if job_id not in self._runs:  # a duplicate id of a job running here keeps its lease
+                    await self.lease.release(job_id)
+                raise
+        else:
+            await self._repo.insert(job_id, request.type.value, status, doc["createdTime"], doc)
         self._launch(job_id)
         created = await self.get(job_id)
         created["status"] = created_status(JobStatus(created["status"]))
@@ -177,7 +199,15 @@ class JobEngine:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def interrupt(self, job_id: str) -> None:
+        """Stop running ``job_id`` here (another hub node cancelled it)."""
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancelled.set()
+
     def _launch(self, job_id: str) -> None:
+        if job_id in self._runs:
+            return
         run = _Run()
         self._runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
@@ -194,6 +224,9 @@ class JobEngine:
 
     # ---- running ----------------------------------------------------------------------------
     async def _run(self, job_id: str, run: _Run) -> None:
+        if self.lease is not None and not await self.lease.acquire(job_id):
+            self._runs.pop(job_id, None)
+            return  # another live node runs it
         try:
             await self._run_inner(job_id, run)
         except asyncio.CancelledError:
@@ -203,6 +236,8 @@ class JobEngine:
             await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
         finally:
             self._runs.pop(job_id, None)
+            if self.lease is not None:
+                await self.lease.release(job_id)
 
     async def _run_inner(self, job_id: str, run: _Run) -> None:
         doc = await self._repo.get(job_id)
@@ -358,14 +393,21 @@ class JobEngine:
         call = request.method
         try:
             if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
-                if request.wait_for_offline_devices:
+                elsewhere = self.held_elsewhere is not None and await self.held_elsewhere(device_id)
+                if request.wait_for_offline_devices and not elsewhere:
                     sem.release()  # a parked device does not hold a concurrency slot
                     try:
-                        await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
+                        if self.wait_online is not None:  # cluster: it may connect to any node
+                            await self.wait_online(device_id, max(deadline - loop.time(), 0))
+                        else:
+                            await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
                     finally:
                         await sem.acquire()
                 elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
                     # Connected but its method SUBSCRIBE may still be in flight (sdk-wire-facts "Jobs").
+                    call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
+                if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
+                    # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
             result = await self._methods.invoke(device_id, call)
         except asyncio.CancelledError:

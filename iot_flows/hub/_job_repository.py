@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from iot_flows._exceptions import JobNotFoundError
-from iot_flows.jobs._states import DeviceJobStatus, JobStatus
+from iot_flows.jobs import DeviceJobStatus, JobStatus
 from iot_flows.store import HubStore
 
 __all__ = ["DeviceOutcome", "JobRepository"]

@@ -1,0 +1,245 @@
+"""One hub node of a cluster: presence, take-over, revocation, change stream and job leases.
+
+Design ("Where users outgrow one machine"): N identical hub processes share one store
+and one NATS. A :class:`ClusterNode` hooks into a started hub's seams:
+
+- ``SessionRegistry`` (via the hub's connection-state hook): a device that connects
+  here is claimed in the presence table and announced on ``takeover``; the node that
+  held it before closes its connection (one connection per identity across nodes);
+- ``MethodInvoker.router``: direct methods go to the node holding the device;
+- ``TwinService`` listeners: desired notifications go to the device's node;
+- ``RegistryService(on_revoked=...)``: a disabled, deleted or re-keyed device is dropped
+  on every node;
+- ``ChangeFeed.publisher``: every node's change stream carries every node's changes;
+- ``JobEngine.lease``: exactly one node runs each job; a live node adopts the jobs of a
+  dead one (the engine's restart rules apply: in-flight method calls become
+  failed/HubRestarted, nothing is invoked twice).
+
+A heartbeat renews the node's lease every ``lease_seconds / 3``; a node killed with
+``kill -9`` loses its claims and its jobs once its lease passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from iot_flows.hub.cluster._bus import Bus, NoResponderError, NodeIdInUseError
+from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
+from iot_flows.hub import Subscription
+from iot_flows.store import ClusterStore, open_cluster_store
+from iot_flows.twin import utc_now
+
+if TYPE_CHECKING:
+    from iot_flows.hub import Hub
+
+__all__ = ["ClusterNode", "ClusterSettings", "default_node_id"]
+
+log = logging.getLogger(__name__)
+_POLL = 0.25  #: seconds between presence checks while waiting for a device
+
+
+def default_node_id() -> str:
+    """``<hostname>-<pid>``: unique per process on one machine."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """How a hub node joins a cluster (``iot-flows hub serve --bus ... --node-id ...``)."""
+
+    bus: str  #: NATS URL, e.g. ``nats://127.0.0.1:4222``
+    node_id: str = ""  #: unique per node; empty picks ``<hostname>-<pid>``
+    lease_seconds: float = 10.0  #: a silent node loses its devices and jobs after this long
+
+
+class ClusterNode:
+    """Joins a hub to a cluster; ``await start()`` after the hub built its services."""
+
+    def __init__(self, hub: "Hub", settings: ClusterSettings) -> None:
+        self._hub = hub
+        self.settings = settings
+        self.node_id = settings.node_id or default_node_id()
+        self.bus = Bus(settings.bus, self.node_id, on_reconnected=self.reconcile)
+        self.store: ClusterStore
+        self.methods: MethodRouter
+        self.desired: DesiredRelay
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._lease_expires = 0.0
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Reach NATS (raises BusUnavailableError, one line), then register this node."""
+        await self.bus.connect()
+        try:
+            await self.bus.request(self.bus.subject("node", self.node_id, "ping"), {}, timeout=1.0)
+        except (NoResponderError, TimeoutError):
+            pass  # no running node answers to this id
+        else:
+            await self.bus.close()
+            raise NodeIdInUseError(f"node id {self.node_id!r} is in use by a running node on {self.bus.url}; pick another --node-id")
+        self.store = await open_cluster_store(self._hub.store, self.node_id, self.settings.lease_seconds)
+        self.methods = MethodRouter(self._hub, self.store, self.bus)
+        self.desired = DesiredRelay(self._hub, self.store, self.bus)
+        alone = await self.store.register()
+        self._lease_expires = time.time() + self.settings.lease_seconds
+        await self.store.reset_own(everything=alone)
+        await self.store.expire_dead()
+
+    async def start(self) -> None:
+        """Install the hooks and subscribe (before the hub accepts devices)."""
+        hub = self._hub
+        await self.bus.subscribe(self.bus.subject("node", self.node_id, "ping"), self._on_ping)
+        await self.methods.start()
+        await self.desired.start()
+        await self.bus.subscribe(self.bus.subject("takeover"), self._on_takeover)
+        await self.bus.subscribe(self.bus.subject("revoked"), self._on_revoked)
+        await self.bus.subscribe(self.bus.subject("changes"), self._on_change)
+        hub.changes.publisher = self._publish_change
+        hub.jobs.lease = self
+        hub.jobs.held_elsewhere = self.held_elsewhere
+        hub.jobs.wait_online = self.wait_online
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"node-{self.node_id}")
+
+    async def stop_heartbeat(self) -> None:
+        """First step of a shutdown: stop renewing the lease and adopting jobs."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            try:
+                await self._heartbeat
+            except asyncio.CancelledError:
+                pass
+            self._heartbeat = None
+
+    async def stop(self) -> None:
+        """Last step of a shutdown (after :meth:`leave`): close the bus."""
+        await self.stop_heartbeat()
+        await self.bus.close()
+
+    async def leave(self) -> None:
+        """Drop this node's rows (after its jobs stopped and connections closed)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=2)
+        try:
+            await self.store.leave()
+        except Exception:
+            log.exception("node %s could not release its claims", self.node_id)
+
+    async def _beat(self) -> None:
+        interval = max(self.settings.lease_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = time.time()
+                if now > self._lease_expires:
+                    # We were silent longer than our lease: others may have adopted our jobs.
+                    log.warning("node %s missed its lease; stopping its jobs before adopting again", self.node_id)
+                    await self._hub.jobs.stop()
+                await self.store.renew()
+                self._lease_expires = now + self.settings.lease_seconds
+                await self.store.expire_dead()
+                await self._hub.jobs.resume()  # adopt active jobs no live node runs
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s heartbeat failed", self.node_id)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        await self.bus.respond(msg, {"node": self.node_id})
+
+    # ---- presence and take-over --------------------------------------------------------
+    async def on_connection_change(self, device_id: str, connected: bool) -> bool:
+        """Hub hook before it records a connect/disconnect; False: do not record it."""
+        if connected:
+            self.desired.forget(device_id)  # it GETs its twin now: order restarts from there
+            await self.store.claim(device_id)
+            self.bus.publish(self.bus.subject("takeover"), {"deviceId": device_id, "node": self.node_id})
+            return True
+        return await self.store.release(device_id)  # False: it connected to another node since
+
+    async def held_elsewhere(self, device_id: str) -> bool:
+        holder = await self.store.holder(device_id)
+        return holder is not None and holder != self.node_id
+
+    async def wait_online(self, device_id: str, timeout: float) -> None:
+        """Return once the device is subscribed here or held by another live node (or after ``timeout`` s)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sessions = self._hub.sessions
+        while not await self.held_elsewhere(device_id):
+            left = deadline - loop.time()
+            if left <= 0 or sessions.subscribed_link(device_id, Subscription.METHODS) is not None:
+                return
+            await sessions.wait_for(device_id, Subscription.METHODS, min(_POLL, left))
+
+    async def _on_takeover(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] == self.node_id:
+            return
+        device_id = data["deviceId"]
+        if await self.store.holder(device_id) == self.node_id:
+            return  # both connected at once: the store's last claim (ours) wins
+        self.desired.forget(device_id)
+        self._hub.sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
+
+    def on_revoked(self, device_id: str) -> None:
+        """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
+        task = asyncio.get_running_loop().create_task(self._release_revoked(device_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
+
+    async def _on_revoked(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] != self.node_id:
+            self._hub.sessions.forget(data["deviceId"])
+            await self._release_revoked(data["deviceId"])
+
+    async def _release_revoked(self, device_id: str) -> None:
+        if await self.store.release(device_id):  # it was connected here
+            await self._hub.store.set_connection_state(device_id, "Disconnected", utc_now())
+
+    async def reconcile(self) -> None:
+        """After a NATS outage: drop local connections that another node took over, or whose
+        device was disabled or deleted, while take-over and revocation messages could not travel."""
+        sessions = self._hub.sessions
+        local = sessions.connected_ids()
+        for start in range(0, len(local), 500):
+            chunk = local[start : start + 500]
+            for device_id in await self.store.held_by_others(chunk):
+                sessions.release(device_id, "400027 ConnectionForcefullyClosedOnNewConnection")
+            enabled = {r.device_id for r in await self._hub.store.get_many(chunk) if r.status == "enabled"}
+            for device_id in chunk:
+                if device_id not in enabled:
+                    sessions.forget(device_id)
+                    await self._release_revoked(device_id)
+
+    # ---- change stream ---------------------------------------------------------------
+    def _publish_change(self, change: dict[str, Any]) -> None:
+        self.bus.publish(self.bus.subject("changes"), {"node": self.node_id, "change": change})
+
+    async def _on_change(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        if data["node"] == self.node_id:
+            return
+        change = data["change"]
+        self._hub.changes.ingest({**change, "node": data["node"]})
+        if change.get("kind") == "job.cancelled":
+            self._hub.jobs.interrupt(change["jobId"])
+
+    # ---- job leases (JobEngine.lease protocol) -----------------------------------------
+    async def acquire(self, job_id: str) -> bool:
+        """True when this node may run ``job_id`` (lease free, ours, or its node dead)."""
+        return await self.store.acquire_job(job_id)
+
+    async def release(self, job_id: str) -> None:
+        await self.store.release_job(job_id)

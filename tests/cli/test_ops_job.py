@@ -1,0 +1,60 @@
+"""`iot-flows job ...` against a real hub with simulated devices, as subprocesses."""
+
+from __future__ import annotations
+
+from tests.cli.ops_support import OpsHub, device, ops_hub  # noqa: F401
+
+TWO = f"deviceId IN ['{device(0)}', '{device(1)}']"
+
+
+def test_method_job_wait_shows_progress_and_ends_completed(ops_hub: OpsHub) -> None:
+    done = ops_hub.cli("job", "create-method", "lockDoor", "-q", TWO, "--payload", '{"by": "cli"}',
+                       "--job-id", "cli-lock", "--wait")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    import json
+
+    job = json.loads(done.stdout)
+    assert job["jobId"] == "cli-lock" and job["status"] == "completed"
+    assert job["deviceJobStatistics"]["succeededCount"] == 2
+    assert "job cli-lock" in done.stderr and "2/2" in done.stderr and "2 succeeded, 0 failed" in done.stderr
+
+    shown = ops_hub.json("job", "show", "cli-lock")
+    assert shown["status"] == "completed" and shown["type"] == "scheduleDeviceMethod"
+    listed = ops_hub.json("job", "list")
+    assert "cli-lock" in {j["jobId"] for j in listed}
+    table = ops_hub.cli("job", "list", "-o", "table")
+    assert table.returncode == 0 and "cli-lock" in table.stdout and "jobId" in table.stdout
+    records = ops_hub.json("query", "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'cli-lock'")
+    assert sorted(r["deviceId"] for r in records) == [device(0), device(1)]
+
+
+def test_twin_update_job(ops_hub: OpsHub) -> None:
+    job = ops_hub.json("job", "create-twin-update", "-q", TWO, "--tags", '{"wing": "east"}', "--wait")
+    assert job["status"] == "completed" and job["deviceJobStatistics"]["succeededCount"] == 2
+    assert ops_hub.json("twin", "show", device(1))["tags"]["wing"] == "east"
+
+
+def test_failed_devices_make_wait_exit_nonzero(ops_hub: OpsHub) -> None:
+    done = ops_hub.cli("job", "create-method", "noSuchMethod", "-q", TWO, "--wait", "--timeout", "5")
+    assert done.returncode == 1
+    assert "2 devices failed" in done.stderr.splitlines()[-1]
+
+
+def test_cancel_a_scheduled_job(ops_hub: OpsHub) -> None:
+    job = ops_hub.json("job", "create-method", "reboot", "--job-id", "cli-later", "--start-time", "2099-01-01T00:00:00")
+    assert job["jobId"] == "cli-later" and job["startTime"].startswith("2099-01-01T00:00:00")
+    cancelled = ops_hub.json("job", "cancel", "cli-later")
+    assert cancelled["status"] == "cancelled"
+    shown = ops_hub.cli("job", "show", "cli-later", "--wait", "-o", "table")
+    assert shown.returncode == 1 and "cancelled" in shown.stdout
+
+
+def test_job_bad_input_and_unknown_job(ops_hub: OpsHub) -> None:
+    before = {j["jobId"] for j in ops_hub.json("job", "list")}
+    for args in (["create-method", "reboot", "--payload", "{nope"], ["create-twin-update", "--desired", "nope"],
+                 ["create-twin-update"]):  # fmt: skip
+        done = ops_hub.cli("job", *args)
+        assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert {j["jobId"] for j in ops_hub.json("job", "list")} == before  # nothing created
+    missing = ops_hub.cli("job", "show", "no-such-job")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: JobNotFound (404002)")
