@@ -216,8 +216,13 @@ async def test_live_progress_and_one_event_per_wave_and_verdict(flow_hub, connec
     try:
         await _tag(flow_hub, fleet.device_ids(), "evt")
         await roll_out_firmware(_request("6.8.0", "evt", waves=[50, 100], rollout_id="evt-rollout"), connection)
-        asserting_events_worker.drain()
-        events = [e for e in asserting_events_worker._client.events if e.event.startswith("iot-flows.rollout.")]
+        events: list = []
+        for _ in range(50):  # events are sent by a background worker: wait until all three are there
+            asserting_events_worker.drain()
+            events = [e for e in asserting_events_worker._client.events if e.event.startswith("iot-flows.rollout.")]
+            if len(events) >= 3:
+                break
+            await asyncio.sleep(0.1)
         assert [e.event for e in events] == ["iot-flows.rollout.wave-completed"] * 2 + ["iot-flows.rollout.completed"]
         assert events[0].resource.id == "iot-flows.rollout.evt-rollout.wave.0" and events[0].payload["updated"] == 2
         async with get_client() as prefect:
