@@ -74,7 +74,7 @@ def _firmware(result: Any) -> Counts:
 
 def _rollout(result: Any) -> Counts:
     updated = sum(w.updated for w in result.waves) + result.already_current
-    failed = sum(len(w.failed) + len(w.timed_out) for w in result.waves)
+    failed = sum(len(w.failed) + len(w.rejected) + len(w.timed_out) for w in result.waves)
     return result.targets + result.already_current, updated, failed
 
 
