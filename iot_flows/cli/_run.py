@@ -85,8 +85,9 @@ def _spec(name: str, flow: Any) -> FlowSpec:
 
 def discover_flows() -> dict[str, FlowSpec]:
     """Every flow :mod:`iot_flows.flows` exports, by command-line name (``reboot-devices``)."""
-    import iot_flows.flows as library
     from prefect import Flow
+
+    import iot_flows.flows as library
 
     found = {}
     for attr in getattr(library, "__all__", dir(library)):
@@ -131,7 +132,7 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
             grouped[name] = value
         else:
             grouped.setdefault(owner, {})[name] = value
-    for owner, model in spec.models.items():
+    for owner in spec.models:
         if owner not in grouped and _required(spec, owner):
             grouped[owner] = {}
     try:

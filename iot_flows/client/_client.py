@@ -139,7 +139,7 @@ class HubClient:
     def host_name(self) -> str:
         return self._cs.host_name
 
-    async def __aenter__(self) -> "HubClient":
+    async def __aenter__(self) -> HubClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,8 +21,7 @@ from iot_flows.blocks import HubConnection
 from iot_flows.client import HubClient
 from iot_flows.demo._fleet_process import FleetProcess
 from iot_flows.device import BehaviourConfig, FleetStats
-from iot_flows.hub import HubSettings
-from iot_flows.hub import EmbeddedHub
+from iot_flows.hub import EmbeddedHub, HubSettings
 
 __all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
 

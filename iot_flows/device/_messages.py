@@ -14,7 +14,7 @@ import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from iot_flows._exceptions import HubError, RequestTimeoutError, error_for_status
 
@@ -112,9 +112,9 @@ class MethodResponse:
     payload: Any = None
 
 
-MethodResult = Union[MethodResponse, tuple[int, Any], int, None]
-MethodHandler = Callable[[MethodRequest], Union[MethodResult, Awaitable[MethodResult]]]
-DesiredHandler = Callable[[DesiredUpdate], Union[None, Awaitable[None]]]
+MethodResult = MethodResponse | tuple[int, Any] | int | None
+MethodHandler = Callable[[MethodRequest], MethodResult | Awaitable[MethodResult]]
+DesiredHandler = Callable[[DesiredUpdate], None | Awaitable[None]]
 ConnectionListener = Callable[[bool], None]
 
 

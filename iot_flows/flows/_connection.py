@@ -28,8 +28,7 @@ def embedded_hub():  # type: ignore[no-untyped-def]
     global _embedded
     with _lock:
         if _embedded is None:
-            from iot_flows.hub import HubSettings
-            from iot_flows.hub import EmbeddedHub
+            from iot_flows.hub import EmbeddedHub, HubSettings
 
             folder = tempfile.mkdtemp(prefix="iot-flows-hub-")
             hub = EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db")))

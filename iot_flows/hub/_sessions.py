@@ -28,7 +28,7 @@ class Subscription(str, Enum):
     C2D = "devices/{device_id}/messages/devicebound/#"  #: cloud-to-device messages
 
     @classmethod
-    def parse(cls, topic_filter: str, device_id: str) -> "Subscription | None":
+    def parse(cls, topic_filter: str, device_id: str) -> Subscription | None:
         """The subscription a filter names for ``device_id``, or None if not allowed."""
         for sub in cls:
             if topic_filter == sub.value.format(device_id=device_id):

@@ -52,7 +52,7 @@ def _one_writer_per_twin(
     """Run read-modify-write of one twin one at a time (the store may suspend between them)."""
 
     @functools.wraps(method)
-    async def wrapper(self: "TwinService", device_id: str, *args: Any, **kwargs: Any) -> _R:
+    async def wrapper(self: TwinService, device_id: str, *args: Any, **kwargs: Any) -> _R:
         entry = self._locks.setdefault(device_id, [asyncio.Lock(), 0])
         entry[1] += 1
         try:

@@ -27,7 +27,15 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_condition, compile_
 from iot_flows.store._base import DeviceOutcome, HubStore
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._rows import COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, TWIN_COLUMNS, device_job_item, dumps
+from iot_flows.store._rows import (
+    COLUMNS,
+    IDENTITY_COLUMNS,
+    JOB_COLUMNS,
+    JSON_COLUMNS,
+    TWIN_COLUMNS,
+    device_job_item,
+    dumps,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -100,7 +108,7 @@ class PostgresStore(HubStore):
         self._tx: ContextVar[tuple[Any, Any] | None] = ContextVar(f"pg_tx_{id(self)}", default=None)
 
     @classmethod
-    async def open(cls, url: str, *, max_size: int = 20) -> "PostgresStore":
+    async def open(cls, url: str, *, max_size: int = 20) -> PostgresStore:
         """Connect, migrate the schema and return the store.
 
         Raises StoreConfigError for a malformed URL, ServiceUnavailableError (one line

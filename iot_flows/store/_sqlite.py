@@ -24,7 +24,15 @@ from iot_flows._exceptions import DeviceAlreadyExistsError, JobAlreadyExistsErro
 from iot_flows.query import CompiledQuery, compile_condition, compile_query, row_to_item
 from iot_flows.store._base import DeviceOutcome, HubStore
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._rows import COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, TWIN_COLUMNS, device_job_item, dumps
+from iot_flows.store._rows import (
+    COLUMNS,
+    IDENTITY_COLUMNS,
+    JOB_COLUMNS,
+    JSON_COLUMNS,
+    TWIN_COLUMNS,
+    device_job_item,
+    dumps,
+)
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
