@@ -20,11 +20,12 @@ import inspect
 import json
 import types
 import typing
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from iot_flows.cli._ops import (
     HubOption,
@@ -181,12 +182,17 @@ def _plain(result: Any) -> Any:
     return json.loads(json.dumps(result, default=str))
 
 
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """``asyncio.run`` takes a coroutine; an async flow's call returns an awaitable."""
+    return await awaitable
+
+
 async def _connection(hub: str | None, hub_url: str | None, profile: str | None) -> Any:
     from iot_flows.blocks import HubConnection
 
     connection_string, base_url, verify = await resolve(hub, hub_url, profile)
     return HubConnection(
-        connection_string=connection_string, base_url=base_url, ca_file=verify if isinstance(verify, str) else None
+        connection_string=SecretStr(connection_string), base_url=base_url, ca_file=verify if isinstance(verify, str) else None
     )
 
 
@@ -215,7 +221,7 @@ def run(
     try:
         state = flow(**parameters, return_state=True)
         if inspect.isawaitable(state):
-            state = asyncio.run(state)
+            state = asyncio.run(_awaited(state))
         result = state.result(raise_on_failure=False)
     except Exception as exc:  # no Prefect API (ephemeral server did not start, PREFECT_API_URL down)
         raise fail(f"cannot run flow {spec.name} with Prefect: {type(exc).__name__}: {exc}"

@@ -93,7 +93,7 @@ def _error_from_response(response: httpx.Response) -> HubError:
     retry_after = response.headers.get("retry-after")
     if retry_after and hasattr(err, "retry_after"):
         try:
-            err.retry_after = float(retry_after)  # type: ignore[attr-defined]
+            err.retry_after = float(retry_after)
         except ValueError:
             pass
     return err

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from iot_flows.blocks import HubConnection
 from iot_flows.client import HubClient
 from iot_flows.demo._fleet_process import FleetProcess
@@ -115,7 +117,7 @@ class DemoEnvironment:
     def connection(self) -> HubConnection:
         """The one hub every flow of the demo talks to (passed explicitly, never the default)."""
         assert self.hub is not None
-        return HubConnection(connection_string=self.hub.connection_string(), base_url=self.hub.base_url)
+        return HubConnection(connection_string=SecretStr(self.hub.connection_string()), base_url=self.hub.base_url)
 
     def start_fleet(self) -> None:
         """Provision and connect the fleet in its own process; :meth:`wait_fleet` waits for it."""

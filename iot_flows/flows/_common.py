@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError
@@ -93,7 +93,7 @@ async def follow_job(
     card and the log lines count devices by outcome.
     """
     logger = get_run_logger()
-    artifact = await create_progress_artifact(0.0, description=f"{title}: starting (job {job_id})")
+    artifact = await acreate_progress_artifact(0.0, description=f"{title}: starting (job {job_id})")
     deadline = time.monotonic() + max_wait
     interval = poll_interval
     last = None
@@ -105,7 +105,7 @@ async def follow_job(
         done = ok + bad + canceled
         progress = 100.0 if job["status"] in TERMINAL else (100.0 * done / total if total else 0.0)
         counts = f"{done}/{total} devices done: {ok} succeeded, {bad} failed" + (f", {canceled} canceled" if canceled else "")
-        await update_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
+        await aupdate_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
         line = (job["status"], done, total)
         if line != last:
             logger.info("job %s %s: %s", job_id, job["status"], outcome_line(done, ok, bad, canceled=canceled)
@@ -160,11 +160,11 @@ async def summarize_job(
     what = title or summary.job_type
     counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
                           canceled=summary.canceled)  # fmt: skip
-    await create_table_artifact(
+    await acreate_table_artifact(
         rows, key=key, description=f"{what}: {summary.device_count} devices, {counts} (job {summary.job_id}, {summary.status})"
     )
     if failures:
-        await create_table_artifact(
+        await acreate_table_artifact(
             [f.model_dump() for f in failures[:500]], key=f"{key}-failures" if key else None,
             description=f"{what}: the {summary.failed} devices that failed (job {summary.job_id})",
         )  # fmt: skip

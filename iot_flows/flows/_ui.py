@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, State
+from prefect import State
+from prefect.states import Completed
 from pydantic import BaseModel, ValidationError
 
 from iot_flows._exceptions import OperationFailedError
