@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iot_flows._exceptions import HubError, RequestTimeoutError, error_for_status
+from iot_flows._json import dumps
 
 __all__ = [
     "Backoff",
@@ -34,9 +35,6 @@ __all__ = [
     "parse_query",
     "twin_error",
 ]
-
-#: Compact JSON, as the SDKs send it.
-dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@ is undefined, as in the oracle.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
+
+from iot_flows._json import dumps
 
 from ._dialect import SqlDialect
 from ._sqlfrag import Frag, cat, param
@@ -34,7 +35,6 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INDEX_LIKE = re.compile(r"\s*[+-]?\d+\s*\Z")
 _TYPES = {"number": "= 'number'", "text": "= 'string'", "bool": "= 'boolean'", "null": "= 'null'"}
 _CASTS = {"text": "text", "number": "float8", "bool": "boolean"}
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def pg_path_literal(segments: tuple[str, ...]) -> str:
@@ -99,7 +99,7 @@ class PostgresDialect(SqlDialect):
 
     def _jsonb(self, v: Val) -> Frag:
         if v.kind == "lit":
-            return Frag("?::jsonb", (_DUMPS(v.lit),))
+            return Frag("?::jsonb", (dumps(v.lit),))
         if v.kind == "json":
             return v.sql
         return cat("to_jsonb(", v.sql, ")")
@@ -131,7 +131,7 @@ class PostgresDialect(SqlDialect):
             return super().in_operands(a, kind, values)
         parts: list[Frag | str] = ["("]
         for i, item in enumerate(values):
-            parts += [", " if i else "", Frag("?::jsonb", (_DUMPS(item),))]
+            parts += [", " if i else "", Frag("?::jsonb", (dumps(item),))]
         parts.append(")")
         return a.sql, cat(*parts)
 
