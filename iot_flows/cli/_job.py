@@ -27,12 +27,12 @@ from iot_flows.cli._ops import (
     parse_json_object,
     run_hub_command,
 )
+from iot_flows.jobs import TERMINAL_JOB_STATES
 
 __all__ = ["job_app", "follow"]
 
 job_app = typer.Typer(no_args_is_help=True, help="Jobs over many devices: create-method, create-twin-update, show, cancel, list.")
 
-TERMINAL = {"completed", "failed", "cancelled"}
 COLUMNS = ["jobId", "type", "status", "queryCondition", "deviceJobStatistics.deviceCount",
            "deviceJobStatistics.succeededCount", "deviceJobStatistics.failedCount", "createdTime"]  # fmt: skip
 
@@ -73,7 +73,7 @@ async def follow(client: Any, job_id: str, *, poll_interval: float = 0.5) -> dic
                 bar, total=total or None, completed=ok + failed + canceled,
                 detail=f"{job['status']}: {ok} succeeded, {failed} failed" + (f", {canceled} canceled" if canceled else ""),
             )  # fmt: skip
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_JOB_STATES:
                 return job  # type: ignore[no-any-return]
             await asyncio.sleep(poll_interval)
 

@@ -24,6 +24,7 @@ from iot_flows.client import HubClient
 from iot_flows.demo._fleet_process import FleetProcess
 from iot_flows.device import BehaviourConfig, FleetStats
 from iot_flows.hub import EmbeddedHub, HubSettings
+from iot_flows.jobs import TERMINAL_JOB_STATES
 
 __all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
 
@@ -143,7 +144,7 @@ class DemoEnvironment:
                     "updateTwin": {"etag": "*", "tags": tags}, "maxExecutionTimeInSeconds": int(timeout),
                 })  # fmt: skip
                 deadline = time.monotonic() + timeout
-                while (job := await client.get_job(job_id))["status"] not in ("completed", "failed", "cancelled"):
+                while (job := await client.get_job(job_id))["status"] not in TERMINAL_JOB_STATES:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"tagging job {job_id} still {job['status']} after {timeout:.0f} s")
                     await asyncio.sleep(poll)

@@ -21,6 +21,7 @@ from iot_flows._exceptions import ConfirmationTimeoutError
 from iot_flows.blocks import HubConnection
 from iot_flows.flows._events import emit_job_event
 from iot_flows.flows._ui import outcome_line
+from iot_flows.jobs import TERMINAL_JOB_STATES
 from iot_flows.tasks import get_job, get_twins, query_device_jobs
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "reported_value",
     "summarize_job",
 ]
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class DeviceFailure(BaseModel):
@@ -103,15 +102,15 @@ async def follow_job(
         total = stats.get("deviceCount") or 0
         ok, bad, canceled = (stats.get(k) or 0 for k in ("succeededCount", "failedCount", "canceledCount"))
         done = ok + bad + canceled
-        progress = 100.0 if job["status"] in TERMINAL else (100.0 * done / total if total else 0.0)
+        progress = 100.0 if job["status"] in TERMINAL_JOB_STATES else (100.0 * done / total if total else 0.0)
         counts = f"{done}/{total} devices done: {ok} succeeded, {bad} failed" + (f", {canceled} canceled" if canceled else "")
         await aupdate_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
         line = (job["status"], done, total)
         if line != last:
             logger.info("job %s %s: %s", job_id, job["status"], outcome_line(done, ok, bad, canceled=canceled)
-                        + (f" of {total} devices" if job["status"] not in TERMINAL else ""))  # fmt: skip
+                        + (f" of {total} devices" if job["status"] not in TERMINAL_JOB_STATES else ""))  # fmt: skip
             last = line
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL_JOB_STATES:
             emit_job_event(job)
             return job
         if time.monotonic() > deadline:
