@@ -66,8 +66,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from iot_flows.client import HubClient
     from iot_flows.device import BehaviourConfig, DeviceClient, Fleet, SimulatedDevice
-    from iot_flows.hub import Hub, HubSettings
-    from iot_flows.hub import EmbeddedHub
+    from iot_flows.hub import EmbeddedHub, Hub, HubSettings
     from iot_flows.jobs import DeviceJobStatus, JobSettings, JobStatus, JobType
     from iot_flows.twin import TwinTooLargeError
 

@@ -351,6 +351,4 @@ def error_for_status(
         cls = _BY_STATUS.get(status)
     if cls is None:
         return HubError(message, error_code=error_code, error_name=error_name, status_code=status, **kwargs)
-    if cls is ThrottledError:
-        return ThrottledError(message, error_code=error_code, error_name=error_name, **kwargs)
     return cls(message, error_code=error_code, error_name=error_name, **kwargs)

@@ -138,7 +138,7 @@ class ConnectionString:
     module_id: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ConnectionString":
+    def parse(cls, text: str) -> ConnectionString:
         """Parse ``Key=Value;Key=Value`` (values may contain ``=``, as base64 keys do)."""
         fields: dict[str, str] = {}
         for part in text.strip().split(";"):

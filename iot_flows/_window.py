@@ -56,7 +56,7 @@ class MaintenanceWindow:
     days: frozenset[int] | None = None
 
     @classmethod
-    def parse(cls, doc: Any) -> "MaintenanceWindow":
+    def parse(cls, doc: Any) -> MaintenanceWindow:
         """Parse the desired ``maintenanceWindow`` object; raise ``ValueError`` if invalid."""
         if not isinstance(doc, dict):
             raise ValueError("maintenanceWindow must be an object")

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from iot_flows._settings import ClientSettings, FleetSettings, SimulatorSettings
 from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
+from iot_flows._settings import ClientSettings, FleetSettings, SimulatorSettings
 from iot_flows.cli._options import settings_options
 from iot_flows.cli._profile import read_profile
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -20,19 +20,19 @@ from iot_flows.cli._ops import (
     HubUrlOption,
     OutputOption,
     ProfileOption,
+    UsageProblem,
     emit,
     guard,
     parse_json,
     parse_json_object,
     run_hub_command,
-    UsageProblem,
 )
+from iot_flows.jobs import TERMINAL_JOB_STATES
 
 __all__ = ["job_app", "follow"]
 
 job_app = typer.Typer(no_args_is_help=True, help="Jobs over many devices: create-method, create-twin-update, show, cancel, list.")
 
-TERMINAL = {"completed", "failed", "cancelled"}
 COLUMNS = ["jobId", "type", "status", "queryCondition", "deviceJobStatistics.deviceCount",
            "deviceJobStatistics.succeededCount", "deviceJobStatistics.failedCount", "createdTime"]  # fmt: skip
 
@@ -73,7 +73,7 @@ async def follow(client: Any, job_id: str, *, poll_interval: float = 0.5) -> dic
                 bar, total=total or None, completed=ok + failed + canceled,
                 detail=f"{job['status']}: {ok} succeeded, {failed} failed" + (f", {canceled} canceled" if canceled else ""),
             )  # fmt: skip
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_JOB_STATES:
                 return job  # type: ignore[no-any-return]
             await asyncio.sleep(poll_interval)
 
@@ -82,8 +82,8 @@ def _create(body: dict[str, Any], job_id: str | None, start_time: datetime | Non
             output: Any, hub: Any, hub_url: Any, profile: Any) -> None:  # fmt: skip
     job_id = job_id or f"cli-{uuid.uuid4().hex[:12]}"
     if start_time is not None:
-        start = start_time if start_time.tzinfo else start_time.replace(tzinfo=timezone.utc)
-        body["startTime"] = start.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        start = start_time if start_time.tzinfo else start_time.replace(tzinfo=UTC)
+        body["startTime"] = start.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     async def go(client: Any) -> dict[str, Any]:
         job = await client.create_job(job_id, body)

@@ -71,9 +71,8 @@ def next_commands(profile: HubProfile, profile_path: Path) -> list[str]:
 
 
 async def _serve_until_signal(settings: HubSettings) -> None:
-    from iot_flows.hub import Hub
-
     from iot_flows._exceptions import HubError
+    from iot_flows.hub import Hub
     from iot_flows.store import StoreConfigError
 
     hub = Hub(settings)

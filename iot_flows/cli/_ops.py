@@ -114,7 +114,7 @@ async def _block(name: str) -> tuple[str, str | None, str | bool]:
     from iot_flows.blocks import HubConnection
 
     try:
-        block = await HubConnection.load(name)  # type: ignore[misc]
+        block = await HubConnection.load(name)
     except ValueError as exc:
         raise UsageProblem(f"no saved HubConnection block named {name!r} (IOT_FLOWS_HUB_CONNECTION): {exc}") from None
     return block.connection_string.get_secret_value(), block.base_url, block.ca_file or True

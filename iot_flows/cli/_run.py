@@ -20,11 +20,12 @@ import inspect
 import json
 import types
 import typing
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from iot_flows.cli._ops import (
     HubOption,
@@ -85,8 +86,9 @@ def _spec(name: str, flow: Any) -> FlowSpec:
 
 def discover_flows() -> dict[str, FlowSpec]:
     """Every flow :mod:`iot_flows.flows` exports, by command-line name (``reboot-devices``)."""
-    import iot_flows.flows as library
     from prefect import Flow
+
+    import iot_flows.flows as library
 
     found = {}
     for attr in getattr(library, "__all__", dir(library)):
@@ -131,7 +133,7 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
             grouped[name] = value
         else:
             grouped.setdefault(owner, {})[name] = value
-    for owner, model in spec.models.items():
+    for owner in spec.models:
         if owner not in grouped and _required(spec, owner):
             grouped[owner] = {}
     try:
@@ -180,12 +182,17 @@ def _plain(result: Any) -> Any:
     return json.loads(json.dumps(result, default=str))
 
 
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """``asyncio.run`` takes a coroutine; an async flow's call returns an awaitable."""
+    return await awaitable
+
+
 async def _connection(hub: str | None, hub_url: str | None, profile: str | None) -> Any:
     from iot_flows.blocks import HubConnection
 
     connection_string, base_url, verify = await resolve(hub, hub_url, profile)
     return HubConnection(
-        connection_string=connection_string, base_url=base_url, ca_file=verify if isinstance(verify, str) else None
+        connection_string=SecretStr(connection_string), base_url=base_url, ca_file=verify if isinstance(verify, str) else None
     )
 
 
@@ -214,7 +221,7 @@ def run(
     try:
         state = flow(**parameters, return_state=True)
         if inspect.isawaitable(state):
-            state = asyncio.run(state)
+            state = asyncio.run(_awaited(state))
         result = state.result(raise_on_failure=False)
     except Exception as exc:  # no Prefect API (ephemeral server did not start, PREFECT_API_URL down)
         raise fail(f"cannot run flow {spec.name} with Prefect: {type(exc).__name__}: {exc}"

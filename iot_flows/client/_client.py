@@ -93,7 +93,7 @@ def _error_from_response(response: httpx.Response) -> HubError:
     retry_after = response.headers.get("retry-after")
     if retry_after and hasattr(err, "retry_after"):
         try:
-            err.retry_after = float(retry_after)  # type: ignore[attr-defined]
+            err.retry_after = float(retry_after)
         except ValueError:
             pass
     return err
@@ -137,15 +137,19 @@ class HubClient:
 
     @property
     def host_name(self) -> str:
+        """The IoT Hub host name of the connection string (``HostName=``), e.g. ``127.0.0.1``
+        or ``myhub.azure-devices.net``; the audience of the SAS tokens this client signs
+        (docs/azure-contract.md §5, §8)."""
         return self._cs.host_name
 
-    async def __aenter__(self) -> "HubClient":
+    async def __aenter__(self) -> HubClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connection pool; the client cannot send requests afterwards."""
         await self._http.aclose()
 
     def _authorization(self) -> str:
@@ -190,11 +194,28 @@ class HubClient:
 
     # ---- registry ---------------------------------------------------------------------
     async def get_device(self, device_id: str) -> JsonObject:
+        """The device identity (``GET /devices/{id}``): ``deviceId``, ``etag``, ``status``,
+        ``authentication``, ``connectionState``... as IoT Hub's registry returns it. The id is
+        percent-encoded in the path (docs/service-client.md §1).
+
+        Raises:
+            DeviceNotFoundError: 404001, no such device.
+            TransportError: the hub could not be reached or the connection failed.
+        """
         return (await self.request("GET", _path("devices", device_id))).json()  # type: ignore[no-any-return]
 
     async def create_device(
         self, device_id: str, *, status: str = "enabled", primary_key: str = "", secondary_key: str = ""
     ) -> JsonObject:
+        """Create a device identity with SAS authentication (``PUT /devices/{id}``).
+
+        ``status`` is ``enabled`` or ``disabled``; empty keys let the hub generate base64
+        keys. Returns the created identity, keys and ``etag`` included.
+
+        Raises:
+            DeviceAlreadyExistsError: 409001, the id is taken.
+            BadRequestError: an invalid id, status or key (docs/azure-contract.md §3 limits).
+        """
         body = {
             "deviceId": device_id,
             "status": status,
@@ -203,12 +224,27 @@ class HubClient:
         return (await self.request("PUT", _path("devices", device_id), json_body=body)).json()  # type: ignore[no-any-return]
 
     async def update_device(self, device: JsonObject, *, etag: str = "*") -> JsonObject:
+        """Replace a device identity (``PUT /devices/{id}`` with ``If-Match``); ``device`` is the
+        identity as :meth:`get_device` returns it, changed. ``etag="*"`` overwrites whatever is
+        stored (docs/azure-contract.md §7). Returns the stored identity with its new ``etag``.
+
+        Raises:
+            DeviceNotFoundError: 404001, no such device.
+            PreconditionFailedError: 412, ``etag`` does not match the stored identity.
+        """
         response = await self.request(
             "PUT", _path("devices", device["deviceId"]), json_body=device, headers={"If-Match": _quoted(etag)}
         )
         return response.json()  # type: ignore[no-any-return]
 
     async def delete_device(self, device_id: str, *, etag: str = "*") -> None:
+        """Delete a device identity and its twin (``DELETE /devices/{id}`` with ``If-Match``;
+        docs/azure-contract.md §7).
+
+        Raises:
+            DeviceNotFoundError: 404001, no such device.
+            PreconditionFailedError: 412, ``etag`` does not match.
+        """
         await self.request("DELETE", _path("devices", device_id), headers={"If-Match": _quoted(etag)})
 
     async def bulk_devices(self, items: list[JsonObject]) -> JsonObject:
@@ -233,6 +269,12 @@ class HubClient:
 
     # ---- twins --------------------------------------------------------------------------
     async def get_twin(self, device_id: str) -> JsonObject:
+        """The device twin (``GET /twins/{id}``): ``deviceId``, ``etag``, ``version``, ``tags``,
+        ``properties.desired`` / ``properties.reported`` with their ``$version`` and ``$metadata``.
+
+        Raises:
+            DeviceNotFoundError: 404001, no such device.
+        """
         return (await self.request("GET", _path("twins", device_id))).json()  # type: ignore[no-any-return]
 
     async def update_twin(self, device_id: str, patch: JsonObject, *, etag: str = "*") -> JsonObject:
@@ -243,6 +285,15 @@ class HubClient:
         return response.json()  # type: ignore[no-any-return]
 
     async def replace_twin(self, device_id: str, twin: JsonObject, *, etag: str = "*") -> JsonObject:
+        """Replace tags and desired properties (``PUT /twins/{id}`` with ``If-Match``); keys left
+        out are removed. Reported properties are the device's and are not changed. Returns the
+        full twin (docs/azure-contract.md §7 for ``etag``).
+
+        Raises:
+            DeviceNotFoundError: 404001, no such device.
+            PreconditionFailedError: 412, ``etag`` does not match.
+            BadRequestError: the twin breaks a documented limit (docs/azure-contract.md §3).
+        """
         response = await self.request("PUT", _path("twins", device_id), json_body=twin, headers={"If-Match": _quoted(etag)})
         return response.json()  # type: ignore[no-any-return]
 
@@ -285,6 +336,17 @@ class HubClient:
 
     # ---- queries ----------------------------------------------------------------------------
     async def query_page(self, query: str, *, continuation: str | None = None, page_size: int = 100) -> QueryPage:
+        """One page of an IoT Hub query (``POST /devices/query``), e.g.
+        ``SELECT * FROM devices WHERE tags.site = 'a'``.
+
+        ``page_size`` (items per page) goes in ``x-ms-max-item-count``;
+        pass the previous page's ``continuation`` to read the next. Returns
+        :class:`QueryPage` (``items``, ``item_type`` from ``x-ms-item-type``, ``continuation``
+        or ``None`` on the last page).
+
+        Raises:
+            BadRequestError: 400, the query does not parse or uses an unsupported clause.
+        """
         headers = {"x-ms-max-item-count": str(page_size)}
         if continuation:
             headers["x-ms-continuation"] = continuation
@@ -307,6 +369,8 @@ class HubClient:
             continuation = page.continuation
 
     async def query_all(self, query: str, *, page_size: int = 100) -> list[JsonObject]:
+        """Every result of ``query`` as one list (:meth:`query` collected); mind the size of the
+        result set (docs/service-client.md §3). Raises what :meth:`query_page` raises."""
         return [item async for item in self.query(query, page_size=page_size)]
 
     # ---- jobs ---------------------------------------------------------------------------------
@@ -329,6 +393,12 @@ class HubClient:
             raise
 
     async def get_job(self, job_id: str) -> JsonObject:
+        """A job (``GET /jobs/v2/{id}``): ``jobId``, ``type``, ``status`` (docs/azure-contract.md
+        §6 vocabulary), ``startTime``/``endTime`` (ISO 8601 UTC) and ``deviceJobStatistics``.
+
+        Raises:
+            JobNotFoundError: 404, no such job.
+        """
         return (await self.request("GET", _path("jobs", "v2", job_id))).json()  # type: ignore[no-any-return]
 
     async def cancel_job(self, job_id: str) -> JsonObject:
@@ -346,6 +416,13 @@ class HubClient:
             raise
 
     async def query_jobs(self, *, job_type: str | None = None, job_status: str | None = None) -> list[JsonObject]:
+        """Every job matching ``job_type`` (``scheduleDeviceMethod``/``scheduleUpdateTwin``) and
+        ``job_status`` (docs/azure-contract.md §6), from ``GET /jobs/v2/query``, following
+        ``x-ms-continuation`` until it is absent. Returns the job documents as :meth:`get_job`.
+
+        Raises:
+            BadRequestError: an unknown type or status.
+        """
         params = {k: v for k, v in (("jobType", job_type), ("jobStatus", job_status)) if v}
         out: list[JsonObject] = []
         continuation: str | None = None

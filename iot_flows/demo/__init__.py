@@ -1,4 +1,4 @@
-"""``./scripts/demo``: every seed scenario as a Prefect flow run against a simulated fleet.
+r"""``./scripts/demo``: every seed scenario as a Prefect flow run against a simulated fleet.
 
 Run it with ``python -m iot_flows.demo [--devices N | --quick] [--verbose]``. It starts an
 embedded hub (SQLite in a temporary folder, free ports on 127.0.0.1) and a simulated fleet

@@ -17,12 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from iot_flows.blocks import HubConnection
 from iot_flows.client import HubClient
 from iot_flows.demo._fleet_process import FleetProcess
 from iot_flows.device import BehaviourConfig, FleetStats
-from iot_flows.hub import HubSettings
-from iot_flows.hub import EmbeddedHub
+from iot_flows.hub import EmbeddedHub, HubSettings
+from iot_flows.jobs import TERMINAL_JOB_STATES
 
 __all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
 
@@ -116,7 +118,7 @@ class DemoEnvironment:
     def connection(self) -> HubConnection:
         """The one hub every flow of the demo talks to (passed explicitly, never the default)."""
         assert self.hub is not None
-        return HubConnection(connection_string=self.hub.connection_string(), base_url=self.hub.base_url)
+        return HubConnection(connection_string=SecretStr(self.hub.connection_string()), base_url=self.hub.base_url)
 
     def start_fleet(self) -> None:
         """Provision and connect the fleet in its own process; :meth:`wait_fleet` waits for it."""
@@ -142,7 +144,7 @@ class DemoEnvironment:
                     "updateTwin": {"etag": "*", "tags": tags}, "maxExecutionTimeInSeconds": int(timeout),
                 })  # fmt: skip
                 deadline = time.monotonic() + timeout
-                while (job := await client.get_job(job_id))["status"] not in ("completed", "failed", "cancelled"):
+                while (job := await client.get_job(job_id))["status"] not in TERMINAL_JOB_STATES:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"tagging job {job_id} still {job['status']} after {timeout:.0f} s")
                     await asyncio.sleep(poll)

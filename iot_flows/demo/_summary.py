@@ -75,7 +75,7 @@ async def read_back(client: PrefectClient, records: list[RunRecord], *, settle_s
             continue
         run = await client.read_flow_run(record.flow_run_id)
         record.flow_run_name = run.name
-        record.state = run.state.name if run.state else "-"
+        record.state = run.state.name if run.state and run.state.name else "-"
         ids = await _descendants(client, record.flow_run_id)
         record.subflow_runs = len(ids) - 1
         previous = -1

@@ -14,9 +14,10 @@ import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from iot_flows._exceptions import HubError, RequestTimeoutError, error_for_status
+from iot_flows._json import dumps
 
 __all__ = [
     "Backoff",
@@ -34,9 +35,6 @@ __all__ = [
     "parse_query",
     "twin_error",
 ]
-
-#: Compact JSON, as the SDKs send it.
-dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +110,9 @@ class MethodResponse:
     payload: Any = None
 
 
-MethodResult = Union[MethodResponse, tuple[int, Any], int, None]
-MethodHandler = Callable[[MethodRequest], Union[MethodResult, Awaitable[MethodResult]]]
-DesiredHandler = Callable[[DesiredUpdate], Union[None, Awaitable[None]]]
+MethodResult = MethodResponse | tuple[int, Any] | int | None
+MethodHandler = Callable[[MethodRequest], MethodResult | Awaitable[MethodResult]]
+DesiredHandler = Callable[[DesiredUpdate], None | Awaitable[None]]
 ConnectionListener = Callable[[bool], None]
 
 

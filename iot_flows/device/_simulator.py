@@ -204,7 +204,7 @@ class Fleet:
         return self.provisioned
 
     # ---- lifecycle ------------------------------------------------------------------
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError
 from iot_flows.blocks import HubConnection
 from iot_flows.flows._events import emit_job_event
 from iot_flows.flows._ui import outcome_line
+from iot_flows.jobs import TERMINAL_JOB_STATES
 from iot_flows.tasks import get_job, get_twins, query_device_jobs
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "reported_value",
     "summarize_job",
 ]
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class DeviceFailure(BaseModel):
@@ -93,7 +92,7 @@ async def follow_job(
     card and the log lines count devices by outcome.
     """
     logger = get_run_logger()
-    artifact = await create_progress_artifact(0.0, description=f"{title}: starting (job {job_id})")
+    artifact = await acreate_progress_artifact(0.0, description=f"{title}: starting (job {job_id})")
     deadline = time.monotonic() + max_wait
     interval = poll_interval
     last = None
@@ -103,15 +102,15 @@ async def follow_job(
         total = stats.get("deviceCount") or 0
         ok, bad, canceled = (stats.get(k) or 0 for k in ("succeededCount", "failedCount", "canceledCount"))
         done = ok + bad + canceled
-        progress = 100.0 if job["status"] in TERMINAL else (100.0 * done / total if total else 0.0)
+        progress = 100.0 if job["status"] in TERMINAL_JOB_STATES else (100.0 * done / total if total else 0.0)
         counts = f"{done}/{total} devices done: {ok} succeeded, {bad} failed" + (f", {canceled} canceled" if canceled else "")
-        await update_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
+        await aupdate_progress_artifact(artifact, progress, description=f"{title}: {job['status']}, {counts}")
         line = (job["status"], done, total)
         if line != last:
             logger.info("job %s %s: %s", job_id, job["status"], outcome_line(done, ok, bad, canceled=canceled)
-                        + (f" of {total} devices" if job["status"] not in TERMINAL else ""))  # fmt: skip
+                        + (f" of {total} devices" if job["status"] not in TERMINAL_JOB_STATES else ""))  # fmt: skip
             last = line
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL_JOB_STATES:
             emit_job_event(job)
             return job
         if time.monotonic() > deadline:
@@ -160,11 +159,11 @@ async def summarize_job(
     what = title or summary.job_type
     counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
                           canceled=summary.canceled)  # fmt: skip
-    await create_table_artifact(
+    await acreate_table_artifact(
         rows, key=key, description=f"{what}: {summary.device_count} devices, {counts} (job {summary.job_id}, {summary.status})"
     )
     if failures:
-        await create_table_artifact(
+        await acreate_table_artifact(
             [f.model_dump() for f in failures[:500]], key=f"{key}-failures" if key else None,
             description=f"{what}: the {summary.failed} devices that failed (job {summary.job_id})",
         )  # fmt: skip

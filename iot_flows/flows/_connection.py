@@ -12,24 +12,29 @@ import os
 import shutil
 import tempfile
 import threading
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from iot_flows._settings import ClientSettings
 from iot_flows.blocks import HubConnection
+
+if TYPE_CHECKING:
+    from iot_flows.hub import EmbeddedHub
 
 __all__ = ["ConnectionRef", "MissingBlockError", "embedded_hub", "resolve_connection"]
 
 ConnectionRef = HubConnection | str | None
 _lock = threading.Lock()
-_embedded = None
+_embedded: EmbeddedHub | None = None
 
 
-def embedded_hub():  # type: ignore[no-untyped-def]
+def embedded_hub() -> EmbeddedHub:
     """The process-wide embedded hub, started on first use and stopped at exit."""
     global _embedded
     with _lock:
         if _embedded is None:
-            from iot_flows.hub import HubSettings
-            from iot_flows.hub import EmbeddedHub
+            from iot_flows.hub import EmbeddedHub, HubSettings
 
             folder = tempfile.mkdtemp(prefix="iot-flows-hub-")
             hub = EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db")))
@@ -51,13 +56,13 @@ async def resolve_connection(connection: ConnectionRef) -> HubConnection:
     name = connection or ClientSettings().connection  # IOT_FLOWS_HUB_CONNECTION
     if name:
         try:
-            return await HubConnection.load(name)  # type: ignore[no-any-return, misc]
+            return await HubConnection.load(name)  # type: ignore[no-any-return]  # Block.load is typed as returning Any
         except ValueError as exc:
             if "Unable to find block document" not in str(exc):
                 raise
             raise MissingBlockError(name) from None
     hub = embedded_hub()
-    return HubConnection(connection_string=hub.connection_string(), base_url=hub.base_url)
+    return HubConnection(connection_string=SecretStr(hub.connection_string()), base_url=hub.base_url)
 
 
 class MissingBlockError(ValueError):

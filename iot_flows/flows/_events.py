@@ -17,6 +17,8 @@ from typing import Any
 
 from prefect.events import emit_event
 
+from iot_flows.jobs import TERMINAL_JOB_STATES
+
 __all__ = ["emit_change_event", "emit_job_event"]
 
 _TWIN_EVENTS = {
@@ -54,7 +56,7 @@ def emit_change_event(change: dict[str, Any], hub_host: str | None = None) -> An
     kind = change.get("kind", "")
     if kind.startswith("job."):
         job = change.get("job") or {}
-        if job.get("status") in ("completed", "failed", "cancelled"):
+        if job.get("status") in TERMINAL_JOB_STATES:
             return emit_job_event(job, hub_host)
         return None
     name = _TWIN_EVENTS.get(kind)

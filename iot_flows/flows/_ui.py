@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import get_run_logger
+from prefect import State, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, State
+from prefect.states import Completed
 from pydantic import BaseModel, ValidationError
 
 from iot_flows._exceptions import OperationFailedError

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, JobFailedError
@@ -91,7 +91,7 @@ async def _write_and_confirm(
     zero = check_matched(job.device_count, request.query_condition, min_devices, title)
     counts = outcome_line(job.device_count, len(result.confirmed), len(result.failed),
                           not_confirmed=len(result.not_confirmed))  # fmt: skip
-    await create_table_artifact(
+    await acreate_table_artifact(
         [{"property": request.name, "devices": job.device_count, "confirmed": len(result.confirmed),
           "failed": len(result.failed), "not confirmed": len(result.not_confirmed)}],
         key=key, description=zero or f"{title} on {job.device_count} devices ({request.query_condition}): {counts}",
@@ -177,7 +177,7 @@ async def read_device_property(
     values = {d: reported_value(twins.get(d), request.path) for d in ids}
     reported = sum(v is not None for v in values.values())
     counts = f"{len(ids)} devices: {reported} reported {request.path}, {len(ids) - reported} did not"
-    await create_table_artifact(
+    await acreate_table_artifact(
         [{"device": d, request.path: v} for d, v in list(values.items())[:1000]] or [{"device": "-", request.path: None}],
         key=artifact_key("read-property", request.path),
         description=zero or f"reported.{request.path} of {counts} ({request.query_condition})",

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, FirmwareUpdateFailedError, JobFailedError
@@ -91,7 +91,7 @@ async def _method_then_confirm(
                                 duration_seconds=round(time.monotonic() - t0, 3))  # fmt: skip
     zero = check_matched(job.device_count, request.query_condition, min_devices, what)
     counts = outcome_line(job.device_count, len(confirmed), len(failed), not_confirmed=len(missing))
-    await create_table_artifact(
+    await acreate_table_artifact(
         [{"devices": job.device_count, "accepted": len(accepted), "confirmed": len(confirmed),
           "not confirmed": len(missing), "method failed": len(failed)}],
         key=artifact_key(what),
@@ -214,7 +214,7 @@ async def update_firmware(
     refused = {f.device_id: f"refused ({f.device_status or f.code})" for f in job.failures}
     accepted = await _accepted_devices(conn, job, set(refused))
     steps: dict[str, list[str]] = {d: [] for d in accepted}
-    progress = await create_progress_artifact(
+    progress = await acreate_progress_artifact(
         0.0, description=f"firmware {request.version} on {len(accepted)} devices: share that reached applyComplete"
     )
 
@@ -234,22 +234,22 @@ async def update_firmware(
                 seen.append(status)
                 logger.info("%s: %s", device_id, status)
         done = sum(1 for s in steps.values() if s and (s[-1] in FW_FAILED or s[-1] == "applyComplete"))
-        await update_progress_artifact(progress, 100.0 * done / max(len(steps), 1))
+        await aupdate_progress_artifact(progress, 100.0 * done / max(len(steps), 1))
 
     updated, failed_ids, missing = await confirm_reported(
         conn, accepted, check, timeout=request.step_timeout_seconds,
         poll_interval=request.poll_interval_seconds, on_round=on_round,
     )  # fmt: skip
-    await update_progress_artifact(progress, 100.0)
+    await aupdate_progress_artifact(progress, 100.0)
     failed = {**refused, **{d: (steps.get(d) or ["?"])[-1] for d in failed_ids}}
     result = FirmwareUpdateResult(
         job=job, updated=updated, failed=failed,
-        timed_out={d: (steps.get(d) or [None])[-1] for d in missing},
+        timed_out={d: steps[d][-1] if steps.get(d) else None for d in missing},
         steps=steps, duration_seconds=round(time.monotonic() - t0, 3),
     )  # fmt: skip
     zero = check_matched(job.device_count, _condition(request), min_devices, what)
     counts = outcome_line(job.device_count, len(updated), len(failed), timed_out=len(missing))
-    await create_table_artifact(
+    await acreate_table_artifact(
         [{"device": d, "steps": " → ".join(s), "result": "updated" if d in updated else failed.get(d, "timed out")}
          for d, s in sorted(steps.items())][:1000] or [{"device": "-", "steps": "-", "result": "no device accepted"}],
         key=artifact_key("firmware", request.version),

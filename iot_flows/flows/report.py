@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
@@ -58,14 +58,14 @@ async def fleet_report(
             key = "(none)" if row.get("value") is None else str(row["value"])
             counts[key] = counts.get(key, 0) + int(row["n"])
         groups[path] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-        await create_table_artifact(
+        await acreate_table_artifact(
             [{"value": k, "devices": v, "share": f"{v / total:.1%}" if total else "-"} for k, v in groups[path].items()]
             or [{"value": "-", "devices": 0, "share": "-"}],
             key=artifact_key("fleet-by", path.removeprefix("properties.reported.")),
             description=f"{total} devices by {path}" + (f" ({request.query_condition})" if where else ""),
         )
         lines.append(f"\n## {path}\n" + "\n".join(f"- `{k}`: {v}" for k, v in groups[path].items()))
-    await create_markdown_artifact(
+    await acreate_markdown_artifact(
         "\n".join(lines), key="fleet-report", description=zero or f"Fleet report: {total} devices by {len(groups)} paths"
     )
     return completed(FleetReport(total_devices=total, groups=groups),  # type: ignore[return-value]

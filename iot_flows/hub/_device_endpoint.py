@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iot_flows._exceptions import BadRequestError, HubError
+from iot_flows._json import dumps
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 from iot_flows.hub._topics import TopicKind, parse_device_topic, twin_response_topic
@@ -23,13 +24,12 @@ from iot_flows.twin import TwinTooLargeError
 __all__ = ["DeviceEndpoint"]
 
 log = logging.getLogger(__name__)
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: Called with (device_id, property_bag, payload) for each telemetry message.
 TelemetrySink = Callable[[str, str, bytes], None]
 
 
 def _error_body(exc: HubError) -> bytes:
-    return _DUMPS({"errorCode": exc.error_code, "message": exc.message}).encode()
+    return dumps({"errorCode": exc.error_code, "message": exc.message}).encode()
 
 
 class DeviceEndpoint:
@@ -77,7 +77,7 @@ class DeviceEndpoint:
     ) -> tuple[int, int | None, bytes]:
         try:
             if kind is TopicKind.TWIN_GET:
-                return 200, None, _DUMPS(await self._twins.device_view(device_id)).encode()
+                return 200, None, dumps(await self._twins.device_view(device_id)).encode()
             patch = _parse_json(payload)
             version = await self._twins.report(device_id, patch, if_version=_parse_version(if_version))
             return 204, version, b""
@@ -87,7 +87,7 @@ class DeviceEndpoint:
             return exc.status_code, None, _error_body(exc)
         except Exception:  # the hub must answer, never crash, on any device input
             log.exception("twin request from %s failed", device_id)
-            return 500, None, _DUMPS({"errorCode": 500001, "message": "internal error"}).encode()
+            return 500, None, dumps({"errorCode": 500001, "message": "internal error"}).encode()
 
 
 def _parse_json(payload: bytes) -> Any:

@@ -29,7 +29,7 @@ class EmbeddedHub:
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
-    def start(self, timeout: float = 30.0) -> "EmbeddedHub":
+    def start(self, timeout: float = 30.0) -> EmbeddedHub:
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def run() -> None:
@@ -75,7 +75,7 @@ class EmbeddedHub:
         self._thread.join(timeout)
         self._loop = None
 
-    def __enter__(self) -> "EmbeddedHub":
+    def __enter__(self) -> EmbeddedHub:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

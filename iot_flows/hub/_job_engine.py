@@ -30,11 +30,11 @@ from iot_flows._exceptions import (
     ThrottledError,
 )
 from iot_flows._settings import JobSettings
+from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
+from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
-from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
-from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
 from iot_flows.jobs import (
     ACTIVE_JOB_STATES,
     DeviceJobStatus,

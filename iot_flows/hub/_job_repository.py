@@ -7,6 +7,7 @@ backends; this module speaks job states and domain errors.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,18 +41,18 @@ class JobRepository:
             raise JobNotFoundError(f"Job '{job_id}' not found.")
         return doc
 
-    async def active(self) -> list[dict[str, Any]]:
+    async def active(self) -> builtins.list[dict[str, Any]]:
         return await self._store.active_jobs()
 
     async def count_active(self) -> int:
         return await self._store.count_active_jobs()
 
-    async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+    async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> builtins.list[dict[str, Any]]:
         """Jobs ordered by (created_time, job_id); ``after`` is ``created_time|job_id`` of the last seen."""
         return await self._store.list_jobs(job_type=job_type, status=status, after=after, limit=limit)
 
     # ---- device records -----------------------------------------------------------------
-    async def select_devices(self, condition: str) -> list[str]:
+    async def select_devices(self, condition: str) -> builtins.list[str]:
         """Device ids matching a job ``queryCondition``, at this moment."""
         return await self._store.select_device_ids(condition)
 
@@ -60,10 +61,10 @@ class JobRepository:
     ) -> None:
         await self._store.add_device_jobs(job_id, job_type, device_ids, status.value, now)
 
-    async def mark_running(self, job_id: str, device_ids: list[str], now: str) -> None:
+    async def mark_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
         await self._store.mark_device_jobs_running(job_id, device_ids, now)
 
-    async def record(self, job_id: str, outcomes: list[DeviceOutcome], now: str) -> None:
+    async def record(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
         await self._store.record_device_outcomes(
             job_id, [(d, s.value, start, end, out, err) for d, s, start, end, out, err in outcomes], now
         )
@@ -75,7 +76,7 @@ class JobRepository:
             job_id, [s.value for s in from_states], to.value, now, error
         )
 
-    async def device_ids(self, job_id: str, status: DeviceJobStatus) -> list[str]:
+    async def device_ids(self, job_id: str, status: DeviceJobStatus) -> builtins.list[str]:
         return await self._store.device_job_ids(job_id, status.value)
 
     async def counts(self, job_id: str) -> dict[str, int]:

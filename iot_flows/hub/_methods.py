@@ -22,6 +22,7 @@ from iot_flows._exceptions import (
     GatewayTimeoutError,
     PayloadTooLargeError,
 )
+from iot_flows._json import dumps
 from iot_flows._types import MethodResult
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 
@@ -29,7 +30,6 @@ __all__ = ["MethodCall", "MethodInvoker", "MethodResult", "parse_method_call"]
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 _NAME_FORBIDDEN = set('$()<>@,;:\\"/[]?={} \t+#')
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ def parse_method_call(body: Any) -> MethodCall:
     ):
         raise BadRequestError("methodName must be non-empty printable US-ASCII without $()<>@,;:\\\"/[]?={} or spaces.")
     payload = body.get("payload")
-    if len(_DUMPS(payload).encode()) > MAX_PAYLOAD_BYTES:  # bytes on the wire, not characters
+    if len(dumps(payload).encode()) > MAX_PAYLOAD_BYTES:  # bytes on the wire, not characters
         raise PayloadTooLargeError(f"Method payload is over {MAX_PAYLOAD_BYTES} bytes.")
     return MethodCall(
         method_name=name,
@@ -121,7 +121,7 @@ class MethodInvoker:
         future: asyncio.Future[MethodResult] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", _DUMPS(call.payload).encode(), 0)
+            link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", dumps(call.payload).encode(), 0)
             return await asyncio.wait_for(future, call.response_timeout)
         except TimeoutError:
             raise GatewayTimeoutError("Timed out waiting for the response from device.") from None

@@ -11,10 +11,10 @@ Node SDK never re-subscribes after a reconnect (sdk-wire-facts "Persistent sessi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["DeviceLink", "SessionRegistry", "SessionStore", "Subscription"]
 
@@ -28,7 +28,7 @@ class Subscription(str, Enum):
     C2D = "devices/{device_id}/messages/devicebound/#"  #: cloud-to-device messages
 
     @classmethod
-    def parse(cls, topic_filter: str, device_id: str) -> "Subscription | None":
+    def parse(cls, topic_filter: str, device_id: str) -> Subscription | None:
         """The subscription a filter names for ``device_id``, or None if not allowed."""
         for sub in cls:
             if topic_filter == sub.value.format(device_id=device_id):
@@ -74,7 +74,7 @@ class SessionRegistry:
 
     def __init__(
         self,
-        on_state_change: Callable[[str, bool], Awaitable[None]] | None = None,
+        on_state_change: Callable[[str, bool], Coroutine[Any, Any, None]] | None = None,
         persistence: SessionStore | None = None,
     ) -> None:
         self._sessions: dict[str, _Session] = {}

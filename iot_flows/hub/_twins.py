@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from iot_flows._exceptions import (
     PreconditionFailedError,
     ServiceUnavailableError,
 )
+from iot_flows._json import dumps
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.store import DeviceRecord, HubStore, new_etag
 from iot_flows.twin import (
@@ -38,7 +38,6 @@ __all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
 
 #: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
 TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: Compare-and-set rounds before a twin write gives up with 503 (only other nodes race).
 _CAS_ATTEMPTS = 50
 
@@ -52,7 +51,7 @@ def _one_writer_per_twin(
     """Run read-modify-write of one twin one at a time (the store may suspend between them)."""
 
     @functools.wraps(method)
-    async def wrapper(self: "TwinService", device_id: str, *args: Any, **kwargs: Any) -> _R:
+    async def wrapper(self: TwinService, device_id: str, *args: Any, **kwargs: Any) -> _R:
         entry = self._locks.setdefault(device_id, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
@@ -202,7 +201,7 @@ class TwinService:
         notification["$version"] = record.desired_version
         link.send(
             f"$iothub/twin/PATCH/properties/desired/?$version={record.desired_version}",
-            _DUMPS(notification).encode(),
+            dumps(notification).encode(),
         )
 
     # ---- device side --------------------------------------------------------------

@@ -294,9 +294,10 @@ def _decode(mv: memoryview, off: int, end: int, max_size: int) -> tuple[Packet |
     if off + 1 < end and mv[off + 1] < 0x80:  # fast path: one-byte remaining length
         length, pos = mv[off + 1], off + 2
     else:
-        length, pos = _decode_remaining_length(mv, off + 1, end)
-        if length is None:
+        decoded, pos = _decode_remaining_length(mv, off + 1, end)
+        if decoded is None:
             return None, off
+        length = decoded
     stop = pos + length
     if stop - off > max_size:
         raise MqttCodecError(f"packet of {stop - off} bytes exceeds limit of {max_size}")

@@ -13,11 +13,11 @@ Reference: ``iothub-reference.md`` section 4. The pieces:
 
 from ._ast import UNDEFINED, Query
 from ._compile import CompiledQuery, compile_condition, compile_parsed, compile_query, row_to_item
-from ._grammar import MAX_QUERY_LENGTH
 from ._dialect import SqlDialect
 from ._evaluate import evaluate_condition, run_query
-from ._pgdialect import POSTGRES
+from ._grammar import MAX_QUERY_LENGTH
 from ._parser import parse_condition, parse_query
+from ._pgdialect import POSTGRES
 
 __all__ = [
     "MAX_QUERY_LENGTH",

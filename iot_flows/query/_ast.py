@@ -13,7 +13,7 @@ arrays are tuples so that nodes stay hashable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "UNDEFINED",
@@ -172,7 +172,7 @@ class Or:
     pos: int
 
 
-Expr = Union[Path, Literal, Neg, Arith, Compare, In, IsDefined, Not, And, Or]
+Expr = Path | Literal | Neg | Arith | Compare | In | IsDefined | Not | And | Or
 
 
 @dataclass(frozen=True)

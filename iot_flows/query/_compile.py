@@ -30,8 +30,9 @@ SQLite, fails on int64 overflow at execution time.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ._ast import Aggregate, Projection, Query
 from ._dialect import SqlDialect, current, using

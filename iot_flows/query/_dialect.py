@@ -63,11 +63,11 @@ class SqlDialect:
         """A literal operand."""
         return param(value)
 
-    def json_number(self, v: "Val") -> Frag:
+    def json_number(self, v: Val) -> Frag:
         """A JSON value as a number when it is one, else NULL."""
         return cat("CASE WHEN ", v.is_kind("number"), " THEN ", v.sql, " END")
 
-    def json_truth(self, v: "Val") -> tuple[Frag, Frag, Frag]:
+    def json_truth(self, v: Val) -> tuple[Frag, Frag, Frag]:
         """(T, F, B) forms of a JSON value used as a condition."""
         return (
             cat(v.typ, " = 'true'"),
@@ -80,11 +80,11 @@ class SqlDialect:
         sql = _ARITH_SQL[op].split("{}")
         return cat(sql[0], left, sql[1], right, sql[2])
 
-    def operands(self, kind: str, a: "Val", b: "Val") -> tuple[Frag, Frag]:
+    def operands(self, kind: str, a: Val, b: Val) -> tuple[Frag, Frag]:
         """Both sides of a comparison known to be of ``kind``."""
         return a.operand(), b.operand()
 
-    def in_operands(self, a: "Val", kind: str, values: list[Any]) -> tuple[Frag, Frag]:
+    def in_operands(self, a: Val, kind: str, values: list[Any]) -> tuple[Frag, Frag]:
         """The left side and the parenthesised list of ``a IN (...)``."""
         parts: list[Frag | str] = ["("]
         for i, item in enumerate(values):
@@ -97,14 +97,14 @@ class SqlDialect:
         return cat("NULLIF(", sql, " IS NULL, 1)")
 
     # ---- select list (``_compile``) ---------------------------------------------------
-    def json_projection(self, v: "Val") -> tuple[str, str]:
+    def json_projection(self, v: Val) -> tuple[str, str]:
         """Select text and decoder of a JSON path projection."""
         return f"{v.sql.sql}, {v.typ.sql}", "typed"
 
     def object_projection(self, sql: str) -> str:
         return sql
 
-    def json_group_keys(self, v: "Val") -> list[str]:
+    def json_group_keys(self, v: Val) -> list[str]:
         # Type first: SQLite matches GROUP BY terms to an index in any order, so an index
         # on (json_extract, json_type) still covers this; a json_extract-only index cannot,
         # and type-first stops the planner from walking it row by row (slower than a scan).

@@ -15,7 +15,8 @@ three groups); groups come out in first-seen order, SQL may order them different
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ._ast import UNDEFINED, Aggregate, And, Arith, Compare, In, IsDefined, Literal, Neg, Not, Or, Path, Query
 from ._parser import parse_condition, parse_query

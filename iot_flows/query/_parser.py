@@ -10,7 +10,7 @@ the grammar cannot express. Every failure, including Lark's own, becomes a
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken
@@ -30,7 +30,7 @@ _ESCAPES = {"'": "'", '"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n":
 _ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
 
 
-class _Builder(Transformer):  # type: ignore[misc]
+class _Builder(Transformer[Token, Any]):
     """Inline LALR callbacks turning tokens into AST nodes (children are lists)."""
 
     # -- clauses -----------------------------------------------------------------
@@ -49,11 +49,11 @@ class _Builder(Transformer):  # type: ignore[misc]
     def top(self, c: list[Any]) -> tuple[Any, ...]:
         value = _number(c[0])
         if not isinstance(value, int) or value < 0:
-            raise Problem(c[0].start_pos, "TOP needs a non-negative integer")
+            raise Problem(_offset(c[0]), "TOP needs a non-negative integer")
         return ("top", value)
 
     def select_star(self, c: list[Any]) -> tuple[Any, ...]:
-        return ("select", None, c[0].start_pos)
+        return ("select", None, _offset(c[0]))
 
     def select_items(self, c: list[Any]) -> tuple[Any, ...]:
         return ("select", tuple(c), None)
@@ -66,7 +66,7 @@ class _Builder(Transformer):  # type: ignore[misc]
         return ("where", c[0])
 
     def group_by(self, c: list[Any]) -> tuple[Any, ...]:
-        return ("group", tuple(c[1:]), c[0].start_pos)
+        return ("group", tuple(c[1:]), _offset(c[0]))
 
     # -- expressions ---------------------------------------------------------------
     def or_expr(self, c: list[Any]) -> Or:
@@ -76,32 +76,32 @@ class _Builder(Transformer):  # type: ignore[misc]
         return And(tuple(_flatten(c, And)), _pos(c[0]))
 
     def not_(self, c: list[Any]) -> Not:
-        return Not(c[1], c[0].start_pos)
+        return Not(c[1], _offset(c[0]))
 
     def compare(self, c: list[Any]) -> Compare:
         op = "!=" if c[1] == "<>" else str(c[1])
-        return Compare(op, c[0], c[2], c[1].start_pos)
+        return Compare(op, c[0], c[2], _offset(c[1]))
 
     def in_(self, c: list[Any]) -> In:
-        return In(c[0], c[2].value, c[1].lower() == "nin", c[1].start_pos)
+        return In(c[0], c[2].value, c[1].lower() == "nin", _offset(c[1]))
 
     def arith(self, c: list[Any]) -> Arith:
-        return Arith(str(c[1]), c[0], c[2], c[1].start_pos)
+        return Arith(str(c[1]), c[0], c[2], _offset(c[1]))
 
     def neg(self, c: list[Any]) -> Any:
         sign = -1 if c[0] == "-" else 1
         inner = c[1]
         if isinstance(inner, Literal) and _is_number(inner.value):
-            return Literal(sign * inner.value, c[0].start_pos)
-        return Neg(sign, inner, c[0].start_pos)
+            return Literal(sign * inner.value, _offset(c[0]))
+        return Neg(sign, inner, _offset(c[0]))
 
     def call(self, c: list[Any]) -> Any:
-        name, pos = str(c[0]), c[0].start_pos
+        name, pos = str(c[0]), _offset(c[0])
         args = [a for a in c[2:] if a is not None]
         upper = name.upper()
         if upper == "IS_DEFINED":
             if len(args) != 1 or not isinstance(args[0], Path):
-                raise Problem(c[1].start_pos, "IS_DEFINED expects one property path")
+                raise Problem(_offset(c[1]), "IS_DEFINED expects one property path")
             return IsDefined(args[0], pos)
         if upper in _AGGREGATES:
             if upper == "COUNT":
@@ -109,7 +109,7 @@ class _Builder(Transformer):  # type: ignore[misc]
                     raise Problem(_pos(args[0]), "COUNT() takes no argument")
                 return Aggregate(upper, None, pos)
             if len(args) != 1 or not isinstance(args[0], Path):
-                raise Problem(c[1].start_pos, f"{upper} expects one property path")
+                raise Problem(_offset(c[1]), f"{upper} expects one property path")
             return Aggregate(upper, args[0], pos)
         raise Problem(
             pos, f"unknown function {name!r} (twin and job queries support only IS_DEFINED)"
@@ -123,19 +123,19 @@ class _Builder(Transformer):  # type: ignore[misc]
         tok = c[0]
         if tok.type == "NAME" and tok.lower() in _RESERVED:
             raise Problem(
-                tok.start_pos, f"unexpected keyword {str(tok)!r} (escape a property name as [[{tok}]])"
+                _offset(tok), f"unexpected keyword {str(tok)!r} (escape a property name as [[{tok}]])"
             )
         return self.segment(c)
 
     def segment(self, c: list[Token]) -> tuple[str, int]:
         tok = c[0]
         if tok.type != "ESCAPED":
-            return (str(tok), tok.start_pos)
+            return (str(tok), _offset(tok))
         name = tok[2:-2]
         for i, ch in enumerate(name):
             if ch in '"\\' or ord(ch) < 0x20 or ord(ch) == 0x7F:
-                raise Problem(tok.start_pos + 2 + i, f"character {ch!r} is not allowed in a property name")
-        return (name, tok.start_pos)
+                raise Problem(_offset(tok) + 2 + i, f"character {ch!r} is not allowed in a property name")
+        return (name, _offset(tok))
 
     def literal(self, c: list[Token]) -> Literal:
         tok = c[0]
@@ -146,20 +146,25 @@ class _Builder(Transformer):  # type: ignore[misc]
             value = _number(tok)
         else:
             value = {"TRUE": True, "FALSE": False, "NULL": None, "UNDEF": UNDEFINED}[kind]
-        return Literal(value, tok.start_pos)
+        return Literal(value, _offset(tok))
 
     def negative(self, c: list[Token]) -> Literal:
-        return Literal(-_number(c[1]), c[0].start_pos)
+        return Literal(-_number(c[1]), _offset(c[0]))
 
     def array(self, c: list[Any]) -> Literal:
-        return Literal(tuple(item.value for item in c[1:] if item is not None), c[0].start_pos)
+        return Literal(tuple(item.value for item in c[1:] if item is not None), _offset(c[0]))
 
 
 def _pos(node: Any) -> int:
-    return node.start_pos if isinstance(node, Token) else node.pos
+    return _offset(node) if isinstance(node, Token) else int(node.pos)
 
 
-def _flatten(items: list[Any], cls: type) -> list[Any]:
+def _offset(tok: Token) -> int:
+    """Where ``tok`` starts in the text: our lexer always sets it (lark types it Optional)."""
+    return tok.start_pos if tok.start_pos is not None else 0
+
+
+def _flatten(items: list[Any], cls: type[Any]) -> list[Any]:
     out: list[Any] = []
     for item in items:
         out.extend(item.items if isinstance(item, cls) else (item,))
@@ -184,12 +189,12 @@ def _number(tok: Token) -> int | float:
     except (OverflowError, ValueError):
         value = float("inf")
     if value == float("inf"):
-        raise Problem(tok.start_pos, f"number {raw[:40]!r} is out of range")
+        raise Problem(_offset(tok), f"number {raw[:40]!r} is out of range")
     return value
 
 
 def _unescape(tok: Token) -> str:
-    body, base = tok[1:-1], tok.start_pos + 1
+    body, base = tok[1:-1], _offset(tok) + 1
 
     def repl(m: re.Match[str]) -> str:
         esc = m.group(1)
@@ -203,7 +208,7 @@ def _unescape(tok: Token) -> str:
     if _has_surrogate(value):
         value = _join_surrogates(value)
         if _has_surrogate(value):
-            raise Problem(tok.start_pos, "string contains an unpaired \\u surrogate")
+            raise Problem(_offset(tok), "string contains an unpaired \\u surrogate")
     return value
 
 
@@ -243,8 +248,10 @@ def parse_tree(text: Any, start: str) -> Any:
     except Problem as exc:
         raise syntax_error(text, exc.offset, exc.message) from None
     except UnexpectedCharacters as exc:
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
-        raise syntax_error(text, exc.pos_in_stream, f"unexpected character {char!r}") from None
+        # lark declares pos_in_stream as None on the base class; the lexer sets an int
+        pos = cast(int, exc.pos_in_stream)
+        char = text[pos] if pos < len(text) else ""
+        raise syntax_error(text, pos, f"unexpected character {char!r}") from None
     except UnexpectedToken as exc:
         raise _token_error(text, exc.token) from None
     except LarkError as exc:  # pragma: no cover - other Lark failures carry no position
@@ -254,7 +261,7 @@ def parse_tree(text: Any, start: str) -> Any:
 def _token_error(text: str, tok: Token) -> Exception:
     if tok.type == "$END":
         return syntax_error(text, len(text), "unexpected end of query")
-    offset = tok.start_pos if isinstance(tok.start_pos, int) else 0
+    offset = _offset(tok)
     word = str(tok)
     if word.lower() == "order":
         return syntax_error(text, offset, "ORDER BY is not supported")

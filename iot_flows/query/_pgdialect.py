@@ -17,9 +17,10 @@ is undefined, as in the oracle.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any
+
+from iot_flows._json import dumps
 
 from ._dialect import SqlDialect
 from ._sqlfrag import Frag, cat, param
@@ -34,7 +35,6 @@ _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INDEX_LIKE = re.compile(r"\s*[+-]?\d+\s*\Z")
 _TYPES = {"number": "= 'number'", "text": "= 'string'", "bool": "= 'boolean'", "null": "= 'null'"}
 _CASTS = {"text": "text", "number": "float8", "bool": "boolean"}
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def pg_path_literal(segments: tuple[str, ...]) -> str:
@@ -97,17 +97,17 @@ class PostgresDialect(SqlDialect):
             return param(value)
         return Frag(f"?::{cast}", (float(value) if cast == "float8" else value,))
 
-    def _jsonb(self, v: "Val") -> Frag:
+    def _jsonb(self, v: Val) -> Frag:
         if v.kind == "lit":
-            return Frag("?::jsonb", (_DUMPS(v.lit),))
+            return Frag("?::jsonb", (dumps(v.lit),))
         if v.kind == "json":
             return v.sql
         return cat("to_jsonb(", v.sql, ")")
 
-    def json_number(self, v: "Val") -> Frag:
+    def json_number(self, v: Val) -> Frag:
         return cat("CASE WHEN ", v.is_kind("number"), " THEN (", v.sql, ")::float8 END")
 
-    def json_truth(self, v: "Val") -> tuple[Frag, Frag, Frag]:
+    def json_truth(self, v: Val) -> tuple[Frag, Frag, Frag]:
         return (
             cat(v.sql, " = 'true'::jsonb"),
             cat(v.sql, " = 'false'::jsonb"),
@@ -121,30 +121,30 @@ class PostgresDialect(SqlDialect):
             return cat("iot_fmod(", left, ", ", right, ")")
         return cat("(CAST(", left, f" AS float8) {op} ", right, ")")
 
-    def operands(self, kind: str, a: "Val", b: "Val") -> tuple[Frag, Frag]:
+    def operands(self, kind: str, a: Val, b: Val) -> tuple[Frag, Frag]:
         if "json" in (a.kind, b.kind):
             return self._jsonb(a), self._jsonb(b)
         return a.operand(), b.operand()
 
-    def in_operands(self, a: "Val", kind: str, values: list[Any]) -> tuple[Frag, Frag]:
+    def in_operands(self, a: Val, kind: str, values: list[Any]) -> tuple[Frag, Frag]:
         if a.kind != "json":
             return super().in_operands(a, kind, values)
         parts: list[Frag | str] = ["("]
         for i, item in enumerate(values):
-            parts += [", " if i else "", Frag("?::jsonb", (_DUMPS(item),))]
+            parts += [", " if i else "", Frag("?::jsonb", (dumps(item),))]
         parts.append(")")
         return a.sql, cat(*parts)
 
     def null_when_null(self, sql: Frag) -> Frag:
         return cat("NULLIF(", sql, " IS NULL, TRUE)")
 
-    def json_projection(self, v: "Val") -> tuple[str, str]:
+    def json_projection(self, v: Val) -> tuple[str, str]:
         return f"({v.sql.sql})::text, {v.typ.sql}", "jsontext"
 
     def object_projection(self, sql: str) -> str:
         return f"({sql})::text"
 
-    def json_group_keys(self, v: "Val") -> list[str]:
+    def json_group_keys(self, v: Val) -> list[str]:
         # The text form keeps 1 and 1.0 apart, as SQLite's GROUP BY does.
         return [v.typ.sql, f"({v.sql.sql})::text"]
 

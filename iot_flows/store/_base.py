@@ -19,6 +19,7 @@ knows nothing of the jobs package.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
@@ -65,7 +66,7 @@ class HubStore(ABC):
         """The device's identity and twin, or None."""
 
     @abstractmethod
-    async def get_many(self, device_ids: list[str]) -> list[DeviceRecord]:
+    async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
         """Records for the ids that exist, in id order."""
 
     @abstractmethod
@@ -89,7 +90,7 @@ class HubStore(ABC):
         """Delete a device; False when there was none."""
 
     @abstractmethod
-    async def list(self, *, after: str = "", limit: int = 1000) -> list[DeviceRecord]:
+    async def list(self, *, after: str = "", limit: int = 1000) -> builtins.list[DeviceRecord]:
         """Devices with id > ``after``, in id order, at most ``limit``."""
 
     @abstractmethod
@@ -112,11 +113,11 @@ class HubStore(ABC):
 
     # ---- MQTT persistent sessions ------------------------------------------------------
     @abstractmethod
-    async def get_subscriptions(self, device_id: str) -> list[str]:
+    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
         """Topic filters of the device's persistent session (``clean_session=0``)."""
 
     @abstractmethod
-    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         """Replace the device's persistent topic filters."""
 
     # ---- queries ----------------------------------------------------------------------
@@ -125,17 +126,17 @@ class HubStore(ABC):
         """Parse and compile query text to this backend's SQL; raises QuerySyntaxError."""
 
     @abstractmethod
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> list[DeviceRecord]:
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
         """Devices matching a ``SELECT * FROM devices`` query, id > ``after``, in id order."""
 
     @abstractmethod
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Device-job items (reference 3.6 shape) after ``(job_id, device_id)``, in key order."""
 
     @abstractmethod
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> list[dict[str, Any]]:
+    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
         """Items of a projection or aggregate query, offset-paged."""
 
     # ---- jobs -------------------------------------------------------------------------
@@ -152,7 +153,7 @@ class HubStore(ABC):
         """A job document, or None."""
 
     @abstractmethod
-    async def active_jobs(self) -> list[dict[str, Any]]:
+    async def active_jobs(self) -> builtins.list[dict[str, Any]]:
         """Queued, scheduled and running jobs, oldest first."""
 
     @abstractmethod
@@ -162,11 +163,11 @@ class HubStore(ABC):
     @abstractmethod
     async def list_jobs(
         self, *, job_type: str | None, status: str | None, after: str, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Jobs ordered by (created time, id); ``after`` is ``created|job_id`` of the last seen."""
 
     @abstractmethod
-    async def select_device_ids(self, condition: str) -> list[str]:
+    async def select_device_ids(self, condition: str) -> builtins.list[str]:
         """Ids of devices matching a job ``queryCondition`` now, in id order."""
 
     @abstractmethod
@@ -176,11 +177,11 @@ class HubStore(ABC):
         """Create device-job records (existing ones are kept)."""
 
     @abstractmethod
-    async def mark_device_jobs_running(self, job_id: str, device_ids: list[str], now: str) -> None:
+    async def mark_device_jobs_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
         """Mark records running (committed before the requests go out)."""
 
     @abstractmethod
-    async def record_device_outcomes(self, job_id: str, outcomes: list[DeviceOutcome], now: str) -> None:
+    async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
         """Store final or intermediate outcomes of devices."""
 
     @abstractmethod
@@ -190,7 +191,7 @@ class HubStore(ABC):
         """Move every record of the job in ``from_states`` to ``to``; return how many moved."""
 
     @abstractmethod
-    async def device_job_ids(self, job_id: str, status: str) -> list[str]:
+    async def device_job_ids(self, job_id: str, status: str) -> builtins.list[str]:
         """Ids of the job's devices in ``status``, in id order."""
 
     @abstractmethod

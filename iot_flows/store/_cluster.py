@@ -120,7 +120,7 @@ class SqliteClusterStore(ClusterStore):
 
     async def register(self) -> bool:
         now = time.time()
-        others = self._db.execute(
+        others: int = self._db.execute(
             "SELECT COUNT(*) FROM cluster_nodes WHERE expires_at > ? AND node_id != ?", (now, self.node_id)
         ).fetchone()[0]
         self._db.execute(

@@ -11,6 +11,7 @@ reconnects by itself once the server is back.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -27,7 +28,15 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_condition, compile_
 from iot_flows.store._base import DeviceOutcome, HubStore
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._rows import COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, TWIN_COLUMNS, device_job_item, dumps
+from iot_flows.store._rows import (
+    COLUMNS,
+    IDENTITY_COLUMNS,
+    JOB_COLUMNS,
+    JSON_COLUMNS,
+    TWIN_COLUMNS,
+    device_job_item,
+    dumps,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -48,11 +57,11 @@ _LOST = (
 )
 
 
-def _placeholders(columns: Iterable[str], start: int = 1) -> list[str]:
+def _placeholders(columns: Iterable[str], start: int = 1) -> builtins.list[str]:
     return [f"${i}::jsonb" if c in JSON_COLUMNS else f"${i}" for i, c in enumerate(columns, start)]
 
 
-def _to_row(record: DeviceRecord, columns: Iterable[str]) -> list[Any]:
+def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
     return [dumps(getattr(record, c)) if c in JSON_COLUMNS else getattr(record, c) for c in columns]
 
 
@@ -100,7 +109,7 @@ class PostgresStore(HubStore):
         self._tx: ContextVar[tuple[Any, Any] | None] = ContextVar(f"pg_tx_{id(self)}", default=None)
 
     @classmethod
-    async def open(cls, url: str, *, max_size: int = 20) -> "PostgresStore":
+    async def open(cls, url: str, *, max_size: int = 20) -> PostgresStore:
         """Connect, migrate the schema and return the store.
 
         Raises StoreConfigError for a malformed URL, ServiceUnavailableError (one line
@@ -182,7 +191,7 @@ class PostgresStore(HubStore):
             except _LOST as exc:
                 raise self._lost(exc) from None
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
         async with self._conn() as conn:
             try:
                 return list(await conn.fetch(sql, *args))
@@ -203,7 +212,7 @@ class PostgresStore(HubStore):
             except _LOST as exc:
                 raise self._lost(exc) from None
 
-    async def _executemany(self, sql: str, args: list[Any]) -> None:
+    async def _executemany(self, sql: str, args: builtins.list[Any]) -> None:
         if not args:
             return
         async with self._conn() as conn:
@@ -234,7 +243,7 @@ class PostgresStore(HubStore):
         row = await self._fetchrow(f"{_SELECT} WHERE device_id = $1", device_id)
         return _from_row(row) if row else None
 
-    async def get_many(self, device_ids: list[str]) -> list[DeviceRecord]:
+    async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
         rows = await self._fetch(f"{_SELECT} WHERE device_id = ANY($1::text[]) ORDER BY device_id", device_ids)
         return [_from_row(r) for r in rows]
 
@@ -271,7 +280,7 @@ class PostgresStore(HubStore):
     async def delete(self, device_id: str) -> bool:
         return _rowcount(await self._execute("DELETE FROM devices WHERE device_id = $1", device_id)) > 0
 
-    async def list(self, *, after: str = "", limit: int = 1000) -> list[DeviceRecord]:
+    async def list(self, *, after: str = "", limit: int = 1000) -> builtins.list[DeviceRecord]:
         rows = await self._fetch(f"{_SELECT} WHERE device_id > $1 ORDER BY device_id LIMIT $2", after, limit)
         return [_from_row(r) for r in rows]
 
@@ -303,11 +312,11 @@ class PostgresStore(HubStore):
         )
 
     # ---- sessions -------------------------------------------------------------------
-    async def get_subscriptions(self, device_id: str) -> list[str]:
+    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
         row = await self._fetchrow("SELECT mqtt_subscriptions FROM devices WHERE device_id = $1", device_id)
         return [s for s in row[0].split("\n") if s] if row else []
 
-    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         await self._execute(
             "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
         )
@@ -316,7 +325,7 @@ class PostgresStore(HubStore):
     def compile_query(self, text: str) -> CompiledQuery:
         return compile_query(text, POSTGRES)
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> list[DeviceRecord]:
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
         n = len(compiled.params)
         rows = await self._fetch(
             f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}",
@@ -326,7 +335,7 @@ class PostgresStore(HubStore):
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         n = len(compiled.params)
         rows = await self._fetch(
             f"SELECT {_JOB_SELECT} FROM device_jobs WHERE ({compiled.where_sql})"
@@ -335,7 +344,7 @@ class PostgresStore(HubStore):
         )  # fmt: skip
         return [device_job_item(r) for r in rows]
 
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> list[dict[str, Any]]:
+    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
         n = len(compiled.params)
         rows = await self._fetch(
             f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", *compiled.params, limit, offset
@@ -361,7 +370,7 @@ class PostgresStore(HubStore):
         row = await self._fetchrow("SELECT doc FROM jobs WHERE job_id = $1", job_id)
         return json.loads(row[0]) if row else None
 
-    async def active_jobs(self) -> list[dict[str, Any]]:
+    async def active_jobs(self) -> builtins.list[dict[str, Any]]:
         rows = await self._fetch(f"SELECT doc FROM jobs WHERE status IN {_ACTIVE} ORDER BY created_time, job_id")
         return [json.loads(r[0]) for r in rows]
 
@@ -371,7 +380,7 @@ class PostgresStore(HubStore):
 
     async def list_jobs(
         self, *, job_type: str | None, status: str | None, after: str, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         where, params = ["(created_time || '|' || job_id) > $1"], [after]
         if job_type:
             params.append(job_type)
@@ -386,7 +395,7 @@ class PostgresStore(HubStore):
         )
         return [json.loads(r[0]) for r in rows]
 
-    async def select_device_ids(self, condition: str) -> list[str]:
+    async def select_device_ids(self, condition: str) -> builtins.list[str]:
         where_sql, params = compile_condition(condition, POSTGRES)
         rows = await self._fetch(f"SELECT device_id FROM devices WHERE {where_sql} ORDER BY device_id", *params)
         return [r[0] for r in rows]
@@ -403,14 +412,14 @@ class PostgresStore(HubStore):
                 job_id, job_type, status, now, ids,
             )  # fmt: skip
 
-    async def mark_device_jobs_running(self, job_id: str, device_ids: list[str], now: str) -> None:
+    async def mark_device_jobs_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
         await self._execute(
             "UPDATE device_jobs SET status = 'running', start_time_utc = $2, last_updated_date_time_utc = $2"
             " WHERE job_id = $1 AND device_id = ANY($3::text[])",
             job_id, now, device_ids,
         )  # fmt: skip
 
-    async def record_device_outcomes(self, job_id: str, outcomes: list[DeviceOutcome], now: str) -> None:
+    async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
         await self._executemany(
             "UPDATE device_jobs SET status = $3, start_time_utc = COALESCE(start_time_utc, $4), end_time_utc = $5,"
             " outcome = $6::jsonb, error = $7::jsonb, last_updated_date_time_utc = $8"
@@ -440,7 +449,7 @@ class PostgresStore(HubStore):
         )  # fmt: skip
         return _rowcount(result)
 
-    async def device_job_ids(self, job_id: str, status: str) -> list[str]:
+    async def device_job_ids(self, job_id: str, status: str) -> builtins.list[str]:
         rows = await self._fetch(
             "SELECT device_id FROM device_jobs WHERE job_id = $1 AND status = $2 ORDER BY device_id", job_id, status
         )

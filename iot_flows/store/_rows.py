@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from iot_flows._json import dumps
+
 __all__ = ["COLUMNS", "IDENTITY_COLUMNS", "JOB_COLUMNS", "JSON_COLUMNS", "TWIN_COLUMNS", "device_job_item", "dumps"]
 
 JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
@@ -27,8 +29,6 @@ JOB_COLUMNS = (
     "job_id", "device_id", "job_type", "status", "start_time_utc", "end_time_utc",
     "created_date_time_utc", "last_updated_date_time_utc", "outcome", "error",
 )  # fmt: skip
-#: Compact JSON, as the store writes every document.
-dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def device_job_item(row: Any) -> dict[str, Any]:

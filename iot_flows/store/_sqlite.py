@@ -12,6 +12,7 @@ every committed write, and never block the writer.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import sqlite3
 import threading
@@ -24,7 +25,15 @@ from iot_flows._exceptions import DeviceAlreadyExistsError, JobAlreadyExistsErro
 from iot_flows.query import CompiledQuery, compile_condition, compile_query, row_to_item
 from iot_flows.store._base import DeviceOutcome, HubStore
 from iot_flows.store._records import DeviceRecord
-from iot_flows.store._rows import COLUMNS, IDENTITY_COLUMNS, JOB_COLUMNS, JSON_COLUMNS, TWIN_COLUMNS, device_job_item, dumps
+from iot_flows.store._rows import (
+    COLUMNS,
+    IDENTITY_COLUMNS,
+    JOB_COLUMNS,
+    JSON_COLUMNS,
+    TWIN_COLUMNS,
+    device_job_item,
+    dumps,
+)
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
@@ -33,7 +42,7 @@ _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 _ACTIVE = "('queued', 'scheduled', 'running')"
 
 
-def _to_row(record: DeviceRecord, columns: Iterable[str]) -> list[Any]:
+def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
     out = []
     for column in columns:
         value = getattr(record, column)
@@ -89,7 +98,7 @@ class SqliteStore(HubStore):
         self._conn = _connect(self.path)
         self.schema_version = migrate(self._conn)
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: builtins.list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._depth = 0
 
@@ -157,8 +166,8 @@ class SqliteStore(HubStore):
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()
         return _from_row(row) if row else None
 
-    async def get_many(self, device_ids: list[str]) -> list[DeviceRecord]:
-        out: list[DeviceRecord] = []
+    async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
+        out: builtins.list[DeviceRecord] = []
         for start in range(0, len(device_ids), 500):
             chunk = device_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -188,6 +197,7 @@ class SqliteStore(HubStore):
 
     async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
         sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
+        params: builtins.list[str | int]
         where, params = "device_id = ?", [record.device_id]
         if expected_version is not None:
             where, params = "device_id = ? AND twin_version = ?", [record.device_id, expected_version]
@@ -198,7 +208,7 @@ class SqliteStore(HubStore):
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
         return cur.rowcount > 0
 
-    async def list(self, *, after: str = "", limit: int = 1000) -> list[DeviceRecord]:
+    async def list(self, *, after: str = "", limit: int = 1000) -> builtins.list[DeviceRecord]:
         rows = self._conn.execute(
             f"{_SELECT} WHERE device_id > ? ORDER BY device_id LIMIT ?", (after, limit)
         ).fetchall()
@@ -232,11 +242,11 @@ class SqliteStore(HubStore):
         )
 
     # ---- sessions ---------------------------------------------------------------
-    async def get_subscriptions(self, device_id: str) -> list[str]:
+    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return [s for s in row[0].split("\n") if s] if row else []
 
-    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         self._conn.execute(
             "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
         )
@@ -245,7 +255,7 @@ class SqliteStore(HubStore):
     def compile_query(self, text: str) -> CompiledQuery:
         return compile_query(text)
 
-    def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
+    def _read(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
         conn = self._reader()
         conn.execute("BEGIN")
         try:
@@ -253,7 +263,7 @@ class SqliteStore(HubStore):
         finally:
             conn.execute("COMMIT")
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> list[DeviceRecord]:
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
         rows = await asyncio.to_thread(
             self._read,
             f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?",
@@ -263,7 +273,7 @@ class SqliteStore(HubStore):
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         rows = await asyncio.to_thread(
             self._read,
             f"SELECT {', '.join(JOB_COLUMNS)} FROM device_jobs WHERE ({compiled.where_sql})"
@@ -272,7 +282,7 @@ class SqliteStore(HubStore):
         )
         return [device_job_item(r) for r in rows]
 
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> list[dict[str, Any]]:
+    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
         rows = await asyncio.to_thread(
             self._read, f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
         )
@@ -297,7 +307,7 @@ class SqliteStore(HubStore):
         row = self._conn.execute("SELECT doc FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    async def active_jobs(self) -> list[dict[str, Any]]:
+    async def active_jobs(self) -> builtins.list[dict[str, Any]]:
         rows = self._conn.execute(f"SELECT doc FROM jobs WHERE status IN {_ACTIVE} ORDER BY created_time").fetchall()
         return [json.loads(r[0]) for r in rows]
 
@@ -306,7 +316,7 @@ class SqliteStore(HubStore):
 
     async def list_jobs(
         self, *, job_type: str | None, status: str | None, after: str, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         where, params = ["(created_time || '|' || job_id) > ?"], [after]
         if job_type:
             where.append("type = ?")
@@ -320,7 +330,7 @@ class SqliteStore(HubStore):
         ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    async def select_device_ids(self, condition: str) -> list[str]:
+    async def select_device_ids(self, condition: str) -> builtins.list[str]:
         where_sql, params = compile_condition(condition)
         rows = self._conn.execute(f"SELECT device_id FROM devices WHERE {where_sql} ORDER BY device_id", params).fetchall()
         return [r[0] for r in rows]
@@ -334,14 +344,14 @@ class SqliteStore(HubStore):
             ((job_id, d, job_type, status, now, now) for d in device_ids),
         )
 
-    async def mark_device_jobs_running(self, job_id: str, device_ids: list[str], now: str) -> None:
+    async def mark_device_jobs_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
         self._conn.executemany(
             "UPDATE device_jobs SET status = 'running', start_time_utc = ?, last_updated_date_time_utc = ?"
             " WHERE job_id = ? AND device_id = ?",
             ((now, now, job_id, d) for d in device_ids),
         )
 
-    async def record_device_outcomes(self, job_id: str, outcomes: list[DeviceOutcome], now: str) -> None:
+    async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
         self._conn.executemany(
             "UPDATE device_jobs SET status = ?, start_time_utc = COALESCE(start_time_utc, ?), end_time_utc = ?,"
             " outcome = ?, error = ?, last_updated_date_time_utc = ? WHERE job_id = ? AND device_id = ?",
@@ -372,7 +382,7 @@ class SqliteStore(HubStore):
         )
         return cur.rowcount
 
-    async def device_job_ids(self, job_id: str, status: str) -> list[str]:
+    async def device_job_ids(self, job_id: str, status: str) -> builtins.list[str]:
         rows = self._conn.execute(
             "SELECT device_id FROM device_jobs WHERE job_id = ? AND status = ? ORDER BY device_id", (job_id, status)
         ).fetchall()

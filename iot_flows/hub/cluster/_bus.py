@@ -29,11 +29,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from iot_flows._exceptions import IoTFlowsError
+from iot_flows._json import dumps
 
 __all__ = ["Bus", "BusUnavailableError", "ClusterError", "NodeIdInUseError"]
 
 log = logging.getLogger(__name__)
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class ClusterError(IoTFlowsError):
@@ -153,7 +153,7 @@ class Bus:
         """Fire-and-forget JSON publish (at most once)."""
         if self._nc is None:
             return
-        data = _DUMPS(body).encode()
+        data = dumps(body).encode()
         task = asyncio.get_running_loop().create_task(self._publish(subject, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -171,7 +171,7 @@ class Bus:
             raise BusUnavailableError(f"NATS at {self.url} is unreachable")
         assert self._nc is not None
         try:
-            msg = await self._nc.request(subject, _DUMPS(body).encode(), timeout=timeout)
+            msg = await self._nc.request(subject, dumps(body).encode(), timeout=timeout)
         except nats.errors.NoRespondersError:
             raise NoResponderError(subject) from None
         except nats.errors.TimeoutError:
@@ -183,6 +183,6 @@ class Bus:
     @staticmethod
     async def respond(msg: Msg, body: dict[str, Any]) -> None:
         try:
-            await msg.respond(_DUMPS(body).encode())
+            await msg.respond(dumps(body).encode())
         except Exception as exc:
             log.warning("NATS reply dropped: %s", exc)

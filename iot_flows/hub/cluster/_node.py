@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from iot_flows.hub.cluster._bus import Bus, NoResponderError, NodeIdInUseError
-from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.hub import Subscription
+from iot_flows.hub.cluster._bus import Bus, NodeIdInUseError, NoResponderError
+from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.store import ClusterStore, open_cluster_store
 from iot_flows.twin import utc_now
 
@@ -64,7 +64,7 @@ class ClusterSettings:
 class ClusterNode:
     """Joins a hub to a cluster; ``await start()`` after the hub built its services."""
 
-    def __init__(self, hub: "Hub", settings: ClusterSettings) -> None:
+    def __init__(self, hub: Hub, settings: ClusterSettings) -> None:
         self._hub = hub
         self.settings = settings
         self.node_id = settings.node_id or default_node_id()

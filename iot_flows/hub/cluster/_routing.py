@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
-from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError, ServiceUnavailableError, error_for_status
+from iot_flows._exceptions import (
+    DeviceNotOnlineError,
+    GatewayTimeoutError,
+    HubError,
+    ServiceUnavailableError,
+    error_for_status,
+)
 from iot_flows._types import MethodResult
-from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.hub import Subscription, parse_method_call
+from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.store import ClusterStore
 
 if TYPE_CHECKING:
@@ -49,7 +55,7 @@ def _not_online(connect_timeout: int) -> DeviceNotOnlineError:
 class MethodRouter:
     """Invokes a direct method wherever the device is connected."""
 
-    def __init__(self, hub: "Hub", store: ClusterStore, bus: Bus) -> None:
+    def __init__(self, hub: Hub, store: ClusterStore, bus: Bus) -> None:
         self._hub = hub
         self._store = store
         self._bus = bus
@@ -119,7 +125,7 @@ class MethodRouter:
 class DesiredRelay:
     """Sends desired notifications to the device's node; delivers them there in order, once."""
 
-    def __init__(self, hub: "Hub", store: ClusterStore, bus: Bus) -> None:
+    def __init__(self, hub: Hub, store: ClusterStore, bus: Bus) -> None:
         self._hub = hub
         self._store = store
         self._bus = bus
