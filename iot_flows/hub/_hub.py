@@ -14,17 +14,20 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.routing import WebSocketRoute
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 
 from iot_flows._exceptions import HubError, error_for_status
 from iot_flows._sas import ConnectionString
 from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
+from iot_flows.hub._changes import ChangeFeed
 from iot_flows.hub._device_endpoint import DeviceEndpoint
+from iot_flows.hub._job_engine import JobEngine
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._mqtt_server import MqttServer
 from iot_flows.hub._mqtt_websocket import WEBSOCKET_PATH, mqtt_over_websocket
+from iot_flows.hub._query import QueryService
 from iot_flows.hub._quota import Paced, Quota, max_concurrent_jobs
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
@@ -36,9 +39,6 @@ from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub.api._throttle import Throttle
-from iot_flows.hub._changes import ChangeFeed
-from iot_flows.hub._query import QueryService
-from iot_flows.hub._job_engine import JobEngine
 from iot_flows.query import compile_condition
 from iot_flows.store import HubStore, open_store
 from iot_flows.twin import utc_now

@@ -279,7 +279,7 @@ class _Connection(asyncio.Protocol):
                 body = json.dumps({"errorCode": exc.error_code, "message": exc.message}).encode()
                 self.send(twin_response_topic(429, parsed.rid), body)
             if packet.qos == 1:
-                self._write(Puback(packet_id=packet.packet_id))
+                self._write(Puback(packet_id=packet.packet_id or 0))
             return True
 
     async def _on_subscribe(self, packet: Subscribe) -> None:
@@ -305,7 +305,7 @@ class _Connection(asyncio.Protocol):
             self.close("forbidden topic")
             return
         if packet.qos == 1:
-            self._write(Puback(packet_id=packet.packet_id))
+            self._write(Puback(packet_id=packet.packet_id or 0))
 
 
 #: Per-connection TLS read buffer. asyncio allocates 256 KiB per TLS connection by default
@@ -318,7 +318,7 @@ def _shrink_tls_buffers() -> None:
     import asyncio.sslproto
 
     if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
-        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class MqttServer:

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_client, get_run_logger, pause_flow_run
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
 from prefect.input import RunInput
@@ -40,7 +41,13 @@ class RolloutInProgressError(OperationFailedError):
 
 async def _refuse_concurrent(conn: HubConnection, request: RolloutRequest) -> None:
     """Raise :class:`RolloutInProgressError` when the same rollout id is already running."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     context = FlowRunContext.get()
@@ -107,7 +114,7 @@ async def _wait_for_window(request: RolloutRequest, policies: Policies, index: i
         opens = datetime.now(UTC) + timedelta(seconds=delay)
         logger.info("%s: rescheduling this run for %s UTC (the worker is free meanwhile)", when, f"{opens:%H:%M}")
         async with get_client() as client:
-            state = Scheduled(scheduled_time=opens, name="AwaitingWindow", message=note)
+            state: State[Any] = Scheduled(scheduled_time=opens, name="AwaitingWindow", message=note)
             result = await client.set_flow_run_state(context.flow_run.id, state, force=True)
         raise Pause(note, state=result.state)
     logger.info("%s: waiting in this process", when)
@@ -231,10 +238,10 @@ async def roll_out_firmware(
     logger.info("rollout %s: %d targets (%d already current) in %d waves", request.key, targets, len(current), len(plan))
     await board.publish(zero or f"{targets} to update in {len(plan)} waves, {len(current)} already current")
     if result.previous:
-        await create_table_artifact([{"device": d, **p} for d, p in list(result.previous.items())[:5000]],
+        await acreate_table_artifact([{"device": d, **p} for d, p in list(result.previous.items())[:5000]],
                                     key=artifact_key("rollout", request.key, "previous"),
                                     description=f"Rollout {request.key}: each target's version before it was touched")  # fmt: skip
-    progress = await create_progress_artifact(0.0, description=f"{board.title}: share of the {targets} targets handled")
+    progress = await acreate_progress_artifact(0.0, description=f"{board.title}: share of the {targets} targets handled")
     finished, changed = 0, []
     approval_due = request.approval_after_canary and len(plan) > 1
     for index, wave in enumerate(todo):
@@ -255,7 +262,7 @@ async def roll_out_firmware(
         board.results[index] = outcome
         changed += run.succeeded
         finished += len(wave)
-        await update_progress_artifact(progress, 100.0 * finished / max(targets, 1))
+        await aupdate_progress_artifact(progress, 100.0 * finished / max(targets, 1))
         emit_rollout_event(request, "wave-completed", outcome.model_dump(), wave=index)
         counts = outcome_line(len(wave), outcome.updated, len(outcome.failed), rejected=len(outcome.rejected),
                               timed_out=len(outcome.timed_out))  # fmt: skip
@@ -271,8 +278,10 @@ async def roll_out_firmware(
                        f"Resume with approve=true to continue, false to stop the rollout.")  # fmt: skip
             await board.publish(f"waiting for approval: {label} done: {counts}")
             logger.info("canary done (%s): waiting for approval (resume the flow run to continue)", counts)
-            approval = await pause_flow_run(wait_for_input=RolloutApproval.with_initial_data(description=summary, approve=True),
-                                            timeout=request.approval_timeout_seconds)  # fmt: skip
+            # In a flow's event loop pause_flow_run returns an awaitable (Prefect's sync/async dual API).
+            paused: Any = pause_flow_run(wait_for_input=RolloutApproval.with_initial_data(description=summary, approve=True),
+                                         timeout=request.approval_timeout_seconds)  # fmt: skip
+            approval: RolloutApproval = await paused
             if not approval.approve:
                 result.status, result.reason = "aborted", f"not approved after the canary ({counts})"
                 break

@@ -70,7 +70,7 @@ class Mechanism:
         return f"firmware {self.version}"
 
     def is_current(self, twin: dict[str, Any] | None) -> bool:
-        return installed_version(twin) == self.version
+        return bool(installed_version(twin) == self.version)
 
     def pending_condition(self) -> str | None:
         """A WHERE body for devices that still need the update (None: every device)."""
@@ -174,4 +174,5 @@ class TemplateUpdate(Mechanism):
 
 def mechanism_for(request: RolloutRequest) -> Mechanism:
     """The mechanism ``request.mechanism`` names."""
-    return {"method": MethodUpdate, "desired": DesiredUpdate, "template": TemplateUpdate}[request.mechanism](request)
+    kinds: dict[str, type[Mechanism]] = {"method": MethodUpdate, "desired": DesiredUpdate, "template": TemplateUpdate}
+    return kinds[request.mechanism](request)

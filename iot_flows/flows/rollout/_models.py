@@ -35,7 +35,7 @@ class Window(BaseModel):
     days: list[str] | None = Field(default=None, description="Only on these days, e.g. ['Sat', 'Sun']")
 
     @model_validator(mode="after")
-    def _valid(self) -> "Window":
+    def _valid(self) -> Window:
         self.parsed()  # a ValueError here becomes a parameter validation error
         return self
 
@@ -74,7 +74,7 @@ class RateLimit(BaseModel):
     successes_per_step: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
-    def _some_rate(self) -> "RateLimit":
+    def _some_rate(self) -> RateLimit:
         if self.max_per_minute is None and self.base_per_minute is None:
             raise ValueError("set max_per_minute, base_per_minute (a ramp), or both")
         return self
@@ -103,7 +103,7 @@ class UpdateTemplate(BaseModel):
     failure: dict[str, list[Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_action(self) -> "UpdateTemplate":
+    def _one_action(self) -> UpdateTemplate:
         if (self.method is None) == (self.desired is None):
             raise ValueError("set exactly one action: method (with payload) or desired")
         return self
@@ -155,7 +155,7 @@ class RolloutRequest(BaseModel):
         return waves
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RolloutRequest":
+    def _consistent(self) -> RolloutRequest:
         if self.mechanism == "template" and self.template is None:
             raise ValueError("template: required when mechanism is 'template'")
         if self.rollback_package_uri is not None and "{version}" not in self.rollback_package_uri:

@@ -110,7 +110,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds before attempt ``attempt + 1``: backoff * 2^(attempt-1), capped, times 0.5..1.5."""
         base = min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
-        return base * self.rng.uniform(0.5, 1.5)
+        return float(base * self.rng.uniform(0.5, 1.5))
 
 
 @dataclass

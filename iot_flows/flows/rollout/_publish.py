@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import get_client
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
@@ -41,7 +41,7 @@ async def publish_plan(request: RolloutRequest, plan: RolloutPlan) -> None:
     for w in plan.waves:
         cond = (w.job_condition or "").replace("|", "\\|")
         lines.append(f"| {w.wave} | {w.devices} | {w.to_update} | {w.first} .. {w.last} | {w.opens or 'now'} | `{cond}` |")
-    await create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("rollout", request.key, "plan"),
+    await acreate_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("rollout", request.key, "plan"),
                                    description=f"Rollout {request.key}: dry-run plan")  # fmt: skip
 
 
@@ -77,7 +77,7 @@ class Board:
 
     async def publish(self, note: str, empty: str | None = None) -> None:
         self._last = time.monotonic()
-        await create_table_artifact(self.rows() or [{"wave": "-", "devices": 0, "status": empty or "no devices"}],
+        await acreate_table_artifact(self.rows() or [{"wave": "-", "devices": 0, "status": empty or "no devices"}],
                                     key=self.key, description=f"{self.title}: {note}")  # fmt: skip
 
     async def live_update(self, index: int, label: str, tally: WaveTally, every: float = 5.0) -> None:
@@ -98,7 +98,7 @@ async def publish_window_note(request: RolloutRequest, note: str, delay: float) 
     hours, minutes = divmod(round(delay / 60), 60)
     wait = f"{hours} h {minutes} min" if hours else f"{minutes} min" if minutes else f"{delay:.0f} s"
     when = f"{note} ({local:%a %Y-%m-%d %H:%M}, in {wait}; window {window.describe()})"
-    await create_markdown_artifact(f"# Firmware {request.version}: {note}\n\n{when}.\n",
+    await acreate_markdown_artifact(f"# Firmware {request.version}: {note}\n\n{when}.\n",
                                    key=artifact_key("rollout", request.key, "window"),
                                    description=f"Firmware {request.version}: {note}")  # fmt: skip
     return when

@@ -104,7 +104,7 @@ class WaveRunner:
             result.attempts = attempt
             if abort or not retry:
                 for device_id in retry:  # aborted: what would have been retried ends as it is
-                    final[device_id] = outcome[device_id]  # type: ignore[assignment]
+                    final[device_id] = outcome[device_id]
                 break
             delay = self.policies.retry.delay(attempt)
             result.retried += len(retry)

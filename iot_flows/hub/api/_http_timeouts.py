@@ -31,7 +31,7 @@ def guarded_http_protocol(header_timeout: float = REQUEST_HEADER_TIMEOUT) -> typ
 
     base: Any = AutoHTTPProtocol
 
-    class HeaderTimeoutProtocol(base):  # type: ignore[misc,valid-type]
+    class HeaderTimeoutProtocol(base):  # type: ignore[misc]
         _header_timer: asyncio.TimerHandle | None = None
 
         def _arm_header_timer(self) -> None:
@@ -45,7 +45,7 @@ def guarded_http_protocol(header_timeout: float = REQUEST_HEADER_TIMEOUT) -> typ
             if waiting_for_headers and not self.transport.is_closing():
                 self.transport.close()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm_header_timer()
 

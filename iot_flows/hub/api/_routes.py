@@ -27,11 +27,11 @@ __all__ = ["json_body", "routes"]
 _R, _W, _S = Permission.REGISTRY_READ, Permission.REGISTRY_WRITE, Permission.SERVICE_CONNECT
 
 
-def hub_of(request: Request) -> "Hub":
+def hub_of(request: Request) -> Hub:
     return request.app.state.hub  # type: ignore[no-any-return]
 
 
-def authorize(request: Request, *permissions: Permission) -> "Hub":
+def authorize(request: Request, *permissions: Permission) -> Hub:
     hub = hub_of(request)
     hub.service_auth.authorize(request.headers.get("authorization"), *permissions)
     return hub
