@@ -185,6 +185,20 @@ class Device:
         """Answer method requests from a background thread with ``handler(name, payload)``."""
 
         self._serving_methods = True
+        # A request can land between SUBSCRIBE and this call (the hub sends as soon as the
+        # subscription is live): move those to the serving queue, or they would never be answered.
+        kept: list[Received] = []
+        while True:
+            try:
+                early = self.messages.get_nowait()
+            except queue.Empty:
+                break
+            if early.topic.startswith("$iothub/methods/POST/"):
+                self.method_requests.put(early)
+            else:
+                kept.append(early)
+        for item in kept:
+            self.messages.put(item)
 
         def run() -> None:
             while True:
