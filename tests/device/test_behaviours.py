@@ -243,10 +243,12 @@ async def test_fault_injection_rates_for_a_fixed_seed(make_fleet: Any, rest: Res
 
     outcomes = await asyncio.gather(*(outcome(d) for d in ids))
     failures = outcomes.count("downloadFailed")
-    assert 25 <= failures <= 55, failures
-    # Decided by (seed, device, operation): the same devices fail for the same seed.
+    # Decided by (seed, device, operation): the same devices fail for the same seed. The ids
+    # carry a per-run prefix, so the count is Binomial(200, 0.2) (mean 40, sd 5.7): the exact
+    # check is against the hash; the rate check allows 5 sd (a 25..55 window failed 1 run in ~100).
     expected = sum(chance(1234, d, "download", 1) < 0.2 for d in ids)
     assert failures == expected
+    assert 12 <= failures <= 68, failures
     assert fleet.stats.counters["fw_download_failed"] == failures
 
 
