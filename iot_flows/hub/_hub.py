@@ -239,6 +239,7 @@ class Hub:
             self._uvicorn = None
         await self.jobs.stop()
         await self.mqtt.close()
+        await self.sessions.close()
         if self.cluster is not None:
             await self.cluster.leave()
             await self.cluster.stop()

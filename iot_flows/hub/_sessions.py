@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from iot_flows._tasks import BackgroundTasks
+
 __all__ = ["DeviceLink", "SessionRegistry", "SessionStore", "Subscription"]
 
 
@@ -80,7 +82,7 @@ class SessionRegistry:
         self._sessions: dict[str, _Session] = {}
         self._on_state_change = on_state_change
         self._persistence = persistence
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks("sessions")
 
     def __len__(self) -> int:
         return sum(1 for s in self._sessions.values() if s.link is not None)
@@ -124,9 +126,11 @@ class SessionRegistry:
             return
         session.link = None
         if self._on_state_change is not None:
-            task = asyncio.get_running_loop().create_task(self._on_state_change(link.device_id, False))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background.spawn(self._on_state_change(link.device_id, False), name=f"detach-{link.device_id}")
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Let pending disconnect notifications finish (up to ``grace`` s), then cancel the rest."""
+        await self._background.close(grace)
 
     def forget(self, device_id: str) -> None:
         """Drop a device's session entirely (device deleted or disabled)."""

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from iot_flows._exceptions import IoTFlowsError
 from iot_flows._json import dumps
+from iot_flows._tasks import BackgroundTasks
 
 __all__ = ["Bus", "BusUnavailableError", "ClusterError", "NodeIdInUseError"]
 
@@ -68,7 +69,7 @@ class Bus:
         self.node_id = node_id
         self.prefix = prefix
         self._nc: Client | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(f"bus {node_id}")
         self._on_reconnected = on_reconnected
         self._closing = False
 
@@ -122,8 +123,7 @@ class Bus:
 
     async def close(self) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         if self._nc is not None:
             try:
                 await asyncio.wait_for(self._nc.drain(), 2)
@@ -136,9 +136,7 @@ class Bus:
         assert self._nc is not None
 
         async def dispatch(msg: Msg) -> None:
-            task = asyncio.get_running_loop().create_task(self._guard(handler, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._guard(handler, msg), name=f"bus-{msg.subject}")
 
         await self._nc.subscribe(subject, cb=dispatch)
 
@@ -154,9 +152,7 @@ class Bus:
         if self._nc is None:
             return
         data = dumps(body).encode()
-        task = asyncio.get_running_loop().create_task(self._publish(subject, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._publish(subject, data), name=f"publish-{subject}")
 
     async def _publish(self, subject: str, data: bytes) -> None:
         assert self._nc is not None
