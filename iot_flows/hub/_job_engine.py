@@ -59,9 +59,11 @@ JobListener = Callable[[dict[str, Any]], None]
 class JobLease(Protocol):
     """Who may run a job when several hub nodes share the store."""
 
-    async def acquire(self, job_id: str) -> bool: ...
+    async def acquire(self, job_id: str) -> bool:
+        """True when this node may run ``job_id`` now (lease taken or already held)."""
 
-    async def release(self, job_id: str) -> None: ...
+    async def release(self, job_id: str) -> None:
+        """Give up the lease on ``job_id``."""
 
 
 def _now() -> datetime:
@@ -107,13 +109,21 @@ class JobEngine:
 
     @property
     def repository(self) -> JobRepository:
+        """The job rows in the store (used by queries over ``devices.jobs``)."""
         return self._repo
 
     def add_listener(self, listener: JobListener) -> None:
+        """Call ``listener(job_document)`` on every job state change."""
         self._listeners.append(listener)
 
     # ---- service API ----------------------------------------------------------------------
     async def create(self, job_id: str, body: Any) -> dict[str, Any]:
+        """``PUT /jobs/v2/{id}`` (Azure "Jobs - Create Scheduled Job"): validate, store, start.
+
+        Returns the job document. Raises ``BadRequestError`` / ``QuerySyntaxError`` (400) for a bad
+        body or condition, ``ThrottledError`` 429004 beyond ``max_concurrent_jobs``, a conflict for a
+        duplicate id.
+        """
         now = _now()
         request = parse_job_request(job_id, body, now=now)
         self._compile(request.query_condition)  # 400 with position before anything is stored
@@ -159,6 +169,7 @@ class JobEngine:
         return created
 
     async def get(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/v2/{id}``: the job document with ``deviceJobStatistics``; 404 when unknown."""
         doc = await self._repo.get(job_id)
         doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
         return doc
@@ -180,6 +191,7 @@ class JobEngine:
         return await self.get(job_id)
 
     async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        """``GET /jobs/v2/query``: up to ``limit`` jobs after ``after`` (job id), filtered by type and status."""
         docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
             doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))

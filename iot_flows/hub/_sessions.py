@@ -62,9 +62,11 @@ class _Session:
 class SessionStore(Protocol):
     """Where persistent sessions outlive the hub process."""
 
-    async def get_subscriptions(self, device_id: str) -> list[str]: ...
+    async def get_subscriptions(self, device_id: str) -> list[str]:
+        """The topic filters stored for the device's persistent session."""
 
-    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None: ...
+    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+        """Replace the stored topic filters of the device's persistent session."""
 
 
 class SessionRegistry:
@@ -150,6 +152,7 @@ class SessionRegistry:
             session.link.close(reason)
 
     async def subscribe(self, device_id: str, subscription: Subscription) -> None:
+        """Record a SUBSCRIBE (persisted for non-clean sessions) and wake waiters."""
         session = self._sessions.setdefault(device_id, _Session())
         if subscription not in session.subscriptions:
             session.subscriptions.add(subscription)
@@ -157,6 +160,7 @@ class SessionRegistry:
         self._wake(session)
 
     async def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
+        """Record an UNSUBSCRIBE (persisted)."""
         session = self._sessions.get(device_id)
         if session is not None and subscription in session.subscriptions:
             session.subscriptions.discard(subscription)
@@ -169,10 +173,12 @@ class SessionRegistry:
             )
 
     def link(self, device_id: str) -> DeviceLink | None:
+        """The device's current connection, or None when offline."""
         session = self._sessions.get(device_id)
         return session.link if session is not None else None
 
     def is_connected(self, device_id: str) -> bool:
+        """True when the device has a connection to this hub."""
         return self.link(device_id) is not None
 
     def subscribed_link(self, device_id: str, subscription: Subscription) -> DeviceLink | None:
@@ -205,6 +211,7 @@ class SessionRegistry:
                     session.waiters.remove(waiter)
 
     def connected_ids(self) -> list[str]:
+        """Ids of every device connected to this hub."""
         return [d for d, s in self._sessions.items() if s.link is not None]
 
     @staticmethod

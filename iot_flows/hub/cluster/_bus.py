@@ -74,10 +74,12 @@ class Bus:
         self._closing = False
 
     def subject(self, *parts: str) -> str:
+        """``<prefix>.<part>.<part>...``: a NATS subject in this cluster's namespace."""
         return ".".join((self.prefix, *parts))
 
     @property
     def connected(self) -> bool:
+        """True while the NATS connection is up."""
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self, timeout: float = 5.0) -> None:
@@ -122,6 +124,7 @@ class Bus:
             ) from None
 
     async def close(self) -> None:
+        """Cancel and await in-flight handlers and publishes, then drain (2 s) and close NATS."""
         self._closing = True
         await self._tasks.close()
         if self._nc is not None:
@@ -178,6 +181,7 @@ class Bus:
 
     @staticmethod
     async def respond(msg: Msg, body: dict[str, Any]) -> None:
+        """Reply to a request message with a JSON body (a lost reply is logged, not raised)."""
         try:
             await msg.respond(dumps(body).encode())
         except Exception as exc:

@@ -167,6 +167,7 @@ class ClusterNode:
         return await self.store.release(device_id)  # False: it connected to another node since
 
     async def held_elsewhere(self, device_id: str) -> bool:
+        """True when another node holds the device's connection."""
         holder = await self.store.holder(device_id)
         return holder is not None and holder != self.node_id
 
@@ -240,4 +241,5 @@ class ClusterNode:
         return await self.store.acquire_job(job_id)
 
     async def release(self, job_id: str) -> None:
+        """Release this node's lease on ``job_id``."""
         await self.store.release_job(job_id)
