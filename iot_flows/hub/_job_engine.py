@@ -30,9 +30,10 @@ from iot_flows._exceptions import (
     ThrottledError,
 )
 from iot_flows._settings import JobSettings
+from iot_flows._types import MethodResult
 from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
 from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
-from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._methods import MethodCall, MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import (
@@ -102,6 +103,8 @@ class JobEngine:
         self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         #: Set by a cluster node: wait up to N s until the device is reachable on any node.
         self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
+        #: Set by a cluster node: invokes a job's method call wherever the device is (batched per node).
+        self.invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]] | None = None
 
     @property
     def repository(self) -> JobRepository:
@@ -409,7 +412,7 @@ class JobEngine:
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-            result = await self._methods.invoke(device_id, call)
+            result = await (self.invoke_method or self._methods.invoke)(device_id, call)
         except asyncio.CancelledError:
             return (device_id, _D.FAILED, started, format_time(_now()), None,
                     {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
