@@ -63,6 +63,15 @@ class JobLease(Protocol):
 
     async def release(self, job_id: str) -> None: ...
 
+    def valid(self) -> bool:
+        """False once this node went longer than its lease without renewing it (paused,
+        starved): another node may run its jobs now, so it must stop writing and invoking."""
+        ...
+
+
+class _LeaseLost(Exception):
+    """This node's lease lapsed while it ran the job: another node may own it now."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -226,6 +235,11 @@ class JobEngine:
                 log.exception("job listener failed")
 
     # ---- running ----------------------------------------------------------------------------
+    def _fence(self) -> None:
+        """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
+        if self.lease is not None and not self.lease.valid():
+            raise _LeaseLost
+
     async def _run(self, job_id: str, run: _Run) -> None:
         if self.lease is not None and not await self.lease.acquire(job_id):
             self._runs.pop(job_id, None)
@@ -234,6 +248,8 @@ class JobEngine:
             await self._run_inner(job_id, run)
         except asyncio.CancelledError:
             raise  # hub shutdown: the job stays active and resumes on next start
+        except _LeaseLost:
+            log.warning("job %s: this node's lease lapsed; it stops here (another node may run it)", job_id)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
@@ -256,6 +272,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         if doc["status"] != JobStatus.RUNNING.value:
             async with self._store.transaction():
                 ids = await self._repo.select_devices(request.query_condition)
@@ -289,6 +306,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         async with self._store.transaction():
             if status is JobStatus.FAILED:
                 await self._repo.set_status_where(
@@ -310,6 +328,7 @@ class JobEngine:
 
         async def flush() -> None:
             if outcomes:
+                self._fence()  # a lapsed lease writes nothing more: the new owner's records stand
                 done = list(outcomes)
                 outcomes.clear()
                 async with self._store.transaction():
@@ -320,6 +339,7 @@ class JobEngine:
                 if run.cancelled.is_set() or loop.time() > deadline:
                     break
                 chunk = pending[start : start + batch]
+                self._fence()
                 async with self._store.transaction():
                     results = [await self._update_twin(d, request) for d in chunk]
                     await self._repo.record(job_id, results, format_time(_now()))
@@ -341,6 +361,8 @@ class JobEngine:
         async def one(device_id: str) -> None:
             try:
                 outcomes.append(await self._invoke(device_id, request, sem, deadline))
+            except _LeaseLost:
+                pass  # not invoked: the job's new owner decides
             finally:
                 sem.release()
 
@@ -365,6 +387,7 @@ class JobEngine:
                     await sem.acquire()  # free slot: returns without suspending
                     group.append(pending[index])
                     index += 1
+                self._fence()
                 async with self._store.transaction():
                     await self._repo.mark_running(job_id, group, format_time(_now()))
                 for device_id in group:
@@ -412,6 +435,7 @@ class JobEngine:
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
+            self._fence()
             result = await (self.invoke_method or self._methods.invoke)(device_id, call)
         except asyncio.CancelledError:
             return (device_id, _D.FAILED, started, format_time(_now()), None,

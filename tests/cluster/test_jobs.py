@@ -158,7 +158,6 @@ def test_job_calls_to_the_other_node_travel_in_batches(cluster: Cluster) -> None
         "cloudToDeviceMethod": {"methodName": "ping", "responseTimeoutInSeconds": 10}})
     assert r.status_code == 200, r.text
     job = _wait_done(b, "bj-job")
-    assert _job_holder(cluster, "bj-job") is None
     stats = job["deviceJobStatistics"]
     assert (stats["succeededCount"], stats["failedCount"]) == (23, 1), job
     assert all(c == ["ping"] for c in calls.values()), calls  # each device invoked exactly once

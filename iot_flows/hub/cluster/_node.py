@@ -250,3 +250,8 @@ class ClusterNode:
 
     async def release(self, job_id: str) -> None:
         await self.store.release_job(job_id)
+
+    def valid(self) -> bool:
+        """True while this node's last renewal is younger than its lease (no I/O: checked
+        before every job write and call, so a node resumed after a pause stops at once)."""
+        return time.time() < self._lease_expires
