@@ -88,7 +88,9 @@ class Hub:
 
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
-        self.store = await open_store(self.settings.db)
+        self.store = await open_store(
+            self.settings.db, pool_size=self.settings.db_pool_size, acquire_timeout=self.settings.db_acquire_timeout
+        )
         if self.settings.bus is None:  # a cluster node resets only its own (ClusterNode.connect)
             await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or None
