@@ -142,7 +142,7 @@ class Hub:
         self.cluster = node
 
     def _build_services(self) -> None:
-        self.changes = ChangeFeed()
+        self.changes = ChangeFeed(self.settings.change_feed_capacity)
         self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
