@@ -1,4 +1,4 @@
-"""Restart behaviours: ``reboot`` (seed 002, reference §7.2) and ``factoryReset``.
+"""Restart behaviours: ``reboot`` (seed 002, docs/iothub-reference.md §7.2) and ``factoryReset``.
 
 Both answer 200 at once, go offline (clean DISCONNECT), come back, report, then read
 the twin again and apply what is desired. Both interrupt a running firmware update.
