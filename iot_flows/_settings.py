@@ -160,6 +160,10 @@ class HubSettings(BaseSettings):
         default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
+    change_feed_capacity: int = Field(
+        default=50_000, ge=1, description="Changes kept in memory for GET /iot-flows/changes (~200 bytes each); a "
+        "reader further behind is told `truncated`.",
+    )
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
     # Several nodes (iot_flows.hub.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
     bus: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(

@@ -153,7 +153,9 @@ class PostgresStore(HubStore):
                 min_size=1,
                 max_size=pool_size,
                 timeout=acquire_timeout,
-                server_settings={"synchronous_commit": "on", "application_name": "iot-flows-hub"},
+                # lock_timeout: a lock held elsewhere fails the statement (503, retryable) instead
+                # of holding the request forever.
+                server_settings={"synchronous_commit": "on", "application_name": "iot-flows-hub", "lock_timeout": "5s"},
             )
         except (ValueError, asyncpg.ClientConfigurationError) as exc:
             raise StoreConfigError(f"--db {url!r}: {_one_line(exc)}") from None

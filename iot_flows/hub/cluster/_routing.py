@@ -96,6 +96,7 @@ class MethodRouter:
         self._holder = presence.holder if presence is not None else store.holder
 
     async def start(self) -> None:
+        """Serve method calls routed to this node and route the hub's calls for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "method"), self._serve)
         self._hub.methods.router = self.invoke
 
@@ -147,6 +148,7 @@ class DesiredRelay:
         self._held: dict[str, dict[int, dict[str, Any]]] = {}  #: early notifications per device
 
     async def start(self) -> None:
+        """Receive desired-property patches for devices here; send the hub's patches for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "desired"), self._receive)
         self._hub.twins.desired_sender = self.send
 
