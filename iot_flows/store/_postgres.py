@@ -10,23 +10,21 @@ reconnects by itself once the server is back.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Iterable
 from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
-from iot_flows._exceptions import DeviceAlreadyExistsError, JobAlreadyExistsError, ServiceUnavailableError
-from iot_flows.query import POSTGRES, CompiledQuery, compile_condition, compile_query, row_to_item
-from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows._exceptions import DeviceAlreadyExistsError, ServiceUnavailableError
+from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
+from iot_flows.store._pg_jobs import PostgresJobs
+from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -44,20 +42,6 @@ __all__ = ["PostgresStore"]
 log = logging.getLogger(__name__)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 _JOB_SELECT = ", ".join(f"{c}::text" if c in ("outcome", "error") else c for c in JOB_COLUMNS)
-_ACTIVE = "('queued', 'scheduled', 'running')"
-#: Errors that mean "the server is gone or refuses connections now", never "bad SQL".
-_LOST = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InternalClientError,  # a pooled connection whose server process was terminated mid-call
-)
-
 
 #: One statement writes a batch of compare-and-set twin updates (group commit); the
 #: device ids it returns are the writes that happened.
@@ -98,25 +82,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _rowcount(status: str) -> int:
-    try:
-        return int(status.rsplit(" ", 1)[-1])
-    except ValueError:
-        return 0
-
-
-def describe(url: str) -> str:
-    """``host:port/dbname`` of a PostgreSQL URL (never the password)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
-
-
-class PostgresStore(HubStore):
+class PostgresStore(PostgresJobs):
     """Registry, twins, meta values, sessions and jobs in one PostgreSQL database."""
 
     dialect = "postgresql"
@@ -190,81 +156,6 @@ class PostgresStore(HubStore):
                         current = version
         return current
 
-    # ---- plumbing -------------------------------------------------------------------
-    def _lost(self, exc: BaseException) -> ServiceUnavailableError:
-        return ServiceUnavailableError(f"PostgreSQL at {self.location} is unavailable: {_one_line(exc)}")
-
-    @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[Any]:
-        """The transaction's connection when inside one (same task), else a pooled one."""
-        tx = self._tx.get()
-        if tx is not None and tx[1] is asyncio.current_task():
-            yield tx[0]
-            return
-        try:
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                try:
-                    yield conn
-                except (*_LOST, ServiceUnavailableError):
-                    with suppress(Exception):  # may be half-broken (server process gone): never reuse it
-                        conn.terminate()
-                    raise
-        except _LOST as exc:
-            raise self._lost(exc) from None
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        tx = self._tx.get()
-        if tx is not None and tx[1] is asyncio.current_task():
-            yield  # nested: joins the outer transaction
-            return
-        async with self._conn() as conn:
-            try:
-                async with conn.transaction():
-                    token = self._tx.set((conn, asyncio.current_task()))
-                    try:
-                        yield
-                    finally:
-                        self._tx.reset(token)
-            except _LOST as exc:
-                raise self._lost(exc) from None
-
-    async def _fetch(self, sql: str, *args: Any) -> builtins.list[Any]:
-        async with self._conn() as conn:
-            try:
-                return list(await conn.fetch(sql, *args))
-            except _LOST as exc:
-                raise self._lost(exc) from None
-
-    async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        async with self._conn() as conn:
-            try:
-                return await conn.fetchrow(sql, *args)
-            except _LOST as exc:
-                raise self._lost(exc) from None
-
-    async def _execute(self, sql: str, *args: Any) -> str:
-        async with self._conn() as conn:
-            try:
-                return str(await conn.execute(sql, *args))
-            except _LOST as exc:
-                raise self._lost(exc) from None
-
-    async def _executemany(self, sql: str, args: builtins.list[Any]) -> None:
-        if not args:
-            return
-        async with self._conn() as conn:
-            try:
-                await conn.executemany(sql, args)
-            except _LOST as exc:
-                raise self._lost(exc) from None
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self._pool.close(), 5)
-        except (TimeoutError, *_LOST):
-            self._pool.terminate()
-
     # ---- meta -----------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         row = await self._fetchrow("SELECT value FROM meta WHERE key = $1", key)
@@ -277,10 +168,6 @@ class PostgresStore(HubStore):
         )  # fmt: skip
 
     # ---- group commit -------------------------------------------------------------
-    def _in_transaction(self) -> bool:
-        tx = self._tx.get()
-        return tx is not None and tx[1] is asyncio.current_task()
-
     async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
         rows = await self._fetch(f"{_SELECT} WHERE device_id = ANY($1::text[])", device_ids)
         found = {r[0]: r for r in rows}
@@ -454,111 +341,3 @@ class PostgresStore(HubStore):
             f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", *compiled.params, limit, offset
         )
         return [row_to_item(compiled, [_plain(v) for v in r]) for r in rows]
-
-    # ---- jobs -----------------------------------------------------------------------
-    async def insert_job(self, job_id: str, job_type: str, status: str, created: str, doc: dict[str, Any]) -> None:
-        result = await self._execute(
-            "INSERT INTO jobs (job_id, type, status, created_time, doc) VALUES ($1, $2, $3, $4, $5::jsonb)"
-            " ON CONFLICT (job_id) DO NOTHING",
-            job_id, job_type, status, created, dumps(doc),
-        )  # fmt: skip
-        if _rowcount(result) == 0:
-            raise JobAlreadyExistsError(f"A job with id '{job_id}' already exists.")
-
-    async def save_job(self, doc: dict[str, Any]) -> None:
-        await self._execute(
-            "UPDATE jobs SET status = $2, doc = $3::jsonb WHERE job_id = $1", doc["jobId"], doc["status"], dumps(doc)
-        )
-
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
-        row = await self._fetchrow("SELECT doc FROM jobs WHERE job_id = $1", job_id)
-        return json.loads(row[0]) if row else None
-
-    async def active_jobs(self) -> builtins.list[dict[str, Any]]:
-        rows = await self._fetch(f"SELECT doc FROM jobs WHERE status IN {_ACTIVE} ORDER BY created_time, job_id")
-        return [json.loads(r[0]) for r in rows]
-
-    async def count_active_jobs(self) -> int:
-        row = await self._fetchrow(f"SELECT COUNT(*) FROM jobs WHERE status IN {_ACTIVE}")
-        return int(row[0])
-
-    async def list_jobs(
-        self, *, job_type: str | None, status: str | None, after: str, limit: int
-    ) -> builtins.list[dict[str, Any]]:
-        where, params = ["(created_time || '|' || job_id) > $1"], [after]
-        if job_type:
-            params.append(job_type)
-            where.append(f"type = ${len(params)}")
-        if status:
-            params.append(status)
-            where.append(f"status = ${len(params)}")
-        params.append(limit)  # type: ignore[arg-type]
-        rows = await self._fetch(
-            f"SELECT doc FROM jobs WHERE {' AND '.join(where)} ORDER BY created_time, job_id LIMIT ${len(params)}",
-            *params,
-        )
-        return [json.loads(r[0]) for r in rows]
-
-    async def select_device_ids(self, condition: str) -> builtins.list[str]:
-        where_sql, params = compile_condition(condition, POSTGRES)
-        rows = await self._fetch(f"SELECT device_id FROM devices WHERE {where_sql} ORDER BY device_id", *params)
-        return [r[0] for r in rows]
-
-    async def add_device_jobs(
-        self, job_id: str, job_type: str, device_ids: Iterable[str], status: str, now: str
-    ) -> None:
-        ids = list(device_ids)
-        if ids:
-            await self._execute(
-                "INSERT INTO device_jobs (job_id, device_id, job_type, status, created_date_time_utc,"
-                " last_updated_date_time_utc) SELECT $1, d, $2, $3, $4, $4 FROM unnest($5::text[]) AS d"
-                " ON CONFLICT DO NOTHING",
-                job_id, job_type, status, now, ids,
-            )  # fmt: skip
-
-    async def mark_device_jobs_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
-        await self._execute(
-            "UPDATE device_jobs SET status = 'running', start_time_utc = $2, last_updated_date_time_utc = $2"
-            " WHERE job_id = $1 AND device_id = ANY($3::text[])",
-            job_id, now, device_ids,
-        )  # fmt: skip
-
-    async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
-        await self._executemany(
-            "UPDATE device_jobs SET status = $3, start_time_utc = COALESCE(start_time_utc, $4), end_time_utc = $5,"
-            " outcome = $6::jsonb, error = $7::jsonb, last_updated_date_time_utc = $8"
-            " WHERE job_id = $1 AND device_id = $2",
-            [
-                (
-                    job_id,
-                    device_id,
-                    status,
-                    start,
-                    end,
-                    dumps(outcome) if outcome is not None else None,
-                    dumps(error) if error is not None else None,
-                    now,
-                )
-                for device_id, status, start, end, outcome, error in outcomes
-            ],
-        )
-
-    async def set_device_jobs_status_where(
-        self, job_id: str, from_states: Iterable[str], to: str, now: str, error: Any = None
-    ) -> int:
-        result = await self._execute(
-            "UPDATE device_jobs SET status = $2, end_time_utc = $3, last_updated_date_time_utc = $3, error = $4::jsonb"
-            " WHERE job_id = $1 AND status = ANY($5::text[])",
-            job_id, to, now, dumps(error) if error is not None else None, list(from_states),
-        )  # fmt: skip
-        return _rowcount(result)
-
-    async def device_job_ids(self, job_id: str, status: str) -> builtins.list[str]:
-        rows = await self._fetch(
-            "SELECT device_id FROM device_jobs WHERE job_id = $1 AND status = $2 ORDER BY device_id", job_id, status
-        )
-        return [r[0] for r in rows]
-
-    async def device_job_counts(self, job_id: str) -> dict[str, int]:
-        rows = await self._fetch("SELECT status, COUNT(*) FROM device_jobs WHERE job_id = $1 GROUP BY status", job_id)
-        return {r[0]: int(r[1]) for r in rows}
