@@ -5,7 +5,8 @@ Every write is one statement or one :meth:`PostgresStore.transaction`, committed
 durable writes. Reads run on pooled connections after the request arrived, so they
 see every acknowledged write (read-your-writes). A lost or unreachable server is a
 :class:`~iot_flows._exceptions.ServiceUnavailableError` (503, retryable); the pool
-reconnects by itself once the server is back.
+reconnects by itself once the server is back. Connection plumbing is in :mod:`._pg_pool`,
+the job tables in :mod:`._pg_jobs`.
 """
 
 from __future__ import annotations

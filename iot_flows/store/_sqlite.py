@@ -6,7 +6,7 @@ hub acknowledges the operation; an acknowledged write survives ``kill -9``
 (``synchronous=NORMAL`` loses nothing on a process crash; only an OS crash could lose
 the last transactions). Long reads (queries over many twins) use a read-only
 connection per worker thread: WAL readers see a consistent snapshot that includes
-every committed write, and never block the writer.
+every committed write, and never block the writer. The job tables are in :mod:`._sqlite_jobs`.
 """
 
 from __future__ import annotations
