@@ -168,10 +168,11 @@ class DesiredUpdate(Mechanism):
 class TemplateUpdate(Mechanism):
     name = "template"
 
-    def __init__(self, request: RolloutRequest) -> None:
+    def __init__(self, request: RolloutRequest, template: UpdateTemplate | None = None) -> None:
         super().__init__(request)
-        assert request.template is not None
-        self.template: UpdateTemplate = request.template
+        chosen = template or request.template
+        assert chosen is not None
+        self.template: UpdateTemplate = chosen
 
     def label(self) -> str:
         return f"update {self.request.version}"

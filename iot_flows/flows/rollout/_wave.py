@@ -80,8 +80,14 @@ class WaveRunner:
         self.progress, self.clock = progress, clock
         self.task_runs = 0
 
-    async def run(self, index: int, label: str, ids: list[str], condition: str | None, kind: str = "wave") -> WaveRun:
-        """Update ``ids`` (the first attempt over ``condition`` when given)."""
+    async def run(self, index: int, label: str, ids: list[str], condition: str | None, kind: str = "wave",
+                  adopted: dict[str, str] | None = None) -> WaveRun:  # fmt: skip
+        """Update ``ids`` (the first attempt over ``condition`` when given). ``adopted``: devices
+        an earlier run already sent the update to (id -> its job record's ``startTimeUtc``):
+        the first attempt follows their twins without sending it again."""
+        adopted = {d: t for d, t in (adopted or {}).items() if d in set(ids)}
+        if adopted:
+            condition = None  # the others by id lists
         logger = get_run_logger()
         t0, runs0 = self.clock(), self.task_runs
         tally = WaveTally(total=len(ids))
@@ -94,7 +100,7 @@ class WaveRunner:
             attempt += 1
             last = not self.policies.retry.should_retry(True, attempt)
             outcome, abort = await self._attempt(label, attempt, todo, condition if attempt == 1 else None, last,
-                                                 tally, succeeded, final)  # fmt: skip
+                                                 tally, succeeded, final, adopted if attempt == 1 else {})  # fmt: skip
             retry = [d for d, v in outcome.items() if isinstance(v, Failure) and not last and v.transient]
             tally.retrying = 0
             for device_id, verdict in outcome.items():
@@ -154,9 +160,14 @@ class WaveRunner:
                     get_run_logger().info("cancel %s: %s", job_id, exc)
 
     async def _attempt(self, label: str, attempt: int, ids: list[str], condition: str | None, last: bool,
-                       tally: WaveTally, succeeded: set[str], final: dict[str, Failure]) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+                       tally: WaveTally, succeeded: set[str], final: dict[str, Failure],
+                       adopted: dict[str, str]) -> tuple[dict[str, Any], str | None]:  # fmt: skip
         req, rate = self.request, self.policies.rate
-        state = _Attempt({d: _Device() for d in ids}, list(ids))
+        state = _Attempt({d: _Device() for d in ids}, [d for d in ids if d not in adopted])
+        for device_id, started in adopted.items():
+            device = state.devices[device_id]
+            device.accepted_at, device.accepted_mono = started, self.clock()
+            device.step_mono = device.accepted_mono
         tag = re.sub(r"[^A-Za-z0-9-]+", "", label.replace("/", "of").replace(".", "-")) + f"a{attempt}"
         interval = min(req.poll_interval_seconds, 1.0)
         try:
