@@ -6,7 +6,8 @@ is not there yet (a resumed run never overwrites it with the new version). A rol
 even by a later run after a crash, reads it back from the twins.
 
 Firmware mechanisms record ``{"version", "package_uri"}``; a template records the values
-its success predicate reads (``{"values": {path: value}}``).
+its success predicate reads (``{"values": {path: value}}``, as JSON text). A merge-patch
+drops nulls, so an unknown value is kept as ``""``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,20 @@ def previous_job_prefix(request: RolloutRequest) -> str:
     return f"{job_prefix(request)}prev-"
 
 
+def _encode(state: dict[str, Any]) -> dict[str, Any]:
+    """As a tag: a merge-patch drops nulls, so None is ``""`` and template values are JSON text."""
+    return {k: "" if v is None else json.dumps(v, sort_keys=True) if k == "values" else v for k, v in state.items()}
+
+
+def _decode(tag: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if v == "" else json.loads(v) if k == "values" and isinstance(v, str) else v for k, v in tag.items()}
+
+
 def previous_from_twin(twin: dict[str, Any] | None, request: RolloutRequest) -> dict[str, Any] | None:
     """The recorded ``tags.rollouts.<id>.previous`` of ``twin`` (None: not recorded)."""
     tags = (twin or {}).get("tags") or {}
     recorded = ((tags.get("rollouts") or {}).get(tag_key(request.key)) or {}).get("previous")
-    return recorded if isinstance(recorded, dict) else None
+    return _decode(recorded) if isinstance(recorded, dict) else None
 
 
 def previous_state(twin: dict[str, Any] | None, request: RolloutRequest) -> dict[str, Any]:
@@ -67,7 +77,7 @@ async def record_previous(connection: HubConnection, request: RolloutRequest, pr
     key = tag_key(request.key)
     groups: dict[str, list[str]] = {}
     for device_id, state in previous.items():
-        groups.setdefault(json.dumps(state, sort_keys=True), []).append(device_id)
+        groups.setdefault(json.dumps(_encode(state), sort_keys=True), []).append(device_id)
     jobs = 0
     async with connection.get_client() as hub:
         for state_json, ids in sorted(groups.items()):
