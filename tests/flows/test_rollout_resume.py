@@ -177,3 +177,14 @@ async def test_template_rollback_runs_its_declared_action_on_the_devices_that_ch
     finally:
         await good.stop()
         await bad.stop()
+
+
+async def test_a_poll_round_over_thousands_of_waiting_devices_keeps_each_query_under_the_limit(flow_hub, connection):
+    """The outcome condition (about 1,000 characters) plus an id list once made a 9,047-character query (400)."""
+    from iot_flows.flows.rollout._mechanisms import mechanism_for
+    from iot_flows.flows.rollout._poll import read_round
+
+    outcome = mechanism_for(_request("7.4.0", "none")).outcome_condition()
+    assert outcome and len(outcome) > 500
+    news, marks = await read_round.fn(connection, {}, [f"absent-{i:05d}" for i in range(3000)], outcome)
+    assert news.twins == {} and marks == {} and news.requests >= 5

@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from iot_flows.blocks import HubConnection
-from iot_flows.client import device_id_conditions, quote_string
+from iot_flows.client import MAX_QUERY_LENGTH, device_id_conditions, quote_string
 from iot_flows.tasks import RETRY
 
 __all__ = ["PAGE_SIZE", "JobMark", "RoundRead", "read_round"]
@@ -130,7 +130,8 @@ async def read_round(
         for job_id, mark in list(marks.items()):
             if not mark.terminal:
                 marks[job_id] = await _read_job(hub, job_id, mark, out)
-        for _, cond in device_id_conditions(waiting):
+        room = MAX_QUERY_LENGTH - len("SELECT * FROM devices WHERE () AND ()") - len(outcome_condition or "") - 16
+        for _, cond in device_id_conditions(waiting, max_length=room):
             where = f"({cond}) AND ({outcome_condition})" if outcome_condition else cond
             continuation: str | None = None
             while True:
