@@ -221,7 +221,11 @@ async def _run(conn: HubConnection, request: RolloutRequest, mech: Mechanism, po
         counts = outcome_line(len(wave), outcome.updated, len(outcome.failed), rejected=len(outcome.rejected),
                               timed_out=len(outcome.timed_out))  # fmt: skip
         logger.info("%s: %s (%.0f %% updated, %d retried)", label, counts, 100 * outcome.success_ratio, outcome.retried)
-        reason = run.abort or policies.gate.verdict(run.tally) or await _health(conn, policies, run.succeeded)
+        reason = run.abort or policies.gate.verdict(run.tally)
+        if not reason and policies.health is not None:
+            held = time.monotonic()
+            reason = await _health(conn, policies, run.succeeded)
+            outcome.health_seconds = round(time.monotonic() - held, 2)
         if reason:
             result.status, result.reason = "aborted", f"{label}: {reason}"
             break

@@ -191,6 +191,7 @@ class WaveResult(BaseModel):
     success_ratio: float = 0.0
     seconds: float = 0.0
     task_runs: int = 0
+    health_seconds: float | None = Field(default=None, description="How long the health gate took to hold (None: no gate).")
 
 
 class WavePlan(BaseModel):
