@@ -47,7 +47,7 @@ from iot_flows.mqtt import (
     Unsubscribe,
     encode,
 )
-from iot_flows.store import HubStore
+from iot_flows.store import HubStore, storage_unavailable
 
 __all__ = ["MqttServer"]
 
@@ -129,9 +129,15 @@ class _Connection(asyncio.Protocol):
                     return
                 try:
                     await self._handle(packet)
-                except Exception:  # never let one device's input take the hub down
-                    log.exception("error handling packet from %s", self.device_id)
-                    self.close("internal error")
+                except Exception as exc:  # never let one device's input take the hub down
+                    if storage_unavailable(exc) is None:
+                        log.exception("error handling packet from %s", self.device_id)
+                        self.close("internal error")
+                    elif isinstance(packet, Connect):  # locked database, full disk: retry later
+                        self._refuse(CONNACK_SERVER_UNAVAILABLE, f"storage unavailable ({exc})")
+                    else:
+                        log.warning("closing %s: storage unavailable (%s)", self.device_id, exc)
+                        self.close("storage unavailable")
         finally:
             self._worker = None
 
@@ -364,6 +370,7 @@ class MqttServer:
 
     @property
     def connection_count(self) -> int:
+        """Open MQTT connections (authenticated or not)."""
         return len(self._connections)
 
     async def listen(self, host: str, port: int, ssl_context: Any = None) -> int:
@@ -398,6 +405,7 @@ class MqttServer:
         self.sessions.forget(device_id)
 
     async def close(self) -> None:
+        """Stop listening and close every connection."""
         for server in self._servers:
             server.close()
         for conn in list(self._connections):
