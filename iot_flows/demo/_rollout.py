@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from iot_flows.flows._connection import ConnectionRef
+from iot_flows.blocks import HubConnection
 from iot_flows.flows.rollout import RolloutRequest, RolloutResult, roll_out_firmware
 
 __all__ = ["check_rollout", "demo_rollout", "describe_rollout"]
@@ -20,7 +20,7 @@ __all__ = ["check_rollout", "demo_rollout", "describe_rollout"]
 
 @flow(name="Demo: plan, then roll out with retries and a health gate",
       flow_run_name=lambda: "rollout · plan, retries, health gate")
-async def demo_rollout(request: RolloutRequest, connection: ConnectionRef = None) -> RolloutResult:
+async def demo_rollout(request: RolloutRequest, connection: HubConnection | None = None) -> RolloutResult:
     """Run ``request`` as a dry run (the plan, nothing changes), then for real; the result
     carries the plan. Raises what :func:`roll_out_firmware` raises."""
     plan = (await roll_out_firmware(request, connection, dry_run=True)).plan

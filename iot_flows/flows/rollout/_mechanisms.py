@@ -139,6 +139,7 @@ class MethodUpdate(Mechanism):
         return None
 
     def outcome_condition(self) -> str | None:
+        """On the version, or ``downloadFailed`` / ``applyFailed``."""
         return f"NOT ({not_on_version_condition(self.version)}) OR {_any_of(f'properties.reported.{self.STATUS}.status', ['downloadFailed', 'applyFailed'])}"
 
     def step(self, twin: dict[str, Any] | None) -> Any:
@@ -169,6 +170,7 @@ class DesiredUpdate(Mechanism):
         return None
 
     def outcome_condition(self) -> str | None:
+        """``currentFwVersion`` is the version, or ``fwUpdateStatus`` is ``error`` / ``rolledback``."""
         fw = "properties.reported.firmware"
         return f"{fw}.currentFwVersion = {quote_string(self.version)} OR {_any_of(f'{fw}.fwUpdateStatus', ['error', 'rolledback'])}"
 
@@ -216,6 +218,7 @@ class TemplateUpdate(Mechanism):
         return None
 
     def outcome_condition(self) -> str | None:
+        """The success predicate, or any failure value (None when a value is an object or array)."""
         try:
             success = " AND ".join(f"properties.reported.{p} = {_literal(v)}" for p, v in self.template.success.items())
             failure = [_any_of(f"properties.reported.{p}", vs) for p, vs in self.template.failure.items() if vs]
