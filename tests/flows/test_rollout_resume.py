@@ -95,6 +95,11 @@ async def test_resume_after_kill_9_continues_without_updating_anyone_twice(flow_
         # recorded before the update (a merge-patch drops nulls: no package URI known is "")
         assert [m["previous"] for m in mine] == [{"version": "1.0.0", "package_uri": ""}] * 12
         assert "lease" not in mine[0]  # released at the end
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as prefect:  # the killed run's flow run no longer shows Running
+            stale = await prefect.read_flow_run(lease["flowRunId"])
+        assert stale.state.type.value == "CRASHED" and "taken over" in (stale.state.message or "")
     finally:
         await fleet.stop()
 
