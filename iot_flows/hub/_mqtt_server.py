@@ -116,9 +116,33 @@ class _Connection(asyncio.Protocol):
             return
         if not packets:
             return
+        if self._worker is None and self.authenticated and packets[0].__class__ is Publish:
+            packets = self._method_responses_inline(packets)
+            if not packets:
+                return
         self._inbox.extend(packets)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    def _method_responses_inline(self, packets: list[Any]) -> list[Any]:
+        """Resolve leading direct-method replies here, without a task (a job's hot path).
+
+        Only when nothing is queued before them (order is kept) and no --quota applies
+        (throttling may wait); everything else goes through :meth:`_drain`.
+        """
+        if self.server.quota() is not None:
+            return packets
+        endpoint = self.server.endpoint
+        done = 0
+        for packet in packets:
+            if packet.__class__ is not Publish or packet.qos == 2 or not packet.topic.startswith("$iothub/methods/res/"):
+                break
+            if not endpoint.handle_method_response(self, packet.topic, packet.payload):
+                break  # malformed: the normal path refuses it
+            if packet.qos == 1:
+                self._write(Puback(packet_id=packet.packet_id or 0))
+            done += 1
+        return packets[done:] if done else packets
 
     async def _drain(self) -> None:
         try:
@@ -284,13 +308,16 @@ class _Connection(asyncio.Protocol):
 
     async def _on_subscribe(self, packet: Subscribe) -> None:
         codes = []
+        granted = []
         for topic_filter, qos in packet.topics:
             sub = Subscription.parse(topic_filter, self.device_id)
             if sub is None:
                 codes.append(SUBACK_FAILURE)
                 continue
-            await self.server.sessions.subscribe(self.device_id, sub)
+            granted.append(sub)
             codes.append(min(qos, 1))  # a QoS 2 subscription is granted QoS 1
+        if granted:  # one stored-session write per SUBSCRIBE, not per filter
+            await self.server.sessions.subscribe_many(self.device_id, granted)
         self._write(Suback(packet_id=packet.packet_id, return_codes=tuple(codes)))
 
     async def _on_publish(self, packet: Publish) -> None:
