@@ -153,6 +153,11 @@ class HubSettings(BaseSettings):
         default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
+    loop: str = Field(
+        default="auto", pattern="^(auto|uvloop|asyncio)$",
+        description="Event loop of `hub serve`: uvloop (pip install uvloop, in the `hub` extra), asyncio, "
+        "or auto (uvloop when installed).",
+    )
     jobs: Annotated[JobSettings, Cli(prefix="job-")] = Field(default_factory=lambda: JobSettings())
     # Several nodes (iot_flows.hub.cluster): N hubs sharing --db (PostgreSQL) and one NATS.
     bus: Annotated[str | None, Cli(panel=_CLUSTER)] = Field(
