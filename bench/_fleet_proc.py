@@ -30,6 +30,7 @@ from pathlib import Path
 from iot_flows._sas import generate_sas_token
 from iot_flows.mqtt import Connect, PacketReader, Publish, Subscribe, encode
 
+REPLY_PAYLOAD = b'{"ok":true}'
 SOURCE_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
 
 
@@ -59,6 +60,7 @@ class Device(asyncio.Protocol):
         self.hub = args.mode == "hub"
         self.reply_prefix = "$iothub/methods/res/200/?$rid=" if self.hub else f"r/{device_id}/200/?$rid="
         self.patch_done: asyncio.Future[None] | None = None
+        self.reply_prefix_bytes = self.reply_prefix.encode()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -79,6 +81,10 @@ class Device(asyncio.Protocol):
             self.ready.set_exception(ConnectionError(f"{self.device_id}: connection lost {exc}"))
 
     def data_received(self, data: bytes) -> None:
+        if self.ready.done() and not self.reader.buffered:
+            data = self._fast_method_requests(data)
+            if not data:
+                return
         write = self.transport.write  # type: ignore[union-attr]
         for packet in self.reader.feed(data):
             if type(packet) is Publish:
@@ -86,7 +92,7 @@ class Device(asyncio.Protocol):
                 rid = topic.rsplit("$rid=", 1)[-1]
                 if "/POST/" in topic:
                     Device.calls += 1
-                    write(encode(Publish(topic=self.reply_prefix + rid, payload=b'{"ok":true}')))
+                    write(encode(Publish(topic=self.reply_prefix + rid, payload=REPLY_PAYLOAD)))
                 elif not self.ready.done():  # the twin GET (hub) or echo (broker) answer
                     self.ready.set_result(None)
                 elif self.patch_done is not None and not self.patch_done.done():
@@ -103,6 +109,34 @@ class Device(asyncio.Protocol):
             elif name == "Suback":
                 topic = "$iothub/twin/GET/?$rid=0" if self.hub else f"d/{self.device_id}/echo/?$rid=0"
                 write(encode(Publish(topic=topic, payload=b"")))
+
+    def _fast_method_requests(self, data: bytes) -> bytes:
+        """Answer whole QoS 0 method-request PUBLISHes straight from the bytes (one write).
+
+        The lean path: no packet objects, no codec. Anything else (or a packet split across
+        reads) is returned for the general path, from the first such byte on.
+        """
+        pos, end, replies = 0, len(data), []
+        prefix = self.reply_prefix_bytes
+        while pos + 4 <= end and data[pos] == 0x30 and data[pos + 1] < 0x80:
+            stop = pos + 2 + data[pos + 1]
+            tlen = (data[pos + 2] << 8) | data[pos + 3]
+            if stop > end or pos + 4 + tlen > stop:
+                break
+            topic = data[pos + 4:pos + 4 + tlen]
+            at = topic.rfind(b"$rid=")
+            if at < 0 or b"/POST/" not in topic:
+                break
+            reply_topic = prefix + topic[at + 5:]
+            if 2 + len(reply_topic) + len(REPLY_PAYLOAD) >= 0x80:
+                break  # a two-byte remaining length: the general path encodes it
+            replies.append(b"%c%c%c%c%s%s" % (0x30, 2 + len(reply_topic) + len(REPLY_PAYLOAD),
+                                              len(reply_topic) >> 8, len(reply_topic) & 0xFF, reply_topic, REPLY_PAYLOAD))
+            pos = stop
+        if replies:
+            Device.calls += len(replies)
+            self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+        return data[pos:] if pos else data
 
     def patch(self) -> asyncio.Future[None]:
         self.patch_done = asyncio.get_running_loop().create_future()
