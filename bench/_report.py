@@ -74,6 +74,10 @@ def table(result: dict[str, Any]) -> str:
         row("connects/s (connected+subscribed+twin/echo)", int(n), h["connects_per_second"], m.get("connects_per_second"))
         row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
         row("durable reported PATCH, /s", int(n), h["reported_patch_per_second"], None)
+        if "confirm_twins" in h:
+            c = h["confirm_twins"]
+            row(f"flows: confirm {c['devices']} twins, s (baseline: GET per twin, as on Azure)", int(n),
+                c["query_seconds"], c["get_seconds"], round(c["query_seconds"] / c["get_seconds"], 2))
         row("peak RSS MB (hub / fleet; mosquitto / fleet)", int(n),
             f"{h['peak_rss_mb']['hub']} / {h['peak_rss_mb']['fleet']}",
             f"{m['peak_rss_mb']['mosquitto']} / {m['peak_rss_mb']['fleet']}" if "peak_rss_mb" in m else None)

@@ -99,6 +99,37 @@ def method_job(hub: Hub, count: int, job_id: str) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "devices_per_second": round(count / seconds, 1), "statistics": stats}
 
 
+def confirm_twins(hub: Hub, count: int) -> dict[str, Any]:
+    """What a flow pays to confirm ``count`` devices: ``get_twins`` (queries on this hub)
+    against the GET-per-twin path it takes on Azure (32 at a time), same twins, same run."""
+    from iot_flows.blocks import HubConnection
+    from iot_flows.client import HubClient
+    from iot_flows.tasks import get_twins
+
+    ids = [f"bench-{i:05d}" for i in range(count)]
+    connection = HubConnection(connection_string=str(hub.cs), base_url=hub.base_url)
+
+    async def by_get() -> float:
+        sem = asyncio.Semaphore(32)
+        async with HubClient(str(hub.cs), base_url=hub.base_url) as client:
+            async def one(d: str) -> None:
+                async with sem:
+                    await client.get_twin(d)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(d) for d in ids))
+            return time.perf_counter() - t0
+
+    async def by_query() -> float:
+        t0 = time.perf_counter()
+        twins = await get_twins.fn(connection, ids)
+        assert all(twins[d] is not None for d in ids)
+        return time.perf_counter() - t0
+
+    asyncio.run(by_query())  # warm-up: imports, first TLS context
+    return {"devices": count, "query_seconds": round(asyncio.run(by_query()), 3),
+            "get_seconds": round(asyncio.run(by_get()), 3)}
+
+
 def hub_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
     hub = Hub(tmp, env=env)
@@ -127,6 +158,7 @@ def hub_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
             trips = f1["calls"] - f0["calls"]
             out["method_job"]["fleet_cpu_us_per_round_trip"] = round((f1["cpu_seconds"] - f0["cpu_seconds"]) * 1e6 / trips, 1)
             out["method_job"]["hub_cpu_us_per_device"] = round((h1 - h0) * 1e6 / n, 1)
+            out["confirm_twins"] = confirm_twins(hub, min(n, 500))
             patch = fleet.command("patch")
             out["reported_patch_per_second"] = round(patch["patches"] / patch["patch_seconds"], 1)
             out["peak_rss_mb"] = {"hub": round(proc_status(hub.proc.pid)["VmHWM"] / 1024, 1),
