@@ -63,7 +63,7 @@ def table(result: dict[str, Any]) -> str:
     for n, h in result.get("hub", {}).items():
         m = result.get("mosquitto", {}).get(n, {})
         job, rt = h["method_job"], m.get("round_trips", {})
-        ratio = round(job["devices_per_second"] / rt["per_second"], 2) if rt else None
+        ratio = h.get("method_job_over_mosquitto", {}).get("median")
         row("scheduleDeviceMethod job, dev/s (baseline: Mosquitto round trips/s)", int(n),
             job["devices_per_second"], rt.get("per_second"), ratio)
         row("REST direct method p50 / p99 ms (baseline: Mosquitto round trip)", int(n),
@@ -73,6 +73,8 @@ def table(result: dict[str, Any]) -> str:
         row("memory per connected device, plain MQTT, KB", int(n), h["hub_kb_per_device"], m.get("broker_kb_per_device"))
         row("connects/s (connected+subscribed+twin/echo)", int(n), h["connects_per_second"], m.get("connects_per_second"))
         row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
+        row("server CPU per round trip, us (hub in a job; mosquitto)", int(n), job.get("hub_cpu_us_per_device"),
+            rt.get("mosquitto_cpu_us_per_round_trip"))
         row("durable reported PATCH, /s", int(n), h["reported_patch_per_second"], None)
         if "confirm_twins" in h:
             c = h["confirm_twins"]

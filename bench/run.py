@@ -130,77 +130,83 @@ def confirm_twins(hub: Hub, count: int) -> dict[str, Any]:
             "get_seconds": round(asyncio.run(by_get()), 3)}
 
 
-def hub_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def _connect(fleet: FleetProc, pid: int, rss0: int, cpu0: float, n: int, what: str) -> dict[str, Any]:
+    ready = fleet.ready
+    if ready["failed"]:
+        raise RuntimeError(f"{ready['failed']} of {n} devices failed to connect to {what}")
+    time.sleep(1.0)
+    return {
+        "connect_seconds": round(ready["connect_seconds"], 3),
+        "connects_per_second": round(n / ready["connect_seconds"], 1),
+        "connect_cpu_ms_per_device": round((cpu_seconds(pid) - cpu0) * 1000 / n, 3),
+        "kb_per_device": round((proc_status(pid)["VmRSS"] - rss0) / n, 2),
+    }
+
+
+def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hub and Mosquitto side by side, each with its own copy of the same lean fleet.
+
+    Connects and memory are measured one after the other; then the method job and the
+    Mosquitto round trips alternate ``--rounds`` times, so that both see the same machine
+    (the ratio per round is reported, and its median).
+    """
     env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
     hub = Hub(tmp, env=env)
+    broker = Mosquitto(tmp)
+    fleets: list[FleetProc] = []
     try:
         hub.provision(n)
         time.sleep(0.5)
         rss0, cpu0 = proc_status(hub.proc.pid)["VmRSS"], cpu_seconds(hub.proc.pid)
-        fleet = FleetProc("hub", hub.device_port, n, uvloop=args.fleet_uvloop)
-        try:
-            ready = fleet.ready
-            if ready["failed"]:
-                raise RuntimeError(f"{ready['failed']} of {n} devices failed to connect to the hub")
-            time.sleep(1.0)
-            rss1 = proc_status(hub.proc.pid)["VmRSS"]
-            out: dict[str, Any] = {
-                "connect_seconds": round(ready["connect_seconds"], 3),
-                "connects_per_second": round(n / ready["connect_seconds"], 1),
-                "connect_hub_cpu_ms_per_device": round((cpu_seconds(hub.proc.pid) - cpu0) * 1000 / n, 3),
-                "hub_kb_per_device": round((rss1 - rss0) / n, 2),
-            }
-            out["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
-            out["rest_method_new_connection_ms"] = summary(rest_latencies(hub, "bench-00000", max(5, args.calls // 5), True))
-            f0, h0 = fleet.command("stats"), cpu_seconds(hub.proc.pid)
-            out["method_job"] = method_job(hub, n, f"bench-job-{n}")
-            f1, h1 = fleet.command("stats"), cpu_seconds(hub.proc.pid)
-            trips = f1["calls"] - f0["calls"]
-            out["method_job"]["fleet_cpu_us_per_round_trip"] = round((f1["cpu_seconds"] - f0["cpu_seconds"]) * 1e6 / trips, 1)
-            out["method_job"]["hub_cpu_us_per_device"] = round((h1 - h0) * 1e6 / n, 1)
-            out["confirm_twins"] = confirm_twins(hub, min(n, 500))
-            patch = fleet.command("patch")
-            out["reported_patch_per_second"] = round(patch["patches"] / patch["patch_seconds"], 1)
-            out["peak_rss_mb"] = {"hub": round(proc_status(hub.proc.pid)["VmHWM"] / 1024, 1),
-                                  "fleet": round(fleet.command("stats")["VmHWM"] / 1024, 1)}
-        finally:
-            fleet.stop()
-    finally:
-        hub.stop()
-    return out
-
-
-def broker_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    broker = Mosquitto(tmp)
-    try:
-        rss0 = proc_status(broker.proc.pid)["VmRSS"]
-        fleet = FleetProc("broker", broker.port, n, uvloop=args.fleet_uvloop)
-        try:
-            ready = fleet.ready
-            if ready["failed"]:
-                raise RuntimeError(f"{ready['failed']} of {n} devices failed to connect to mosquitto")
-            time.sleep(1.0)
-            rss1 = proc_status(broker.proc.pid)["VmRSS"]
-            out: dict[str, Any] = {
-                "connect_seconds": round(ready["connect_seconds"], 3),
-                "connects_per_second": round(n / ready["connect_seconds"], 1),
-                "broker_kb_per_device": round((rss1 - rss0) / n, 2),
-            }
-            out["round_trip_ms"] = summary(asyncio.run(broker_latencies(broker.port, "bench-00000", args.calls)))
-            ids = [f"bench-{i:05d}" for i in range(n)]
-            f0 = fleet.command("stats")
+        fleets.append(FleetProc("hub", hub.device_port, n, uvloop=args.fleet_uvloop))
+        h: dict[str, Any] = _connect(fleets[0], hub.proc.pid, rss0, cpu0, n, "the hub")
+        h["hub_kb_per_device"] = h.pop("kb_per_device")
+        h["connect_hub_cpu_ms_per_device"] = h.pop("connect_cpu_ms_per_device")
+        rss0, cpu0 = proc_status(broker.proc.pid)["VmRSS"], cpu_seconds(broker.proc.pid)
+        fleets.append(FleetProc("broker", broker.port, n, uvloop=args.fleet_uvloop))
+        m: dict[str, Any] = _connect(fleets[1], broker.proc.pid, rss0, cpu0, n, "mosquitto")
+        m["broker_kb_per_device"] = m.pop("kb_per_device")
+        h["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
+        h["rest_method_new_connection_ms"] = summary(rest_latencies(hub, "bench-00000", max(5, args.calls // 5), True))
+        m["round_trip_ms"] = summary(asyncio.run(broker_latencies(broker.port, "bench-00000", args.calls)))
+        ids = [f"bench-{i:05d}" for i in range(n)]
+        jobs, trips, ratios = [], [], []
+        for r in range(args.rounds):
+            f0, h0 = fleets[0].command("stats"), cpu_seconds(hub.proc.pid)
+            job = method_job(hub, n, f"bench-job-{n}-{r}")
+            f1, h1 = fleets[0].command("stats"), cpu_seconds(hub.proc.pid)
+            job["fleet_cpu_us_per_round_trip"] = round((f1["cpu_seconds"] - f0["cpu_seconds"]) * 1e6 / max(1, f1["calls"] - f0["calls"]), 1)
+            job["hub_cpu_us_per_device"] = round((h1 - h0) * 1e6 / n, 1)
+            jobs.append(job)
+            g0, b0 = fleets[1].command("stats"), cpu_seconds(broker.proc.pid)
             rt = asyncio.run(round_trips(broker.port, ids))
-            f1 = fleet.command("stats")
-            trips = f1["calls"] - f0["calls"]
-            out["round_trips"] = {"seconds": round(rt["seconds"], 3), "per_second": round(rt["per_second"], 1),
-                                  "fleet_cpu_us_per_round_trip": round((f1["cpu_seconds"] - f0["cpu_seconds"]) * 1e6 / trips, 1)}
-            out["peak_rss_mb"] = {"mosquitto": round(proc_status(broker.proc.pid)["VmHWM"] / 1024, 1),
-                                  "fleet": round(f1["VmHWM"] / 1024, 1)}
-        finally:
-            fleet.stop()
+            g1, b1 = fleets[1].command("stats"), cpu_seconds(broker.proc.pid)
+            trips.append({"seconds": round(rt["seconds"], 3), "per_second": round(rt["per_second"], 1),
+                          "fleet_cpu_us_per_round_trip": round((g1["cpu_seconds"] - g0["cpu_seconds"]) * 1e6 / max(1, g1["calls"] - g0["calls"]), 1),
+                          "mosquitto_cpu_us_per_round_trip": round((b1 - b0) * 1e6 / n, 1)})
+            ratios.append(round(job["devices_per_second"] / rt["per_second"], 3))
+        h["method_job"] = _median_round(jobs, "devices_per_second")
+        m["round_trips"] = _median_round(trips, "per_second")
+        h["method_job_over_mosquitto"] = {"median": statistics.median(ratios), "per_round": ratios}
+        h["confirm_twins"] = confirm_twins(hub, min(n, 500))
+        patch = fleets[0].command("patch")
+        h["reported_patch_per_second"] = round(patch["patches"] / patch["patch_seconds"], 1)
+        h["peak_rss_mb"] = {"hub": round(proc_status(hub.proc.pid)["VmHWM"] / 1024, 1),
+                            "fleet": round(fleets[0].command("stats")["VmHWM"] / 1024, 1)}
+        m["peak_rss_mb"] = {"mosquitto": round(proc_status(broker.proc.pid)["VmHWM"] / 1024, 1),
+                            "fleet": round(fleets[1].command("stats")["VmHWM"] / 1024, 1)}
     finally:
+        for fleet in fleets:
+            fleet.stop()
+        hub.stop()
         broker.stop()
-    return out
+    return h, m
+
+
+def _median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round with the median ``key`` (its figures), plus every round's ``key``."""
+    ordered = sorted(rounds, key=lambda r: r[key])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r[key] for r in rounds]}
 
 
 def tls_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--twins", type=int, default=100_000, help="twins for the query benchmark (0: skip)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per query (median)")
     parser.add_argument("--calls", type=int, default=300, help="unloaded direct-method calls per size")
+    parser.add_argument("--rounds", type=int, default=3, help="method job / Mosquitto round-trip rounds, alternating")
     parser.add_argument("--hub-loop", default=None, help="IOT_FLOWS_HUB_LOOP for the hub (asyncio or uvloop)")
     parser.add_argument("--fleet-uvloop", action="store_true", help="run the lean fleet on uvloop")
     parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
@@ -272,10 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for n in sizes:
-            print(f"bench: {n:,} devices: hub ...", file=sys.stderr, flush=True)
-            result["hub"][str(n)] = hub_size(tmp, n, args)
-            print(f"bench: {n:,} devices: mosquitto ...", file=sys.stderr, flush=True)
-            result["mosquitto"][str(n)] = broker_size(tmp, n, args)
+            print(f"bench: {n:,} devices: hub and mosquitto ...", file=sys.stderr, flush=True)
+            result["hub"][str(n)], result["mosquitto"][str(n)] = size_run(tmp, n, args)
         if args.tls_devices:
             print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
             result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}

@@ -30,18 +30,20 @@ def test_tiny_bench_run_writes_json_and_table_with_baselines(tmp_path: Path) -> 
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--devices", "8,12", "--tls-devices", "4", "--twins", "500",
-         "--repeat", "1", "--calls", "10", "--out", str(out)],
+         "--repeat", "1", "--calls", "10", "--rounds", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["sizes"] == [8, 12]
+    assert len(result["hub"]["12"]["method_job_over_mosquitto"]["per_round"]) == 2
     for n in ("8", "12"):
         hub, broker = result["hub"][n], result["mosquitto"][n]
         assert hub["method_job"]["statistics"]["succeededCount"] == int(n)
         assert broker["round_trips"]["per_second"] > 0  # the baseline ran on the same fleet code
         assert broker["round_trip_ms"]["n"] == 10 and hub["rest_method_ms"]["n"] == 10
         assert hub["reported_patch_per_second"] > 0
+        assert hub["confirm_twins"]["devices"] == int(n) and hub["confirm_twins"]["get_seconds"] > 0
         for side in (hub, broker):
             assert side["connects_per_second"] > 0
             assert all(v > 0 for v in side["peak_rss_mb"].values())
