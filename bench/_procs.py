@@ -72,7 +72,8 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 class Hub:
     """``iot-flows hub serve`` on free ports with a temp SQLite file (optionally TLS)."""
 
-    def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None,
+                 src: str | None = None) -> None:
         from iot_flows._sas import ConnectionString, generate_key
 
         self.owner_key = generate_key()
@@ -84,9 +85,11 @@ class Hub:
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
         full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
+        if src:  # another revision's iot_flows (e.g. `git archive <rev> iot_flows | tar -x -C dir`)
+            full_env["PYTHONPATH"] = src
         self.log = tmp / f"hub-{self.http_port}.log"
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(cmd, env=full_env, cwd=src or ROOT, stdout=subprocess.DEVNULL, stderr=log)
         self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
         self.verify: bool | str = str(tls[0]) if tls else True
         self.device_port = self.mqtts_port if tls else self.mqtt_port

@@ -151,7 +151,7 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
     (the ratio per round is reported, and its median).
     """
     env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
-    hub = Hub(tmp, env=env)
+    hub = Hub(tmp, env=env, src=args.hub_src)
     broker = Mosquitto(tmp)
     fleets: list[FleetProc] = []
     try:
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=300, help="unloaded direct-method calls per size")
     parser.add_argument("--rounds", type=int, default=3, help="method job / Mosquitto round-trip rounds, alternating")
     parser.add_argument("--hub-loop", default=None, help="IOT_FLOWS_HUB_LOOP for the hub (asyncio or uvloop)")
+    parser.add_argument("--hub-src", default=None,
+                        help="run the hub from this folder's iot_flows (another revision: before/after figures)")
     parser.add_argument("--fleet-uvloop", action="store_true", help="run the lean fleet on uvloop")
     parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
     args = parser.parse_args(argv)
