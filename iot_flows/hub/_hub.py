@@ -180,6 +180,7 @@ class Hub:
         return ctx
 
     def build_app(self) -> Starlette:
+        """The Starlette app: REST routes, request rules, throttling, and MQTT over WebSocket (``/$iothub/websocket``)."""
         app = Starlette(
             routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
             middleware=[Middleware(RequestRules), Middleware(Throttle, quota=lambda: self.quota)],
@@ -239,6 +240,7 @@ class Hub:
             self._uvicorn = None
         await self.jobs.stop()
         await self.mqtt.close()
+        await self.sessions.close()
         if self.cluster is not None:
             await self.cluster.leave()
             await self.cluster.stop()
@@ -247,10 +249,12 @@ class Hub:
     # ---- facts for users --------------------------------------------------------------
     @property
     def scheme(self) -> str:
+        """``https`` when TLS is configured, else ``http``."""
         return "https" if self.mqtts_port is not None else "http"
 
     @property
     def base_url(self) -> str:
+        """``scheme://host:http_port`` of the REST API (after :meth:`start`)."""
         return f"{self.scheme}://{self.settings.host}:{self.http_port}"
 
     def connection_string(self, policy: str = "iothubowner") -> str:

@@ -31,6 +31,7 @@ from iot_flows._exceptions import (
     ThrottledError,
 )
 from iot_flows._settings import JobSettings
+from iot_flows._tasks import BackgroundTasks
 from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
 from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
 from iot_flows.hub._methods import MethodInvoker
@@ -59,9 +60,11 @@ JobListener = Callable[[dict[str, Any]], None]
 class JobLease(Protocol):
     """Who may run a job when several hub nodes share the store."""
 
-    async def acquire(self, job_id: str) -> bool: ...
+    async def acquire(self, job_id: str) -> bool:
+        """True when this node may run ``job_id`` now (lease taken or already held)."""
 
-    async def release(self, job_id: str) -> None: ...
+    async def release(self, job_id: str) -> None:
+        """Give up the lease on ``job_id``."""
 
 
 def _now() -> datetime:
@@ -113,6 +116,7 @@ class JobEngine:
         self._compile = compile_condition
         self.settings = settings or JobSettings()
         self._runs: dict[str, _Run] = {}
+        self._tasks = BackgroundTasks("job engine")
         self._listeners: list[JobListener] = []
         #: Set by a cluster node: exactly one node runs each job (a lease in the store).
         self.lease: JobLease | None = None
@@ -123,13 +127,21 @@ class JobEngine:
 
     @property
     def repository(self) -> JobRepository:
+        """The job rows in the store (used by queries over ``devices.jobs``)."""
         return self._repo
 
     def add_listener(self, listener: JobListener) -> None:
+        """Call ``listener(job_document)`` on every job state change."""
         self._listeners.append(listener)
 
     # ---- service API ----------------------------------------------------------------------
     async def create(self, job_id: str, body: Any) -> dict[str, Any]:
+        """``PUT /jobs/v2/{id}`` (Azure "Jobs - Create Scheduled Job"): validate, store, start.
+
+        Returns the job document. Raises ``BadRequestError`` / ``QuerySyntaxError`` (400) for a bad
+        body or condition, ``ThrottledError`` 429004 beyond ``max_concurrent_jobs``, a conflict for a
+        duplicate id.
+        """
         now = _now()
         request = parse_job_request(job_id, body, now=now)
         self._compile(request.query_condition)  # 400 with position before anything is stored
@@ -175,6 +187,7 @@ class JobEngine:
         return created
 
     async def get(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/v2/{id}``: the job document with ``deviceJobStatistics``; 404 when unknown."""
         doc = await self._repo.get(job_id)
         doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
         return doc
@@ -196,6 +209,7 @@ class JobEngine:
         return await self.get(job_id)
 
     async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        """``GET /jobs/v2/query``: up to ``limit`` jobs after ``after`` (job id), filtered by type and status."""
         docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
             doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))
@@ -208,14 +222,8 @@ class JobEngine:
             self._launch(doc["jobId"])
 
     async def stop(self) -> None:
-        runs = [r.task for r in self._runs.values() if r.task is not None]
-        for task in runs:
-            task.cancel()
-        for task in runs:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Cancel and await every running job here (each stays active and resumes on next start)."""
+        await self._tasks.close()
 
     def interrupt(self, job_id: str) -> None:
         """Stop running ``job_id`` here (another hub node cancelled it)."""
@@ -228,7 +236,7 @@ class JobEngine:
             return
         run = _Run()
         self._runs[job_id] = run
-        run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
+        run.task = self._tasks.spawn(self._run(job_id, run), name=f"job-{job_id}")
 
     async def _emit(self, job_id: str) -> None:
         if not self._listeners:
@@ -342,7 +350,7 @@ class JobEngine:
             return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
         sem = asyncio.Semaphore(self.settings.device_concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
 
         async def flusher() -> None:
@@ -383,15 +391,13 @@ class JobEngine:
                 async with self._store.transaction():
                     await self._repo.mark_running(job_id, group, _stamp())
                 for device_id in group:
-                    task = loop.create_task(one(device_id))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
             if index < len(pending):
                 status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
                 err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
                 outcomes.extend((d, status, None, _stamp(), None, err) for d in pending[index:])
             if tasks:
-                _, still = await asyncio.wait(set(tasks), timeout=max(deadline - loop.time(), 0))
+                _, still = await asyncio.wait(tasks.tasks, timeout=max(deadline - loop.time(), 0))
                 for task in still:
                     task.cancel()
                 if still:
@@ -402,6 +408,9 @@ class JobEngine:
             flusher_stop.set()
             await flusher_task
             await flush()
+            # Hub stopping mid-job: cancel the requests still in flight and await them; their
+            # devices stay "running" in the store and become failed (HubRestarted) on resume.
+            await tasks.close()
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:

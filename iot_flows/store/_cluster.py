@@ -234,6 +234,7 @@ class PostgresClusterStore(ClusterStore):
         self._pool = pool
 
     async def create_tables(self) -> None:
+        """Create the cluster tables if missing (idempotent)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_PG_DDL)
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
+from iot_flows._tasks import BackgroundTasks
 from iot_flows.hub import Subscription
 from iot_flows.hub.cluster._bus import Bus, NodeIdInUseError, NoResponderError
 from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
@@ -74,7 +75,7 @@ class ClusterNode:
         self.desired: DesiredRelay
         self._heartbeat: asyncio.Task[None] | None = None
         self._lease_expires = 0.0
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(f"node {self.node_id}")
 
     # ---- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -127,8 +128,7 @@ class ClusterNode:
 
     async def leave(self) -> None:
         """Drop this node's rows (after its jobs stopped and connections closed)."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=2)
+        await self._background.close(grace=2)
         try:
             await self.store.leave()
         except Exception:
@@ -167,6 +167,7 @@ class ClusterNode:
         return await self.store.release(device_id)  # False: it connected to another node since
 
     async def held_elsewhere(self, device_id: str) -> bool:
+        """True when another node holds the device's connection."""
         holder = await self.store.holder(device_id)
         return holder is not None and holder != self.node_id
 
@@ -193,9 +194,7 @@ class ClusterNode:
 
     def on_revoked(self, device_id: str) -> None:
         """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
-        task = asyncio.get_running_loop().create_task(self._release_revoked(device_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(self._release_revoked(device_id), name=f"revoked-{device_id}")
         self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
 
     async def _on_revoked(self, msg: Msg) -> None:
@@ -242,4 +241,5 @@ class ClusterNode:
         return await self.store.acquire_job(job_id)
 
     async def release(self, job_id: str) -> None:
+        """Release this node's lease on ``job_id``."""
         await self.store.release_job(job_id)

@@ -61,6 +61,7 @@ class MethodRouter:
         self._bus = bus
 
     async def start(self) -> None:
+        """Serve method calls routed to this node and route the hub's calls for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "method"), self._serve)
         self._hub.methods.router = self.invoke
 
@@ -133,6 +134,7 @@ class DesiredRelay:
         self._held: dict[str, dict[int, dict[str, Any]]] = {}  #: early notifications per device
 
     async def start(self) -> None:
+        """Receive desired-property patches for devices here; send the hub's patches for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "desired"), self._receive)
         self._hub.twins.desired_sender = self.send
 
