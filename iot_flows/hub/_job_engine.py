@@ -112,6 +112,7 @@ class JobEngine:
         self._repo = JobRepository(store)
         self._twins = twins
         self._methods = methods
+        self._invoke_method = methods.invoke  # once: a Paced wrapper builds it on each access
         self._sessions = sessions
         self._compile = compile_condition
         self.settings = settings or JobSettings()
@@ -436,7 +437,7 @@ class JobEngine:
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-            result = await self._methods.invoke(device_id, call)
+            result = await self._invoke_method(device_id, call)
         except asyncio.CancelledError:
             return (device_id, _D.FAILED, started, _stamp(), None,
                     {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
