@@ -214,7 +214,7 @@ def tls_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     certs = make_certificates(tmp)
     out: dict[str, Any] = {}
-    hub = Hub(tmp, tls=certs)
+    hub = Hub(tmp, tls=certs, src=args.hub_src)
     try:
         hub.provision(n)
         time.sleep(0.5)
