@@ -19,6 +19,7 @@ from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 from iot_flows.hub._topics import TopicKind, parse_device_topic, twin_response_topic
 from iot_flows.hub._twins import TwinService
+from iot_flows.store import storage_unavailable
 from iot_flows.twin import TwinTooLargeError
 
 __all__ = ["DeviceEndpoint"]
@@ -97,7 +98,11 @@ class DeviceEndpoint:
             return 413, None, _error_body(exc)
         except HubError as exc:
             return exc.status_code, None, _error_body(exc)
-        except Exception:  # the hub must answer, never crash, on any device input
+        except Exception as exc:  # the hub must answer, never crash, on any device input
+            unavailable = storage_unavailable(exc)  # locked database, full disk: 503, retryable
+            if unavailable is not None:
+                log.warning("twin request from %s: %s", device_id, exc)
+                return 503, None, _error_body(unavailable)
             log.exception("twin request from %s failed", device_id)
             return 500, None, dumps({"errorCode": 500001, "message": "internal error"}).encode()
 

@@ -32,7 +32,7 @@ from iot_flows.hub._quota import Paced, Quota, max_concurrent_jobs
 from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
-from iot_flows.hub.api._errors import error_response, hub_error_handler, unexpected_error_handler
+from iot_flows.hub.api._errors import error_response, hub_error_handler, storage_error_handler, unexpected_error_handler
 from iot_flows.hub.api._http_timeouts import guarded_http_protocol
 from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
@@ -40,7 +40,7 @@ from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
 from iot_flows.hub.api._throttle import Throttle
 from iot_flows.query import compile_condition
-from iot_flows.store import HubStore, open_store
+from iot_flows.store import STORAGE_ERRORS, HubStore, open_store
 from iot_flows.twin import utc_now
 
 if TYPE_CHECKING:
@@ -88,7 +88,9 @@ class Hub:
 
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
-        self.store = await open_store(self.settings.db)
+        self.store = await open_store(
+            self.settings.db, pool_size=self.settings.db_pool_size, acquire_timeout=self.settings.db_acquire_timeout
+        )
         if self.settings.bus is None:  # a cluster node resets only its own (ClusterNode.connect)
             await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or None
@@ -142,7 +144,7 @@ class Hub:
         self.cluster = node
 
     def _build_services(self) -> None:
-        self.changes = ChangeFeed()
+        self.changes = ChangeFeed(self.settings.change_feed_capacity)
         self.sessions = SessionRegistry(self._on_connection_change, persistence=self.store)
         self.twins = TwinService(self.store, self.sessions)
         self.methods = MethodInvoker(self.sessions)
@@ -187,6 +189,7 @@ class Hub:
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,
+                **dict.fromkeys(STORAGE_ERRORS, storage_error_handler),
                 Exception: unexpected_error_handler,
             },
         )

@@ -32,9 +32,10 @@ from iot_flows._exceptions import (
 )
 from iot_flows._settings import JobSettings
 from iot_flows._tasks import BackgroundTasks
+from iot_flows._types import MethodResult
 from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
 from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
-from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._methods import MethodCall, MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import (
@@ -65,6 +66,15 @@ class JobLease(Protocol):
 
     async def release(self, job_id: str) -> None:
         """Give up the lease on ``job_id``."""
+
+    def valid(self) -> bool:
+        """False once this node went longer than its lease without renewing it (paused,
+        starved): another node may run its jobs now, so it must stop writing and invoking."""
+        ...
+
+
+class _LeaseLost(Exception):
+    """This node's lease lapsed while it ran the job: another node may own it now."""
 
 
 def _now() -> datetime:
@@ -125,6 +135,8 @@ class JobEngine:
         self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         #: Set by a cluster node: wait up to N s until the device is reachable on any node.
         self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
+        #: Set by a cluster node: invokes a job's method call wherever the device is (batched per node).
+        self.invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]] | None = None
 
     @property
     def repository(self) -> JobRepository:
@@ -250,6 +262,11 @@ class JobEngine:
                 log.exception("job listener failed")
 
     # ---- running ----------------------------------------------------------------------------
+    def _fence(self) -> None:
+        """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
+        if self.lease is not None and not self.lease.valid():
+            raise _LeaseLost
+
     async def _run(self, job_id: str, run: _Run) -> None:
         if self.lease is not None and not await self.lease.acquire(job_id):
             self._runs.pop(job_id, None)
@@ -258,6 +275,8 @@ class JobEngine:
             await self._run_inner(job_id, run)
         except asyncio.CancelledError:
             raise  # hub shutdown: the job stays active and resumes on next start
+        except _LeaseLost:
+            log.warning("job %s: this node's lease lapsed; it stops here (another node may run it)", job_id)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
@@ -280,6 +299,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         if doc["status"] != JobStatus.RUNNING.value:
             async with self._store.transaction():
                 ids = await self._repo.select_devices(request.query_condition)
@@ -313,6 +333,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         async with self._store.transaction():
             if status is JobStatus.FAILED:
                 await self._repo.set_status_where(
@@ -334,6 +355,7 @@ class JobEngine:
 
         async def flush() -> None:
             if outcomes:
+                self._fence()  # a lapsed lease writes nothing more: the new owner's records stand
                 done = list(outcomes)
                 outcomes.clear()
                 async with self._store.transaction():
@@ -344,6 +366,7 @@ class JobEngine:
                 if run.cancelled.is_set() or loop.time() > deadline:
                     break
                 chunk = pending[start : start + batch]
+                self._fence()
                 async with self._store.transaction():
                     results = [await self._update_twin(d, request) for d in chunk]
                     await self._repo.record(job_id, results, _stamp())
@@ -365,6 +388,8 @@ class JobEngine:
         async def one(device_id: str) -> None:
             try:
                 outcomes.append(await self._invoke(device_id, request, sem, deadline))
+            except _LeaseLost:
+                pass  # not invoked: the job's new owner decides
             finally:
                 sem.release()
 
@@ -389,6 +414,7 @@ class JobEngine:
                     await sem.acquire()  # free slot: returns without suspending
                     group.append(pending[index])
                     index += 1
+                self._fence()
                 async with self._store.transaction():
                     await self._repo.mark_running(job_id, group, _stamp())
                 for device_id in group:
@@ -437,7 +463,8 @@ class JobEngine:
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-            result = await self._invoke_method(device_id, call)
+            self._fence()
+            result = await (self.invoke_method or self._invoke_method)(device_id, call)
         except asyncio.CancelledError:
             return (device_id, _D.FAILED, started, _stamp(), None,
                     {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip

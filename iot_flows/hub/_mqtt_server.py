@@ -47,7 +47,7 @@ from iot_flows.mqtt import (
     Unsubscribe,
     encode,
 )
-from iot_flows.store import HubStore
+from iot_flows.store import HubStore, storage_unavailable
 
 __all__ = ["MqttServer"]
 
@@ -152,9 +152,15 @@ class _Connection(asyncio.Protocol):
                     return
                 try:
                     await self._handle(packet)
-                except Exception:  # never let one device's input take the hub down
-                    log.exception("error handling packet from %s", self.device_id)
-                    self.close("internal error")
+                except Exception as exc:  # never let one device's input take the hub down
+                    if storage_unavailable(exc) is None:
+                        log.exception("error handling packet from %s", self.device_id)
+                        self.close("internal error")
+                    elif isinstance(packet, Connect):  # locked database, full disk: retry later
+                        self._refuse(CONNACK_SERVER_UNAVAILABLE, f"storage unavailable ({exc})")
+                    else:
+                        log.warning("closing %s: storage unavailable (%s)", self.device_id, exc)
+                        self.close("storage unavailable")
         finally:
             self._worker = None
 

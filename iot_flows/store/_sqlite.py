@@ -57,12 +57,20 @@ def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
+#: How long a write waits for a lock another process holds before it fails (SQLITE_BUSY ->
+#: 503, retryable): the writer runs on the event loop, so this is also how long the hub
+#: stalls per write while another process locks the file. Readers run in threads.
+WRITER_BUSY_TIMEOUT = 5.0
+READER_BUSY_TIMEOUT = 30.0
+
+
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    busy = READER_BUSY_TIMEOUT if readonly else WRITER_BUSY_TIMEOUT
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     return conn

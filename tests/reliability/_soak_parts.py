@@ -40,11 +40,11 @@ def _free_port() -> int:
 class HubUnderTest:
     """``iot-flows hub serve`` in a subprocess (stderr to a file, so it never blocks)."""
 
-    def __init__(self, folder: Path, args: tuple[str, ...]) -> None:
+    def __init__(self, folder: Path, args: tuple[str, ...], db: str | None = None) -> None:
         self.mqtt_port, self.http_port = _free_port(), _free_port()
         self.log = open(folder / "hub.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iot_flows.cli", "hub", "serve", "--db", str(folder / "hub.db"),
+            [sys.executable, "-m", "iot_flows.cli", "hub", "serve", "--db", db or str(folder / "hub.db"),
              "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port), *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=folder,
         )
@@ -193,10 +193,20 @@ class SoakDevice:
                 topic=f"$iothub/twin/PATCH/properties/reported/?$rid={self._rid}", payload=report)))
         elif topic.startswith("$iothub/twin/res/"):
             status = topic.split("/")[3]
+            kind = "prefill_report" if "$rid=f" in topic else "device_report"
             if status == "204":
-                self.stats.ops["device_report"] += 1
+                self.stats.ops[kind] += 1
             else:
-                self.stats.errors[f"device_report:{status}"] += 1
+                self.stats.errors[f"{kind}:{status}"] += 1
+
+    def report(self, patch: dict[str, Any]) -> bool:
+        """Send one reported-properties patch (answered on ``$iothub/twin/res``); False when offline."""
+        if not self.online or self.transport is None:
+            return False
+        self._rid += 1
+        self.transport.write(encode(Publish(
+            topic=f"$iothub/twin/PATCH/properties/reported/?$rid=f{self._rid}", payload=json.dumps(patch).encode())))
+        return True
 
     def ping(self) -> None:
         if self.online and self.transport is not None:

@@ -10,6 +10,9 @@ from this process (the hub's codec, no paho), and then, until the time is up:
   (``--twin-rate`` per second) go to random devices through the REST API; each device
   answers methods with 200 and reports every desired patch back (a device twin update).
 
+Before the timed run the fleet sends reported patches until the hub's change feed ring
+(``--change-feed-capacity``, default 50,000) is full, so the RSS measured after warm-up
+already includes the full ring and the 10 % bound sees only growth that does not stop.
 It samples the hub's RSS (``/proc/<pid>/status``) and open file descriptors
 (``/proc/<pid>/fd``) and prints one JSON summary: RSS after warm-up and at the end,
 descriptors with the whole fleet connected and no load before and after, operations
@@ -55,6 +58,9 @@ class SoakConfig:
     rss_tolerance: float = 0.10  #: end RSS within this fraction of the after-warm-up RSS
     fd_slack: int = 8  #: descriptors the hub may hold beyond its start count (logs, WAL)
     hub_args: tuple[str, ...] = ("--log-level", "INFO")  #: INFO: the hub logs why it closes a device
+    #: The hub's change feed ring (``--change-feed-capacity``); the soak fills it before the
+    #: warm-up, so that the RSS measured after warm-up already holds a full ring.
+    change_feed_capacity: int = 50_000
 
     @property
     def warmup(self) -> float:
@@ -196,6 +202,25 @@ class Soak:
         except (httpx.HTTPError, ValueError, KeyError):
             return None
 
+    async def fill_change_feed(self, http: httpx.AsyncClient, capacity: int, timeout: float = 600) -> int:
+        """Reported patches from the fleet until the hub's change feed holds ``capacity`` changes.
+
+        Round by round, every online device reports once; the next round starts when the
+        hub has answered the round (or after 30 s). Returns the changes recorded then.
+        """
+        deadline = time.monotonic() + timeout
+        recorded = await self.changes_recorded(http) or 0
+        n = 0
+        while recorded < capacity and time.monotonic() < deadline:
+            n += 1
+            sent = sum(d.report({"prefill": n}) for d in self.devices[: capacity - recorded])
+            wanted = self.stats.ops["prefill_report"] + sent
+            round_end = time.monotonic() + 30
+            while self.stats.ops["prefill_report"] < wanted and time.monotonic() < round_end:
+                await asyncio.sleep(0.1)
+            recorded = await self.changes_recorded(http) or recorded
+        return recorded
+
     async def sample(self, samples: list[dict[str, Any]], start: float) -> None:
         while not self.stopping:
             if self.hub.alive():
@@ -222,6 +247,9 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
         await soak.provision(http)
     await soak.connect_all()
     connect_seconds = time.monotonic() - t0
+    async with httpx.AsyncClient(base_url=hub.base_url, timeout=60) as http:
+        prefilled = await soak.fill_change_feed(http, config.change_feed_capacity)
+    fill_seconds = time.monotonic() - t0 - connect_seconds
     fds_start = await soak.settle()
     rss_connected = hub.rss_kb()
     samples: list[dict[str, Any]] = []
@@ -253,6 +281,7 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
     checks = {
         "hub_alive": hub.alive(),
         "rss_flat": growth is not None and growth <= config.rss_tolerance,
+        "change_feed_full_before_warmup": prefilled >= config.change_feed_capacity,
         "fds_flat": fds_end is not None and fds_end <= fds_start + config.fd_slack,
         "no_unexpected_errors": not unexpected,
         "load_ran": soak.stats.ops["method"] > 0 and soak.stats.ops["twin_write"] > 0,
@@ -263,13 +292,15 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
         "warmup_seconds": config.warmup,
         "reconnect_percent_per_minute": config.reconnect_percent,
         "connect_seconds": round(connect_seconds, 1),
-        "rss_kb": {"connected": rss_connected, "after_warmup": rss_warm, "end": rss_end,
+        "change_feed_fill_seconds": round(fill_seconds, 1),
+        "rss_kb": {"connected_change_feed_full": rss_connected, "after_warmup": rss_warm, "end": rss_end,
                    "max": max((s["rss_kb"] for s in samples), default=None),
                    "growth_after_warmup": None if growth is None else round(growth, 4)},
         "fds": {"start": fds_start, "end": fds_end},
-        # The hub's change feed keeps the newest 50,000 changes in memory: RSS grows with it
-        # until it is full. Bytes of RSS growth per change recorded after warm-up:
-        "change_feed": {"after_warmup": changes_warm, "end": changes_end,
+        # The hub's change feed keeps the newest --change-feed-capacity changes in memory; it is
+        # full before the warm-up starts. Bytes of RSS growth per change recorded after warm-up:
+        "change_feed": {"capacity": config.change_feed_capacity, "before_warmup": prefilled,
+                        "after_warmup": changes_warm, "end": changes_end,
                         "rss_bytes_per_change": _per_change(rss_warm, rss_end, changes_warm, changes_end)},
         "ops": dict(soak.stats.ops),
         "errors": dict(soak.stats.errors),
@@ -289,7 +320,7 @@ def _per_change(rss0: int, rss1: int | None, n0: int | None, n1: int | None) -> 
 def run_soak(config: SoakConfig) -> dict[str, Any]:
     """Run one churn soak against a fresh hub subprocess; the JSON-ready summary."""
     folder = Path(tempfile.mkdtemp(prefix="iot-flows-soak-"))
-    hub = HubUnderTest(folder, config.hub_args)
+    hub = HubUnderTest(folder, (*config.hub_args, "--change-feed-capacity", str(config.change_feed_capacity)))
     try:
         result = asyncio.run(_run(config, hub))
     finally:
@@ -307,10 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method-rate", type=float, default=20.0, help="Direct methods per second.")
     parser.add_argument("--twin-rate", type=float, default=20.0, help="Desired-property writes per second.")
     parser.add_argument("--warmup-seconds", type=float, default=None, help="Default: a quarter of the run, <= 120.")
+    parser.add_argument("--change-feed-capacity", type=int, default=50_000,
+                        help="The hub's change feed ring; filled before the warm-up (default 50,000).")
     parser.add_argument("--samples", action="store_true", help="Keep the RSS/fd samples in the JSON output.")
     args = parser.parse_args(argv)
     config = SoakConfig(seconds=args.minutes * 60, devices=args.devices, reconnect_percent=args.reconnect_percent,
-                        method_rate=args.method_rate, twin_rate=args.twin_rate, warmup_seconds=args.warmup_seconds)
+                        method_rate=args.method_rate, twin_rate=args.twin_rate, warmup_seconds=args.warmup_seconds,
+                        change_feed_capacity=args.change_feed_capacity)
     result = run_soak(config)
     if not args.samples:
         result.pop("samples")

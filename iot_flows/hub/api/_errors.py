@@ -16,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from iot_flows._exceptions import DeviceNotFoundError, HubError, InternalServerError
+from iot_flows.store import storage_unavailable
 
-__all__ = ["error_response", "hub_error_handler", "unexpected_error_handler"]
+__all__ = ["error_response", "hub_error_handler", "storage_error_handler", "unexpected_error_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,20 @@ async def hub_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette handler: a ``HubError`` as IoT Hub's error body and status."""
     assert isinstance(exc, HubError)
     return error_response(exc)
+
+
+async def storage_error_handler(request: Request, exc: Exception) -> Response:
+    """A database driver's error: 503 when storage is degraded (locked, disk full), else 500.
+
+    Registered for the drivers' base classes (``STORAGE_ERRORS``), so the response is
+    answered by Starlette's exception middleware and the connection stays usable.
+    """
+    unavailable = storage_unavailable(exc)
+    if unavailable is not None:
+        log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(unavailable)
+    log.exception("storage error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(InternalServerError("An internal error occurred."))
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ and one NATS. A :class:`ClusterNode` hooks into a started hub's seams:
   here is claimed in the presence table and announced on ``takeover``; the node that
   held it before closes its connection (one connection per identity across nodes);
 - ``MethodInvoker.router``: direct methods go to the node holding the device;
+- ``JobEngine.invoke_method``: a job's calls go out in one NATS request per node and batch;
 - ``TwinService`` listeners: desired notifications go to the device's node;
 - ``RegistryService(on_revoked=...)``: a disabled, deleted or re-keyed device is dropped
   on every node;
@@ -34,6 +35,7 @@ from nats.aio.msg import Msg
 
 from iot_flows._tasks import BackgroundTasks
 from iot_flows.hub import Subscription
+from iot_flows.hub.cluster._batching import JobCallBatcher, PresenceLookup
 from iot_flows.hub.cluster._bus import Bus, NodeIdInUseError, NoResponderError
 from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.store import ClusterStore, open_cluster_store
@@ -73,6 +75,8 @@ class ClusterNode:
         self.store: ClusterStore
         self.methods: MethodRouter
         self.desired: DesiredRelay
+        self.presence: PresenceLookup
+        self.job_calls: JobCallBatcher
         self._heartbeat: asyncio.Task[None] | None = None
         self._lease_expires = 0.0
         self._background = BackgroundTasks(f"node {self.node_id}")
@@ -89,8 +93,10 @@ class ClusterNode:
             await self.bus.close()
             raise NodeIdInUseError(f"node id {self.node_id!r} is in use by a running node on {self.bus.url}; pick another --node-id")
         self.store = await open_cluster_store(self._hub.store, self.node_id, self.settings.lease_seconds)
-        self.methods = MethodRouter(self._hub, self.store, self.bus)
+        self.presence = PresenceLookup(self.store)
+        self.methods = MethodRouter(self._hub, self.store, self.bus, self.presence)
         self.desired = DesiredRelay(self._hub, self.store, self.bus)
+        self.job_calls = JobCallBatcher(self._hub, self.store, self.bus, self.methods)
         alone = await self.store.register()
         self._lease_expires = time.time() + self.settings.lease_seconds
         await self.store.reset_own(everything=alone)
@@ -101,6 +107,7 @@ class ClusterNode:
         hub = self._hub
         await self.bus.subscribe(self.bus.subject("node", self.node_id, "ping"), self._on_ping)
         await self.methods.start()
+        await self.job_calls.start()
         await self.desired.start()
         await self.bus.subscribe(self.bus.subject("takeover"), self._on_takeover)
         await self.bus.subscribe(self.bus.subject("revoked"), self._on_revoked)
@@ -168,7 +175,7 @@ class ClusterNode:
 
     async def held_elsewhere(self, device_id: str) -> bool:
         """True when another node holds the device's connection."""
-        holder = await self.store.holder(device_id)
+        holder = await self.presence.holder(device_id)  # one query for every device asked this tick
         return holder is not None and holder != self.node_id
 
     async def wait_online(self, device_id: str, timeout: float) -> None:
@@ -243,3 +250,8 @@ class ClusterNode:
     async def release(self, job_id: str) -> None:
         """Release this node's lease on ``job_id``."""
         await self.store.release_job(job_id)
+
+    def valid(self) -> bool:
+        """True while this node's last renewal is younger than its lease (no I/O: checked
+        before every job write and call, so a node resumed after a pause stops at once)."""
+        return time.time() < self._lease_expires
