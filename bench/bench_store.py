@@ -16,6 +16,11 @@ Starts a throw-away PostgreSQL 15 cluster (``tests/pgcluster``: ``fsync`` and
   (``... COUNT() ... GROUP BY properties.reported.firmware.version``), each against the
   same question as hand-written raw SQL on the same database (``raw_*``).
 
+For SQLite also ``update_twin_ms_one_commit_each`` vs ``update_twin_ms_one_commit_per_batch``:
+what sharing one COMMIT among 1,000 compare-and-set twin writes would save (the
+PostgreSQL store does it, group commit; SQLite does not). Seeding (``seed_seconds``)
+writes straight into the store's tables (``executemany`` / ``COPY``), not through REST.
+
 Prints one JSON object (medians in milliseconds) and the ratios PostgreSQL / SQLite.
 """
 
@@ -37,7 +42,7 @@ import asyncpg
 from bench.bench_query import FILTER, GROUP, TS
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
-from iot_flows.store import open_store
+from iot_flows.store import DeviceRecord, open_store
 from tests.pgcluster import PgCluster
 from tests.support import Service
 
@@ -173,6 +178,38 @@ def twin_writes(db: str, writes: int) -> dict[str, float]:
     }
 
 
+async def sqlite_commit_sharing(path: str, devices: int = 1000) -> dict[str, float]:
+    """Would group commit help SQLite? ms per compare-and-set twin write, one COMMIT each vs
+    one COMMIT shared by ``devices`` writes (WAL, synchronous=NORMAL: a COMMIT is no fsync)."""
+    store = await open_store(path)
+    try:
+        ids = [f"gc-{i:05d}" for i in range(devices)]
+        async with store.transaction():
+            for device_id in ids:
+                await store.insert(DeviceRecord(device_id=device_id, generation_id="1", device_etag="e",
+                                                status_updated_time=TS))  # fmt: skip
+        records = await store.get_many(ids)
+        out: dict[str, list[float]] = {"update_twin_ms_one_commit_each": [], "update_twin_ms_one_commit_per_batch": []}
+        for _ in range(3):
+            for name in out:
+                start = time.perf_counter()
+                if name == "update_twin_ms_one_commit_each":
+                    for r in records:
+                        r.reported = {"n": r.twin_version}
+                        await store.update_twin(r, expected_version=r.twin_version)
+                        r.twin_version += 1
+                else:
+                    async with store.transaction():
+                        for r in records:
+                            r.reported = {"n": r.twin_version}
+                            await store.update_twin(r, expected_version=r.twin_version)
+                            r.twin_version += 1
+                out[name].append((time.perf_counter() - start) * 1000 / devices)
+        return {name: round(statistics.median(v), 4) for name, v in out.items()}
+    finally:
+        await store.close()
+
+
 def queries(backend: str, db: str, repeat: int) -> dict[str, Any]:
     """Query latencies through ``POST /devices/query`` and as raw SQL on the same database."""
     out: dict[str, Any] = {}
@@ -208,6 +245,8 @@ def main(count: int, writes: int, repeat: int) -> None:
         writes_db = {"sqlite": str(Path(tmp) / "writes.db"), "postgresql": pg.create_database("writes")}
         for backend in ("sqlite", "postgresql"):
             row = twin_writes(writes_db[backend], writes)
+            if backend == "sqlite":
+                row.update(asyncio.run(sqlite_commit_sharing(str(Path(tmp) / "group-commit.db"))))
             start = time.perf_counter()
             if backend == "sqlite":
                 _seed_sqlite(dbs[backend], count)

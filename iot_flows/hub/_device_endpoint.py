@@ -3,7 +3,7 @@
 Consumes ``(link, topic, payload)`` from an authenticated device and answers through
 the same link: twin GET and reported PATCH, direct-method replies, telemetry. It knows
 nothing about sockets, so a broker-fronted transport can feed it the same events
-(design.md "Where users outgrow one machine").
+(docs/architecture.md §1).
 """
 
 from __future__ import annotations
@@ -71,6 +71,18 @@ class DeviceEndpoint:
         status, version, body = await self._twin_request(link.device_id, parsed.kind, payload, parsed.version)
         if self._sessions.subscribed_link(link.device_id, Subscription.TWIN_RESPONSES) is link:
             link.send(twin_response_topic(status, parsed.rid, version), body, 0)
+        return True
+
+    def handle_method_response(self, link: DeviceLink, topic: str, payload: bytes) -> bool:
+        """Resolve a direct-method reply without awaiting (the MQTT server's fast path).
+
+        Returns False when ``topic`` is not a method response this device may publish.
+        """
+        parsed = parse_device_topic(topic, link.device_id)
+        if parsed is None or parsed.kind is not TopicKind.METHOD_RESPONSE:
+            return False
+        assert parsed.rid is not None and parsed.status is not None
+        self._methods.resolve(link.device_id, parsed.rid, parsed.status, payload)
         return True
 
     async def _twin_request(

@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from iot_flows._tasks import BackgroundTasks
+
 __all__ = ["GroupCommit"]
 
 T = TypeVar("T")
@@ -36,7 +38,7 @@ class GroupCommit(Generic[T, R]):
         self._pending: list[tuple[Hashable, T, asyncio.Future[R]]] = []
         self._inflight = 0
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks("group commit")
         #: batches run and items carried, for benchmarks
         self.batches = 0
         self.items = 0
@@ -79,9 +81,7 @@ class GroupCommit(Generic[T, R]):
             if not batch:
                 return
             self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._flush(batch), name="group-commit")
 
     async def _flush(self, batch: list[tuple[Hashable, T, asyncio.Future[R]]]) -> None:
         try:

@@ -73,6 +73,8 @@ _TWIN_BATCH = (
 #: Errors after which a batch is retried one item at a time (one item refused, or a
 #: deadlock / serialization conflict with another node's batch).
 _RETRY_SINGLY = (asyncpg.PostgresError,)
+#: How long each write of a batch that hit a lock timeout waits for its row, alone.
+_SINGLE_LOCK_TIMEOUT = "250ms"
 
 
 def _placeholders(columns: Iterable[str], start: int = 1) -> builtins.list[str]:
@@ -302,6 +304,10 @@ class PostgresStore(HubStore):
             raise
         except _LOST as exc:
             raise self._lost(exc) from None
+        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError):
+            # a row lock held elsewhere past lock_timeout: find the locked twin(s) one at a
+            # time, waiting briefly for each, so only they answer 503 (retryable)
+            return await self._write_twins_singly(items, lock_timeout=_SINGLE_LOCK_TIMEOUT)
         except _RETRY_SINGLY:
             if len(items) == 1:
                 raise
@@ -311,12 +317,20 @@ class PostgresStore(HubStore):
         return [record.device_id in written for record, _ in items]
 
     async def _write_twins_singly(
-        self, items: builtins.list[tuple[DeviceRecord, int]]
+        self, items: builtins.list[tuple[DeviceRecord, int]], *, lock_timeout: str | None = None
     ) -> builtins.list[bool | BaseException]:
+        """Each write alone (its own commit); per item its result or its own exception."""
         out: builtins.list[bool | BaseException] = []
         for record, expected in items:
             try:
-                out.append(await self._cas_twin(record, expected))
+                if lock_timeout is None:
+                    out.append(await self._cas_twin(record, expected))
+                    continue
+                async with self.transaction():
+                    await self._execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+                    out.append(await self._cas_twin(record, expected))
+            except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+                out.append(self._lost(exc))
             except Exception as exc:
                 out.append(exc)
         return out

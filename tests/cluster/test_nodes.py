@@ -207,3 +207,22 @@ def test_takeover_and_disable_during_nats_outage_apply_after_it(cluster: Cluster
     assert second.connected.is_set()
     r = wait_until(lambda: (x := _invoke(a, "o-1")).status_code == 200 and x, timeout=10, interval=0.2)
     assert r.json()["payload"]["node"] == "b"
+
+
+def test_a_burst_of_changes_reaches_the_other_node_complete_and_in_order(cluster: Cluster) -> None:
+    """A node sends the changes of one loop tick as one NATS message: a burst of concurrent
+    reported writes on node a shows up on node b's change stream, every one, in order."""
+    a, b = cluster.service("a"), cluster.service("b")
+    key = _register(a, "burst-1")
+    dev = _online(cluster, "a", "burst-1", key)
+    since = b.request("GET", "/iot-flows/changes?since=-1").json()["next"]
+    writes = 120
+    for n in range(writes):
+        dev.client.publish(f"$iothub/twin/PATCH/properties/reported/?$rid=b{n}", json.dumps({"n": n}))  # no waiting
+
+    def seen() -> list[int]:
+        changes = b.request("GET", f"/iot-flows/changes?since={since}&limit=1000").json()["changes"]
+        return [c["patch"]["n"] for c in changes if c.get("kind") == "twin.reported" and c.get("deviceId") == "burst-1"]
+
+    assert wait_until(lambda: len(seen()) >= writes, timeout=20), seen()
+    assert seen() == list(range(writes))

@@ -147,3 +147,34 @@ async def test_connections_killed_mid_batch_lose_no_acknowledged_write(pg_cluste
         await admin.close()
         await store.close()
 
+
+
+async def test_a_twin_locked_elsewhere_fails_only_its_own_write(pg_cluster: Any) -> None:
+    """Another session holds one twin's row lock past the store's lock_timeout: the batch
+    waiting on it is retried one write at a time with a short lock wait, so the other
+    writers succeed and only the locked twin's writer gets 503 (retryable)."""
+    url = pg_cluster.create_database("group_commit_lock")
+    store = await open_store(url)
+    admin = await asyncpg.connect(url)
+    try:
+        ids = await _register(store, 40, "lock")
+        twins = TwinService(store, SessionRegistry())
+        locked = ids[13]
+        tx = admin.transaction()
+        await tx.start()
+        await admin.execute("SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE", locked)
+        try:
+            results = await asyncio.gather(*(twins.report(d, {"v": d}) for d in ids), return_exceptions=True)
+        finally:
+            await tx.rollback()
+        for device_id, result in zip(ids, results, strict=True):
+            if device_id == locked:
+                assert isinstance(result, ServiceUnavailableError), result
+            else:
+                assert result == 2, (device_id, result)
+        stored = {r.device_id: r.reported for r in await store.get_many(ids)}
+        assert stored[locked] == {}
+        assert all(stored[d] == {"v": d} for d in ids if d != locked)
+    finally:
+        await admin.close()
+        await store.close()

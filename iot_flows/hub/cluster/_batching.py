@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 
 from iot_flows._exceptions import GatewayTimeoutError, ServiceUnavailableError
+from iot_flows._tasks import BackgroundTasks
 from iot_flows._types import MethodResult
 from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.hub.cluster._routing import MethodRouter, call_body, decode_outcome, invoke_here
@@ -47,6 +48,7 @@ class PresenceLookup:
         self._store = store
         self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
         self._scheduled = False
+        self._tasks = BackgroundTasks("presence look-up")
         self.queries = 0  #: store queries made (for tests and benchmarks)
 
     async def holder(self, device_id: str) -> str | None:
@@ -61,7 +63,7 @@ class PresenceLookup:
     def _start(self) -> None:
         self._scheduled = False
         waiting, self._waiting = self._waiting, {}
-        asyncio.get_running_loop().create_task(self._query(waiting))
+        self._tasks.spawn(self._query(waiting), name="presence-lookup")
 
     async def _query(self, waiting: dict[str, list[asyncio.Future[str | None]]]) -> None:
         self.queries += 1
@@ -89,11 +91,12 @@ class JobCallBatcher:
         self._router = router
         self._pending: list[tuple[str, Any, asyncio.Future[MethodResult]]] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks("job calls")
         self.requests = 0  #: batch requests sent (for tests and benchmarks)
         self.calls = 0  #: calls carried by them
 
     async def start(self) -> None:
+        """Serve batches sent to this node and become the hub's job-call path."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "methods"), self._serve)
         self._hub.jobs.invoke_method = self.invoke
 
@@ -114,9 +117,7 @@ class JobCallBatcher:
         self._spawn(self._route(pending))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name="job-calls")
 
     async def _route(self, pending: list[tuple[str, Any, asyncio.Future[MethodResult]]]) -> None:
         try:

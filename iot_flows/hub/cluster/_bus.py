@@ -108,6 +108,7 @@ class Bus:
                     name=f"iot-flows-{self.node_id}",
                     connect_timeout=2,
                     allow_reconnect=True,
+                    no_echo=True,  # a node never needs its own publishes (changes, takeover, revoked)
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     ping_interval=5,

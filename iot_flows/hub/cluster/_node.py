@@ -48,6 +48,7 @@ __all__ = ["ClusterNode", "ClusterSettings", "default_node_id"]
 
 log = logging.getLogger(__name__)
 _POLL = 0.25  #: seconds between presence checks while waiting for a device
+_CHANGES_PER_MESSAGE = 500  #: most changes in one ``changes`` message (well under NATS' 1 MB)
 
 
 def default_node_id() -> str:
@@ -80,6 +81,7 @@ class ClusterNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._lease_expires = 0.0
         self._background = BackgroundTasks(f"node {self.node_id}")
+        self._outbox: list[dict[str, Any]] = []  #: local changes not yet published
 
     # ---- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -231,14 +233,27 @@ class ClusterNode:
 
     # ---- change stream ---------------------------------------------------------------
     def _publish_change(self, change: dict[str, Any]) -> None:
-        self.bus.publish(self.bus.subject("changes"), {"node": self.node_id, "change": change})
+        """Queue a local change; the changes of one loop tick travel as one NATS message."""
+        self._outbox.append(change)
+        if len(self._outbox) >= _CHANGES_PER_MESSAGE:
+            self._flush_changes()
+        elif len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_changes)
+
+    def _flush_changes(self) -> None:
+        changes, self._outbox = self._outbox, []
+        if changes:
+            self.bus.publish(self.bus.subject("changes"), {"node": self.node_id, "changes": changes})
 
     async def _on_change(self, msg: Msg) -> None:
         data = json.loads(msg.data)
         if data["node"] == self.node_id:
             return
-        change = data["change"]
-        self._hub.changes.ingest({**change, "node": data["node"]})
+        for change in data["changes"] if "changes" in data else [data["change"]]:
+            self._ingest(data["node"], change)
+
+    def _ingest(self, node: str, change: dict[str, Any]) -> None:
+        self._hub.changes.ingest({**change, "node": node})
         if change.get("kind") == "job.cancelled":
             self._hub.jobs.interrupt(change["jobId"])
 
