@@ -5,6 +5,12 @@
 
 Runs an embedded hub, a simulated fleet and ``roll_out_firmware`` under Prefect's test
 harness; reports wall time, Prefect task runs, retries and the per-wave table.
+
+Measured (2 shared cores, other jobs running; the bench process got 32 % of a core):
+10,000 devices, 5 % download failures, ``--separate-hub``: fleet connect 152 s, rollout
+381 s, all 10,000 updated, 497 devices retried (every one healed), 54 Prefect task runs.
+Per poll round the wave runner reads job statistics, then only new finished
+``devices.jobs`` records and only twins that reached an outcome (``rollout/_poll.py``).
 """
 
 from __future__ import annotations

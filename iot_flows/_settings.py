@@ -160,6 +160,11 @@ class HubSettings(BaseSettings):
         default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
+    loop: str = Field(
+        default="auto", pattern="^(auto|uvloop|asyncio)$",
+        description="Event loop of `hub serve`: uvloop (pip install uvloop, in the `hub` extra), asyncio, "
+        "or auto (uvloop when installed).",
+    )
     change_feed_capacity: int = Field(
         default=50_000, ge=1, description="Changes kept in memory for GET /iot-flows/changes (~200 bytes each); a "
         "reader further behind is told `truncated`.",

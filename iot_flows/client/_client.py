@@ -31,6 +31,9 @@ class QueryPage:
     items: list[JsonObject]
     item_type: str | None
     continuation: str | None = field(default=None)
+    #: True when the hub says its queries read their own writes (an iot-flows hub, header
+    #: ``x-iot-flows-query-consistency: read-your-writes``); Azure's queries lag.
+    read_your_writes: bool = field(default=False)
 
 
 class HubClient(RegistryEndpoints):
@@ -130,6 +133,7 @@ class HubClient(RegistryEndpoints):
             items=response.json(),
             item_type=response.headers.get("x-ms-item-type"),
             continuation=response.headers.get("x-ms-continuation") or None,
+            read_your_writes=response.headers.get("x-iot-flows-query-consistency") == "read-your-writes",
         )
 
     async def query(self, query: str, *, page_size: int = 100) -> AsyncIterator[JsonObject]:

@@ -10,6 +10,7 @@ at any point, also half-way through :meth:`DemoEnvironment.start`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -26,13 +27,16 @@ from iot_flows.device import BehaviourConfig, FleetStats
 from iot_flows.hub import EmbeddedHub, HubSettings
 from iot_flows.jobs import TERMINAL_JOB_STATES
 
-__all__ = ["DEMO_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
+__all__ = ["DEMO_BEHAVIOUR", "DEMO_FAULTY_BEHAVIOUR", "DemoEnvironment", "FleetLayout"]
 
 #: Device timings in seconds (the simulator's defaults are closer to real devices).
 DEMO_BEHAVIOUR = BehaviourConfig(
     reboot_seconds=1.0, factory_reset_seconds=1.0, fw_wait_seconds=0.5, fw_download_seconds=1.0,
     fw_apply_seconds=1.0, config_apply_seconds=0.5, jitter=0.3,
 )  # fmt: skip
+#: Building 44 (the staged rollout's fleet): the same, with 10 % of firmware downloads failing
+#: (transient: the rollout's retries heal them).
+DEMO_FAULTY_BEHAVIOUR = dataclasses.replace(DEMO_BEHAVIOUR, download_failure_rate=0.1)
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,21 @@ class FleetLayout:
 class DemoEnvironment:
     """An embedded hub (SQLite in a temporary folder, free ports) and a simulated fleet."""
 
-    def __init__(self, layout: FleetLayout, *, behaviour: BehaviourConfig = DEMO_BEHAVIOUR, seed: int = 7) -> None:
+    def __init__(self, layout: FleetLayout, *, behaviour: BehaviourConfig = DEMO_BEHAVIOUR,
+                 faulty: BehaviourConfig = DEMO_FAULTY_BEHAVIOUR, seed: int = 7) -> None:  # fmt: skip
         self.layout = layout
         self.behaviour = behaviour
+        self.faulty = faulty
         self.seed = seed
         self.folder: str | None = None
         self.hub: EmbeddedHub | None = None
-        self.fleet: FleetProcess | None = None
+        #: building 43 (``behaviour``) and building 44 (``faulty``), each in its own process
+        self.fleets: list[FleetProcess] = []
+
+    @property
+    def connect_seconds(self) -> float:
+        """Seconds the slower of the two fleet processes took to connect (0 before)."""
+        return max((f.connect_seconds or 0.0 for f in self.fleets), default=0.0)
 
     # ---- start --------------------------------------------------------------------------
     def start_hub(self) -> EmbeddedHub:
@@ -128,16 +140,25 @@ class DemoEnvironment:
     def start_fleet(self) -> None:
         """Provision and connect the fleet in its own process; :meth:`wait_fleet` waits for it."""
         assert self.hub is not None
-        self.fleet = FleetProcess(
-            self.hub.connection_string(), count=self.layout.count, prefix=self.layout.prefix,
-            mqtt_host="127.0.0.1", mqtt_port=self.hub.hub.mqtt_port, http_url=self.hub.base_url, tls=False,
-            behaviour=self.behaviour, seed=self.seed,
-        )  # fmt: skip
+        half = self.layout.half
+        for start, count, behaviour in ((0, half, self.behaviour), (half, self.layout.count - half, self.faulty)):
+            self.fleets.append(FleetProcess(
+                self.hub.connection_string(), count=count, start_index=start, prefix=self.layout.prefix,
+                mqtt_host="127.0.0.1", mqtt_port=self.hub.hub.mqtt_port, http_url=self.hub.base_url, tls=False,
+                behaviour=behaviour, seed=self.seed,
+            ))  # fmt: skip
 
     async def wait_fleet(self) -> FleetStats:
-        """Wait until the fleet process reports every device connected (or failed); return its stats."""
-        assert self.fleet is not None
-        return await self.fleet.started()
+        """Both fleet processes connected: their stats added up."""
+        assert self.fleets
+        parts = [await f.started() for f in self.fleets]
+        counters: dict[str, int] = {}
+        for part in parts:
+            for key, value in part.counters.items():
+                counters[key] = counters.get(key, 0) + value
+        return FleetStats(total=sum(p.total for p in parts), connected=sum(p.connected for p in parts),
+                          failed=sum(p.failed for p in parts), reconnects=sum(p.reconnects for p in parts),
+                          counters=counters)  # fmt: skip
 
     async def tag(self, poll: float = 0.1, timeout: float = 120.0) -> int:
         """Tag building and ring with twin-update jobs (one after the other); returns jobs run."""
@@ -162,9 +183,9 @@ class DemoEnvironment:
     # ---- stop ---------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop the fleet, then the hub, then remove the temporary folder (idempotent)."""
-        if self.fleet is not None:
-            self.fleet.stop()
-            self.fleet = None
+        for fleet in self.fleets:
+            fleet.stop()
+        self.fleets = []
         if self.hub is not None:
             self.hub.stop()
             self.hub = None

@@ -71,6 +71,10 @@ async def _run_scenario(
     line = (f"{mark} [{index}/{total}] {scenario.title}: {record.state} in {record.seconds:.1f} s, "
             f"{record.succeeded if record.succeeded is not None else '-'}/{record.devices if record.devices is not None else '-'} devices ok")  # fmt: skip
     console.print(line + ("" if record.ok else f" [red]{record.problem}[/]"))
+    if result is not None and scenario.describe is not None:
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            for text in scenario.describe(result):
+                console.print(f"    [dim]{text}[/]")
     return record
 
 
@@ -133,7 +137,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             where = api_url or f"temporary server {client.api_url} (ephemeral mode)"
         console.print(f"[bold]prefect[/]  API: {where}, ready in {time.monotonic() - t0:.1f} s")
         stats = await env.wait_fleet()
-        connect = env.fleet.connect_seconds if env.fleet and env.fleet.connect_seconds else 0.0
+        connect = env.connect_seconds
         console.print(f"[bold]fleet[/]    {stats.connected:,}/{stats.total:,} simulated devices connected over MQTT "
                       f"({connect:.1f} s after provisioning)")  # fmt: skip
         if stats.connected != stats.total:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iot_flows.demo._env import FleetLayout
+from iot_flows.demo._rollout import check_rollout, demo_rollout, describe_rollout
 from iot_flows.flows.configuration import (
     ConfigurationRequest,
     PropertyReadRequest,
@@ -29,7 +30,7 @@ from iot_flows.flows.device_management import (
 )
 from iot_flows.flows.jobs import MethodJobRequest, TwinUpdateJobRequest, run_method_job, run_twin_update_job
 from iot_flows.flows.report import FleetReportRequest, fleet_report
-from iot_flows.flows.rollout import RolloutRequest, roll_out_firmware
+from iot_flows.flows.rollout import HealthGate, RolloutRequest
 
 __all__ = ["Counts", "Scenario", "scenarios"]
 
@@ -58,6 +59,8 @@ class Scenario:
     check: Callable[[Any], str | None] = lambda result: None
     #: Scenarios whose effect the counts and check expect (``--only`` without them: state and devices only).
     needs: tuple[str, ...] = ()
+    #: Extra lines the demo prints under the scenario's line (None: none).
+    describe: Callable[[Any], list[str]] | None = None
 
 
 def _job(summary: Any) -> Counts:
@@ -136,11 +139,15 @@ def scenarios(layout: FleetLayout) -> list[Scenario]:
             layout.size(rings=("canary", "wave1")), _firmware,
         ),
         Scenario(
-            "rollout", f"staged rollout {ROLLOUT} on building 44 (waves 1/10/50/100 %)", "003", roll_out_firmware,
+            "rollout", f"staged rollout {ROLLOUT} on building 44 (waves 1/10/50/100 %, 10 % downloads fail)", "003",
+            demo_rollout,
             RolloutRequest(package_uri=f"https://firmware.example.com/fw-{ROLLOUT}.bin", version=ROLLOUT,
-                           target_condition=B44, waves=[1, 10, 50, 100], device_timeout_seconds=120, retries=1,
-                           retry_backoff_seconds=1, poll_interval_seconds=POLL),
-            b44, _rollout,
+                           target_condition=B44, waves=[1, 10, 50, 100], device_timeout_seconds=120, retries=3,
+                           retry_backoff_seconds=0.5, poll_interval_seconds=1.0, rollout_id=f"demo-{ROLLOUT}",
+                           health=HealthGate(condition=f"connectionState = 'Connected' AND "
+                                                       f"properties.reported.firmware.currentFwVersion = '{ROLLOUT}'",
+                                             hold_seconds=1, timeout_seconds=60)),
+            b44, _rollout, check_rollout, describe=describe_rollout,
         ),
         Scenario(
             "configuration", "configuration update on building 44", "001", update_configuration,

@@ -73,6 +73,18 @@ class DeviceEndpoint:
             link.send(twin_response_topic(status, parsed.rid, version), body, 0)
         return True
 
+    def handle_method_response(self, link: DeviceLink, topic: str, payload: bytes) -> bool:
+        """Resolve a direct-method reply without awaiting (the MQTT server's fast path).
+
+        Returns False when ``topic`` is not a method response this device may publish.
+        """
+        parsed = parse_device_topic(topic, link.device_id)
+        if parsed is None or parsed.kind is not TopicKind.METHOD_RESPONSE:
+            return False
+        assert parsed.rid is not None and parsed.status is not None
+        self._methods.resolve(link.device_id, parsed.rid, parsed.status, payload)
+        return True
+
     async def _twin_request(
         self, device_id: str, kind: TopicKind, payload: bytes, if_version: str | None = None
     ) -> tuple[int, int | None, bytes]:

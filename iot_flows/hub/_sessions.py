@@ -11,7 +11,7 @@ Node SDK never re-subscribes after a reconnect (docs/iothub-reference.md §9.2).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -153,9 +153,14 @@ class SessionRegistry:
 
     async def subscribe(self, device_id: str, subscription: Subscription) -> None:
         """Record a SUBSCRIBE (persisted for non-clean sessions) and wake waiters."""
+        await self.subscribe_many(device_id, (subscription,))
+
+    async def subscribe_many(self, device_id: str, subscriptions: Iterable[Subscription]) -> None:
+        """Add the filters of one SUBSCRIBE packet; the session is stored once, not per filter."""
         session = self._sessions.setdefault(device_id, _Session())
-        if subscription not in session.subscriptions:
-            session.subscriptions.add(subscription)
+        new = [s for s in subscriptions if s not in session.subscriptions]
+        if new:
+            session.subscriptions.update(new)
             await self._persist(device_id, session)
         self._wake(session)
 

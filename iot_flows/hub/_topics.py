@@ -61,6 +61,10 @@ def parse_device_topic(topic: str, device_id: str) -> DeviceTopic | None:
         return DeviceTopic(TopicKind.TWIN_PATCH_REPORTED, rid=query["$rid"], version=query.get("$version"))
     if topic.startswith("$iothub/methods/res/"):
         status_text, sep, rest = topic[len("$iothub/methods/res/") :].partition("/")
+        if rest.startswith("?$rid=") and status_text.isascii() and status_text.isdigit() and not any(
+            c in rest for c in "&%+;"
+        ):  # the common case, "{status}/?$rid={rid}", without a query parser
+            return DeviceTopic(TopicKind.METHOD_RESPONSE, rid=rest[6:], status=int(status_text))
         if not sep or not rest.startswith("?"):
             return None
         try:

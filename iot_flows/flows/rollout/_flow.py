@@ -19,13 +19,16 @@ from iot_flows._exceptions import OperationFailedError
 from iot_flows.blocks import HubConnection
 from iot_flows.client import device_id_conditions, quote_string
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._firmware import installed_version
 from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows.rollout._lease import RolloutInProgressError, RolloutLease
 from iot_flows.flows.rollout._mechanisms import Mechanism, mechanism_for
-from iot_flows.flows.rollout._models import RolloutPlan, RolloutRequest, RolloutResult, WavePlan, WaveResult
-from iot_flows.flows.rollout._policies import AbortPolicy, Policies, policies_for
+from iot_flows.flows.rollout._models import RolloutPlan, RolloutRequest, RolloutResult, WavePlan
+from iot_flows.flows.rollout._policies import Policies, policies_for
+from iot_flows.flows.rollout._previous import previous_from_twin, previous_state, record_previous
 from iot_flows.flows.rollout._publish import Board, emit_rollout_event, publish_plan, publish_window_note, rename_run
-from iot_flows.flows.rollout._wave import WaveRunner, job_prefix
+from iot_flows.flows.rollout._resume import adopt_in_flight, take_lease
+from iot_flows.flows.rollout._rollback import roll_back
+from iot_flows.flows.rollout._wave import WaveRunner
 from iot_flows.tasks import query_twins
 
 __all__ = ["RolloutAbortedError", "RolloutApproval", "RolloutInProgressError", "roll_out_firmware", "split_waves", "wave_condition"]
@@ -33,39 +36,6 @@ __all__ = ["RolloutAbortedError", "RolloutApproval", "RolloutInProgressError", "
 
 class RolloutAbortedError(OperationFailedError):
     """Raised when a wave fails its gate, passes an abort criterion or its health gate."""
-
-
-class RolloutInProgressError(OperationFailedError):
-    """Another run of the same rollout id is running (a flow run, or hub jobs of it are active)."""
-
-
-async def _refuse_concurrent(conn: HubConnection, request: RolloutRequest) -> None:
-    """Raise :class:`RolloutInProgressError` when the same rollout id is already running."""
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    context = FlowRunContext.get()
-    me = context.flow_run.id if context and context.flow_run else None
-    async with get_client() as client:
-        runs = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[roll_out_firmware.name])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
-    for run in runs:
-        p = run.parameters or {}
-        if run.id != me and (param(p, "rollout_id") or param(p, "version")) == request.key:
-            raise RolloutInProgressError(f"rollout {request.key} is already running (flow run {run.name}, {run.id}); "
-                                         f"if that process died, cancel it first: prefect flow-run cancel {run.id}")
-    async with conn.get_client() as hub:
-        active = [j for status in ("running", "queued", "scheduled") for j in await hub.query_jobs(job_status=status)
-                  if str(j.get("jobId", "")).startswith(job_prefix(request))]  # fmt: skip
-    if active:
-        raise RolloutInProgressError(f"rollout {request.key} is already running: hub job {active[0]['jobId']} is {active[0]['status']}")
 
 
 class RolloutApproval(RunInput):
@@ -146,39 +116,6 @@ async def _health(conn: HubConnection, policies: Policies, ids: list[str]) -> st
     return await policies.health.hold(count, len(ids), clock=time.monotonic)
 
 
-async def _rollback(conn: HubConnection, request: RolloutRequest, policies: Policies, result: RolloutResult,
-                    changed: list[str], board: Board) -> WaveResult | None:  # fmt: skip
-    """Put ``changed`` back on their previous versions, one tracked wave (a job per version)."""
-    logger = get_run_logger()
-    if request.mechanism == "template" or not request.rollback_package_uri or not changed:
-        logger.warning("rollback skipped: %s", "nothing changed" if not changed else "needs rollback_package_uri and a firmware mechanism")
-        return None
-    by_version: dict[str, list[str]] = {}
-    for device_id in changed:
-        by_version.setdefault(str(result.previous[device_id]["version"]), []).append(device_id)
-    quiet = Policies(policies.gate, AbortPolicy([]), policies.retry, policies.window, None, None)
-    total = WaveResult(index=len(board.plan), devices=len(changed), kind="rollback")
-    for version, ids in sorted(by_version.items()):
-        mech = type(mechanism_for(request))(request, version=version, package_uri=request.rollback_package_uri.format(version=version))
-
-        async def progress(label: str, tally: Any) -> None:
-            await board.live_update(len(board.plan), label, tally)
-
-        runner = WaveRunner(conn, request, mech, quiet, progress)
-        part = (await runner.run(len(board.plan), f"rollback to {version}", ids, None, kind="rollback")).result
-        total.updated += part.updated
-        total.failed += part.failed
-        total.rejected += part.rejected
-        total.timed_out += part.timed_out
-        total.attempts = max(total.attempts, part.attempts)
-        total.retried += part.retried
-        total.seconds += part.seconds
-        total.task_runs += part.task_runs
-    total.success_ratio = round(total.updated / len(changed), 4)
-    emit_rollout_event(request, "rolled-back", total.model_dump(exclude={"failed", "rejected", "timed_out"}))
-    return total
-
-
 @flow(name="Roll out firmware in waves", log_prints=True,
       flow_run_name=run_name(lambda p: f"firmware {param(p, 'version')} · rollout to {param(p, 'target_condition', '*')}"))  # fmt: skip
 async def roll_out_firmware(
@@ -210,15 +147,14 @@ async def roll_out_firmware(
             devices already current are skipped, waves are cut the same way.
         TooFewDevicesError: fewer than ``min_devices`` devices matched ``target_condition``.
     """
-    logger = get_run_logger()
     request = apply_overrides(request, version=version, package_uri=package_uri, target_condition=target_condition,
                               dry_run=dry_run)  # fmt: skip
     conn = await resolve_connection(connection)
     mech, policies = mechanism_for(request), policies_for(request)
     where = "" if request.target_condition.strip() == "*" else f" WHERE {request.target_condition}"
-    rows = await query_twins(conn, f"SELECT deviceId, properties.reported FROM devices{where}")
+    rows = await query_twins(conn, f"SELECT deviceId, tags, properties.reported FROM devices{where}", page_size=1000)
     zero = check_matched(len(rows), request.target_condition, min_devices, f"rollout of {request.version}")
-    twins = {r["deviceId"]: {"properties": {"reported": r.get("reported")}} for r in rows}
+    twins = {r["deviceId"]: {"tags": r.get("tags"), "properties": {"reported": r.get("reported")}} for r in rows}
     current = sorted(d for d, t in twins.items() if mech.is_current(t))
     plan = split_waves(sorted(twins), request.waves)
     todo = [[d for d in wave if d not in set(current)] for wave in plan]
@@ -231,10 +167,22 @@ async def roll_out_firmware(
         await publish_plan(request, result.plan)
         emit_rollout_event(request, "planned", {"targets": targets, "waves": [len(t) for t in todo]})
         return completed(result, f"plan: {targets} targets in {len(plan)} waves, {len(current)} already current")  # type: ignore[return-value]
-    await _refuse_concurrent(conn, request)
-    result.previous = {d: {"version": installed_version(twins[d]),
-                           "package_uri": request.rollback_package_uri.format(version=installed_version(twins[d]))
-                           if request.rollback_package_uri else None} for t in todo for d in t}  # fmt: skip
+    lease = await take_lease(conn, request, sorted(twins)[0]) if twins else None
+    try:
+        return await _run(conn, request, mech, policies, twins, rows, zero, current, plan, todo, result, board, lease)
+    finally:
+        if lease is not None:
+            await lease.release()
+
+
+async def _run(conn: HubConnection, request: RolloutRequest, mech: Mechanism, policies: Policies,
+               twins: dict[str, Any], rows: list[Any], zero: str | None, current: list[str], plan: list[list[str]],
+               todo: list[list[str]], result: RolloutResult, board: Board, lease: RolloutLease | None) -> RolloutResult:  # fmt: skip
+    """The waves, with the lease held (see :func:`roll_out_firmware`)."""
+    logger = get_run_logger()
+    targets = result.targets
+    adopted = await adopt_in_flight(conn, request, {d for t in todo for d in t})
+    result.previous = {d: previous_state(twins[d], request) for t in todo for d in t}
     logger.info("rollout %s: %d targets (%d already current) in %d waves", request.key, targets, len(current), len(plan))
     await board.publish(zero or f"{targets} to update in {len(plan)} waves, {len(current)} already current")
     if result.previous:
@@ -242,21 +190,27 @@ async def roll_out_firmware(
                                     key=artifact_key("rollout", request.key, "previous"),
                                     description=f"Rollout {request.key}: each target's version before it was touched")  # fmt: skip
     progress = await acreate_progress_artifact(0.0, description=f"{board.title}: share of the {targets} targets handled")
-    finished, changed = 0, []
+    finished = 0
+    # devices a crashed run of this id already updated: a rollback puts them back too
+    changed = sorted(d for d in current if previous_from_twin(twins[d], request))
+    result.previous.update({d: previous_state(twins[d], request) for d in changed})
     approval_due = request.approval_after_canary and len(plan) > 1
     for index, wave in enumerate(todo):
         if not wave:
             continue
         label = f"wave {index + 1}/{len(plan)}"
+        if lease is not None and lease.lost:
+            raise RolloutInProgressError(f"rollout {request.key}: another run took its lease over before {label}; stopping here")
         await _wait_for_window(request, policies, index, board)
         await rename_run(f"{mech.label()} · {label}")
 
         async def live(what: str, tally: Any, index: int = index) -> None:
             await board.live_update(index, what, tally)
 
+        await record_previous(conn, request, {d: result.previous[d] for d in wave})
         runner = WaveRunner(conn, request, mech, policies, live)
         cond = wave_condition(request.target_condition, wave, pending=mech.pending_condition())
-        run = await runner.run(index, label, wave, cond)
+        run = await runner.run(index, label, wave, cond, adopted=adopted)
         outcome = run.result
         result.waves.append(outcome)
         board.results[index] = outcome
@@ -267,7 +221,11 @@ async def roll_out_firmware(
         counts = outcome_line(len(wave), outcome.updated, len(outcome.failed), rejected=len(outcome.rejected),
                               timed_out=len(outcome.timed_out))  # fmt: skip
         logger.info("%s: %s (%.0f %% updated, %d retried)", label, counts, 100 * outcome.success_ratio, outcome.retried)
-        reason = run.abort or policies.gate.verdict(run.tally) or await _health(conn, policies, run.succeeded)
+        reason = run.abort or policies.gate.verdict(run.tally)
+        if not reason and policies.health is not None:
+            held = time.monotonic()
+            reason = await _health(conn, policies, run.succeeded)
+            outcome.health_seconds = round(time.monotonic() - held, 2)
         if reason:
             result.status, result.reason = "aborted", f"{label}: {reason}"
             break
@@ -289,7 +247,7 @@ async def roll_out_firmware(
                         rejected=sum(len(w.rejected) for w in result.waves),
                         timed_out=sum(len(w.timed_out) for w in result.waves))  # fmt: skip
     if result.status == "aborted" and request.rollback_on_abort:
-        result.rollback = await _rollback(conn, request, policies, result, changed, board)
+        result.rollback = await roll_back(conn, request, policies, result, changed, board)
     await board.publish(f"{result.status}: {done}" + (f"; {result.reason}" if result.reason else ""))
     emit_rollout_event(request, result.status, {"reason": result.reason, "targets": targets, "summary": done})
     if result.status == "aborted":

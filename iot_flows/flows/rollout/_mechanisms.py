@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iot_flows.blocks import HubConnection
+from iot_flows.client import quote_string
 from iot_flows.flows._common import reported_value
 from iot_flows.flows._firmware import installed_version, not_on_version_condition
 from iot_flows.flows.rollout._models import RolloutRequest, UpdateTemplate
@@ -52,6 +53,23 @@ def classify_record(record: dict[str, Any]) -> Failure:
     return Failure("failed", True, code or "job failed")  # DeviceNotOnline, throttling, ...
 
 
+def _literal(value: Any) -> str:
+    """A query literal for a scalar (ValueError for objects and arrays)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return quote_string(value)
+    if value is None:
+        return "null"
+    raise ValueError(f"no query literal for {value!r}")
+
+
+def _any_of(path: str, values: list[Any]) -> str:
+    return "(" + " OR ".join(f"{path} = {_literal(v)}" for v in values) + ")"
+
+
 def _second(value: Any) -> str:
     return str(value)[:19] if value else ""
 
@@ -77,6 +95,11 @@ class Mechanism:
     def pending_condition(self) -> str | None:
         """A WHERE body for devices that still need the update (None: every device)."""
         return not_on_version_condition(self.version)
+
+    def outcome_condition(self) -> str | None:
+        """A WHERE body true for twins that reached an outcome (success or failure), so a
+        poll round reads only those (None: read every waiting twin)."""
+        return None
 
     async def start(self, conn: HubConnection, job_id: str, condition: str, timeout: int) -> None:
         """Create the hub job that starts the update on the devices matching ``condition``.
@@ -115,6 +138,10 @@ class MethodUpdate(Mechanism):
             return Failure("failed", status == "downloadFailed", status)
         return None
 
+    def outcome_condition(self) -> str | None:
+        """On the version, or ``downloadFailed`` / ``applyFailed``."""
+        return f"NOT ({not_on_version_condition(self.version)}) OR {_any_of(f'properties.reported.{self.STATUS}.status', ['downloadFailed', 'applyFailed'])}"
+
     def step(self, twin: dict[str, Any] | None) -> Any:
         return reported_value(twin, f"{self.STATUS}.status")
 
@@ -142,6 +169,11 @@ class DesiredUpdate(Mechanism):
             return Failure("failed", transient, f"{status}: {fw.get('fwUpdateSubstatus')}")
         return None
 
+    def outcome_condition(self) -> str | None:
+        """``currentFwVersion`` is the version, or ``fwUpdateStatus`` is ``error`` / ``rolledback``."""
+        fw = "properties.reported.firmware"
+        return f"{fw}.currentFwVersion = {quote_string(self.version)} OR {_any_of(f'{fw}.fwUpdateStatus', ['error', 'rolledback'])}"
+
     def step(self, twin: dict[str, Any] | None) -> Any:
         """``reported.firmware.fwUpdateStatus`` (for the step timeout)."""
         return reported_value(twin, "firmware.fwUpdateStatus")
@@ -151,10 +183,11 @@ class TemplateUpdate(Mechanism):
     """An update described by a template: a method or desired patch, and reported values that mean success."""
     name = "template"
 
-    def __init__(self, request: RolloutRequest) -> None:
+    def __init__(self, request: RolloutRequest, template: UpdateTemplate | None = None) -> None:
         super().__init__(request)
-        assert request.template is not None
-        self.template: UpdateTemplate = request.template
+        chosen = template or request.template
+        assert chosen is not None
+        self.template: UpdateTemplate = chosen
 
     def label(self) -> str:
         """``update <version>``."""
@@ -183,6 +216,15 @@ class TemplateUpdate(Mechanism):
             if reported_value(twin, path) in values:
                 return Failure("failed", False, f"{path} = {reported_value(twin, path)!r}")
         return None
+
+    def outcome_condition(self) -> str | None:
+        """The success predicate, or any failure value (None when a value is an object or array)."""
+        try:
+            success = " AND ".join(f"properties.reported.{p} = {_literal(v)}" for p, v in self.template.success.items())
+            failure = [_any_of(f"properties.reported.{p}", vs) for p, vs in self.template.failure.items() if vs]
+        except ValueError:
+            return None  # a value a query cannot compare (object, array): read every waiting twin
+        return " OR ".join([f"({success})", *failure])
 
     def step(self, twin: dict[str, Any] | None) -> Any:
         return tuple(reported_value(twin, p) for p in (*self.template.success, *self.template.failure))

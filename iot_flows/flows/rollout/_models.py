@@ -103,6 +103,9 @@ class UpdateTemplate(BaseModel):
     desired: dict[str, Any] | None = None
     success: dict[str, Any] = Field(min_length=1)
     failure: dict[str, list[Any]] = Field(default_factory=dict)
+    rollback: UpdateTemplate | None = Field(
+        default=None, description="How to go back (an action and its predicates); required for rollback_on_abort."
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> UpdateTemplate:
@@ -148,6 +151,9 @@ class RolloutRequest(BaseModel):
         default=None, description="Previous image URI with {version}, e.g. https://fw.example.com/fw-{version}.bin."
     )
     wait_for_offline_devices: bool = Field(default=False, description="Offline devices get the update on connect.")
+    lease_seconds: float = Field(
+        default=60, ge=1, description="The same-id lease (a twin tag) lapses this long after its holder stops renewing it."
+    )
 
     @field_validator("waves")
     @classmethod
@@ -160,6 +166,9 @@ class RolloutRequest(BaseModel):
     def _consistent(self) -> RolloutRequest:
         if self.mechanism == "template" and self.template is None:
             raise ValueError("template: required when mechanism is 'template'")
+        if self.rollback_on_abort and self.mechanism == "template" and self.template and self.template.rollback is None:
+            raise ValueError("rollback_on_abort: unsupported for this template, it declares no rollback action "
+                             "(set template.rollback: an action with its success predicate)")  # fmt: skip
         if self.rollback_package_uri is not None and "{version}" not in self.rollback_package_uri:
             raise ValueError("rollback_package_uri: must contain {version}")
         return self
@@ -185,6 +194,7 @@ class WaveResult(BaseModel):
     success_ratio: float = 0.0
     seconds: float = 0.0
     task_runs: int = 0
+    health_seconds: float | None = Field(default=None, description="How long the health gate took to hold (None: no gate).")
 
 
 class WavePlan(BaseModel):

@@ -1,7 +1,8 @@
 """One wave: hub jobs over its devices, followed while they run, until every device has a verdict.
 
-Each poll round reads the jobs' ``devices.jobs`` records (a 4xx answer is a rejection at
-once) and the twins of accepted devices (GET, exact), applies the per-device and per-step
+Each poll round reads what changed (:mod:`._poll`): the jobs' new finished ``devices.jobs``
+records (a 4xx answer is a rejection at once) and the twins of accepted devices that
+reached an outcome, then applies the per-device and per-step
 timeouts, updates the live counts and checks the abort criteria: an abort cancels the
 running jobs at once. Transient failures are retried, in new jobs over their id lists,
 after the retry policy's backoff. A rate policy starts devices in chunks over time.
@@ -24,7 +25,8 @@ from iot_flows.flows._common import new_job_id
 from iot_flows.flows.rollout._mechanisms import Failure, Mechanism, classify_record
 from iot_flows.flows.rollout._models import RolloutRequest, WaveResult
 from iot_flows.flows.rollout._policies import Policies, WaveTally
-from iot_flows.tasks import cancel_job, get_job, get_twins, query_device_jobs
+from iot_flows.flows.rollout._poll import JobMark, read_round
+from iot_flows.tasks import cancel_job
 
 __all__ = ["WaveRun", "WaveRunner", "job_prefix"]
 
@@ -33,7 +35,6 @@ def job_prefix(request: RolloutRequest) -> str:
     """``rollout-<id>-``: every hub job of a rollout starts with it (the id cut to 24 characters)."""
     return "rollout-" + re.sub(r"[^A-Za-z0-9-]+", "-", request.key)[:24].strip("-") + "-"
 
-_TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -60,7 +61,7 @@ class _Device:
 class _Attempt:
     devices: dict[str, _Device]
     unstarted: list[str]
-    jobs: dict[str, bool] = field(default_factory=dict)  # job id -> terminal
+    marks: dict[str, JobMark] = field(default_factory=dict)  # job id -> what was read of it
 
 
 class WaveRunner:
@@ -79,8 +80,14 @@ class WaveRunner:
         self.progress, self.clock = progress, clock
         self.task_runs = 0
 
-    async def run(self, index: int, label: str, ids: list[str], condition: str | None, kind: str = "wave") -> WaveRun:
-        """Update ``ids`` (the first attempt over ``condition`` when given)."""
+    async def run(self, index: int, label: str, ids: list[str], condition: str | None, kind: str = "wave",
+                  adopted: dict[str, str] | None = None) -> WaveRun:  # fmt: skip
+        """Update ``ids`` (the first attempt over ``condition`` when given). ``adopted``: devices
+        an earlier run already sent the update to (id -> its job record's ``startTimeUtc``):
+        the first attempt follows their twins without sending it again."""
+        adopted = {d: t for d, t in (adopted or {}).items() if d in set(ids)}
+        if adopted:
+            condition = None  # the others by id lists
         logger = get_run_logger()
         t0, runs0 = self.clock(), self.task_runs
         tally = WaveTally(total=len(ids))
@@ -93,7 +100,7 @@ class WaveRunner:
             attempt += 1
             last = not self.policies.retry.should_retry(True, attempt)
             outcome, abort = await self._attempt(label, attempt, todo, condition if attempt == 1 else None, last,
-                                                 tally, succeeded, final)  # fmt: skip
+                                                 tally, succeeded, final, adopted if attempt == 1 else {})  # fmt: skip
             retry = [d for d, v in outcome.items() if isinstance(v, Failure) and not last and v.transient]
             tally.retrying = 0
             for device_id, verdict in outcome.items():
@@ -136,16 +143,16 @@ class WaveRunner:
         parts = [(ids, condition)] if condition else device_id_conditions(ids)
         timeout = int(self.request.device_timeout_seconds) + 60
         for part, (part_ids, cond) in enumerate(parts):
-            job_id = new_job_id(f"{job_prefix(self.request)}{tag}p{len(state.jobs) + part + 1}")
+            job_id = new_job_id(f"{job_prefix(self.request)}{tag}p{len(state.marks) + part + 1}")
             self.task_runs += 1
             await self.mechanism.start(self.conn, job_id, cond, timeout)
-            state.jobs[job_id] = False
+            state.marks[job_id] = JobMark()
             for device_id in part_ids:
                 state.devices[device_id].job = job_id
 
     async def _cancel(self, state: _Attempt) -> None:
-        for job_id, done in state.jobs.items():
-            if not done:
+        for job_id, mark in state.marks.items():
+            if not mark.terminal:
                 self.task_runs += 1
                 try:
                     await cancel_job(self.conn, job_id)
@@ -153,9 +160,14 @@ class WaveRunner:
                     get_run_logger().info("cancel %s: %s", job_id, exc)
 
     async def _attempt(self, label: str, attempt: int, ids: list[str], condition: str | None, last: bool,
-                       tally: WaveTally, succeeded: set[str], final: dict[str, Failure]) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+                       tally: WaveTally, succeeded: set[str], final: dict[str, Failure],
+                       adopted: dict[str, str]) -> tuple[dict[str, Any], str | None]:  # fmt: skip
         req, rate = self.request, self.policies.rate
-        state = _Attempt({d: _Device() for d in ids}, list(ids))
+        state = _Attempt({d: _Device() for d in ids}, [d for d in ids if d not in adopted])
+        for device_id, started in adopted.items():
+            device = state.devices[device_id]
+            device.accepted_at, device.accepted_mono = started, self.clock()
+            device.step_mono = device.accepted_mono
         tag = re.sub(r"[^A-Za-z0-9-]+", "", label.replace("/", "of").replace(".", "-")) + f"a{attempt}"
         interval = min(req.poll_interval_seconds, 1.0)
         try:
@@ -166,8 +178,7 @@ class WaveRunner:
                     chunk, state.unstarted = state.unstarted[:n], state.unstarted[n:]
                     if chunk:
                         await self._start(state, chunk, condition if rate is None else None, tag)
-                await self._read_records(state)
-                await self._read_twins(state, now)
+                await self._read(state, now)
                 self._timeouts(state, now)
                 self._count(tally, state, last, succeeded, final)
                 await self.progress(f"{label}, attempt {attempt}", tally)
@@ -187,18 +198,17 @@ class WaveRunner:
     def _ok(state: _Attempt) -> int:
         return sum(1 for s in state.devices.values() if s.verdict is True)
 
-    async def _read_records(self, state: _Attempt) -> None:
-        for job_id, done in list(state.jobs.items()):
-            if done:
-                continue
-            self.task_runs += 1
-            records = await query_device_jobs(self.conn, job_id)
-            if not records or all(r.get("status") in ("completed", "failed", "canceled") for r in records):
-                self.task_runs += 1
-                job = await get_job(self.conn, job_id)
-                state.jobs[job_id] = job.get("status") in _TERMINAL and len(records) == (job.get("deviceJobStatistics") or {}).get("deviceCount", len(records))
+    async def _read(self, state: _Attempt, now: float) -> None:
+        """One round's news (only what changed, see :mod:`._poll`) applied to the devices."""
+        waiting = sorted(d for d, s in state.devices.items() if s.accepted_mono is not None and s.verdict is None)
+        outcome = None if self.request.step_timeout_seconds else self.mechanism.outcome_condition()
+        if not waiting and all(m.terminal for m in state.marks.values()):
+            return
+        self.task_runs += 1
+        news, state.marks = await read_round(self.conn, state.marks, waiting, outcome)
+        for job_id, records in news.records.items():
             for record in records:
-                device = state.devices.get(record.get("deviceId", ""))
+                device = state.devices.get(str(record.get("deviceId", "")))
                 if device is None or device.verdict is not None:
                     continue
                 if record.get("status") == "completed" and device.accepted_mono is None:
@@ -208,20 +218,15 @@ class WaveRunner:
                     device.verdict = classify_record(record)
                 elif record.get("status") == "canceled":
                     device.verdict = Failure("failed", False, "canceled")
-            if state.jobs[job_id]:  # devices the job never selected
-                seen = {r.get("deviceId") for r in records}
+            mark = state.marks[job_id]
+            if mark.terminal:  # devices the job never selected: their twins decide
                 for device_id, device in state.devices.items():
-                    if device.job == job_id and device_id not in seen and device.accepted_mono is None and device.verdict is None:
-                        device.accepted_mono, device.step_mono = self.clock(), self.clock()  # its twin decides
-
-    async def _read_twins(self, state: _Attempt, now: float) -> None:
-        waiting = sorted(d for d, s in state.devices.items() if s.accepted_mono is not None and s.verdict is None)
-        if not waiting:
-            return
-        self.task_runs += 1
-        twins = await get_twins(self.conn, waiting)
-        for device_id, twin in twins.items():
+                    if device.job == job_id and device_id not in mark.seen and device.accepted_mono is None and device.verdict is None:
+                        device.accepted_mono, device.step_mono = self.clock(), self.clock()
+        for device_id, twin in news.twins.items():
             device = state.devices[device_id]
+            if device.accepted_mono is None or device.verdict is not None:
+                continue
             device.verdict = self.mechanism.check(twin, device.accepted_at)
             step = self.mechanism.step(twin)
             if step != device.step:

@@ -1,0 +1,106 @@
+"""The bench's readable table and the cost slopes (least squares against fleet size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: (label, side, path into the per-size result): costs whose growth with the fleet is reported.
+SLOPED = [
+    ("hub connect seconds", "hub", ("connect_seconds",)),
+    ("hub KB/device", "hub", ("hub_kb_per_device",)),
+    ("hub peak RSS MB", "hub", ("peak_rss_mb", "hub")),
+    ("job seconds", "hub", ("method_job", "seconds")),
+    ("hub CPU us/device in job", "hub", ("method_job", "hub_cpu_us_per_device")),
+    ("fleet CPU us/round trip (hub)", "hub", ("method_job", "fleet_cpu_us_per_round_trip")),
+    ("mosquitto connect seconds", "mosquitto", ("connect_seconds",)),
+    ("mosquitto KB/device", "mosquitto", ("broker_kb_per_device",)),
+    ("mosquitto round-trip seconds", "mosquitto", ("round_trips", "seconds")),
+]
+
+
+def _get(d: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _slope(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return None if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+
+
+def slopes(result: dict[str, Any]) -> dict[str, float | None]:
+    """Each cost's change per 1,000 more devices (None with fewer than two sizes)."""
+    out: dict[str, float | None] = {}
+    for label, side, path in SLOPED:
+        points = [(int(n), _get(row, path)) for n, row in result.get(side, {}).items()]
+        points = [(n, v) for n, v in points if isinstance(v, int | float)]
+        s = _slope([n / 1000 for n, _ in points], [float(v) for _, v in points])
+        out[label] = None if s is None else round(s, 4)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def table(result: dict[str, Any]) -> str:
+    """A Markdown table: one row per figure and size, ours next to its baseline."""
+    rows = ["| figure | devices | iot-flows hub | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+
+    def row(fig: str, n: Any, ours: Any, base: Any, ratio: Any = None) -> None:
+        rows.append(f"| {fig} | {_fmt(n)} | {_fmt(ours)} | {_fmt(base)} | {_fmt(ratio)} |")
+
+    for n, h in result.get("hub", {}).items():
+        m = result.get("mosquitto", {}).get(n, {})
+        job, rt = h["method_job"], m.get("round_trips", {})
+        ratio = h.get("method_job_over_mosquitto", {}).get("median")
+        row("scheduleDeviceMethod job, dev/s (baseline: Mosquitto round trips/s)", int(n),
+            job["devices_per_second"], rt.get("per_second"), ratio)
+        row("REST direct method p50 / p99 ms (baseline: Mosquitto round trip)", int(n),
+            f"{h['rest_method_ms']['p50']} / {h['rest_method_ms']['p99']}",
+            f"{m['round_trip_ms']['p50']} / {m['round_trip_ms']['p99']}" if "round_trip_ms" in m else None)
+        row("REST direct method, new connection per call, p50 ms", int(n), h["rest_method_new_connection_ms"]["p50"], None)
+        row("memory per connected device, plain MQTT, KB", int(n), h["hub_kb_per_device"], m.get("broker_kb_per_device"))
+        row("connects/s (connected+subscribed+twin/echo)", int(n), h["connects_per_second"], m.get("connects_per_second"))
+        row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
+        row("server CPU per round trip, us (hub in a job; mosquitto)", int(n), job.get("hub_cpu_us_per_device"),
+            rt.get("mosquitto_cpu_us_per_round_trip"))
+        row("durable reported PATCH, /s", int(n), h["reported_patch_per_second"], None)
+        if "confirm_twins" in h:
+            c = h["confirm_twins"]
+            row(f"flows: confirm {c['devices']} twins, s (baseline: GET per twin, as on Azure)", int(n),
+                c["query_seconds"], c["get_seconds"], round(c["query_seconds"] / c["get_seconds"], 2))
+        row("peak RSS MB (hub / fleet; mosquitto / fleet)", int(n),
+            f"{h['peak_rss_mb']['hub']} / {h['peak_rss_mb']['fleet']}",
+            f"{m['peak_rss_mb']['mosquitto']} / {m['peak_rss_mb']['fleet']}" if "peak_rss_mb" in m else None)
+    tls = result.get("tls")
+    if tls:
+        row("memory per connected device, TLS, KB", tls["devices"], tls["hub_kb_per_device"], tls.get("mosquitto_kb_per_device"))
+        row("connects/s over TLS", tls["devices"], tls["hub_connects_per_second"], tls.get("mosquitto_connects_per_second"))
+    q = result.get("queries")
+    if q and "error" not in q:
+        for backend in ("sqlite", "postgresql"):
+            b = q.get(backend, {})
+            for name in ("filter_first_page", "group_by"):
+                if name in b:
+                    row(f"{backend}: {name} via POST /devices/query, ms (baseline: raw SQL)", q.get("devices"),
+                        b[name], b.get(f"raw_{name}"), q.get("rest_over_raw", {}).get(backend, {}).get(name))
+            if "unindexed_filter" in b:
+                row(f"{backend}: unindexed filter, ms", q.get("devices"), b["unindexed_filter"], None)
+    elif q:
+        rows.append(f"\nqueries: {q['error']}")
+    sl = {k: v for k, v in result.get("slopes_per_1000_devices", {}).items() if v is not None}
+    if sl:
+        rows += ["", "| cost | slope per 1,000 more devices |", "|---|---|"]
+        rows += [f"| {k} | {_fmt(v)} |" for k, v in sl.items()]
+    return "\n".join(rows)

@@ -1,0 +1,305 @@
+"""``./scripts/bench``: every figure of the performance goals, each with its baseline in the same run.
+
+    .venv/bin/python -m bench.run                       # defaults: 1k and 10k devices, 100k twins
+    .venv/bin/python -m bench.run --devices 1000,10000,19500 --twins 1000000
+    .venv/bin/python -m bench.run --devices 20 --tls-devices 10 --twins 1000 --calls 20   # smoke
+
+Per fleet size N (``--devices``), on one machine, all on 127.0.0.1, each in its own process:
+
+* the hub (``iot-flows hub serve``, SQLite) and N lean devices (``bench._fleet_proc``):
+  connects/s (connected + subscribed + twin fetched), hub KB per connected device,
+  unloaded REST direct method latency (keep-alive and a new connection per call),
+  a ``scheduleDeviceMethod`` job over all N (every device record stored), the fleet's CPU
+  per round trip, a durable reported-properties PATCH from every device;
+* the baseline: Debian's Mosquitto and the SAME fleet code (``--mode broker``): connects/s
+  (connected + subscribed + one echo), broker KB per device, N request/reply round trips
+  with the same in-flight window as the job engine (1,000), unloaded round-trip latency.
+
+With TLS (``--tls-devices``): hub and Mosquitto memory per device over TLS, same certificate.
+Queries (``--twins``): ``bench.bench_store`` (both store backends, REST ``POST
+/devices/query`` vs the same SQL run directly on the same database). Slopes: each cost
+fitted linearly against N (per 1,000 devices).
+
+Writes ``--out`` (JSON) and ``--out`` with ``.md`` (the table); prints the table.
+Refuses, before starting anything, a size that would run out of file descriptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._broker_driver import latencies as broker_latencies
+from bench._broker_driver import round_trips
+from bench._procs import ROOT, FleetProc, Hub, Mosquitto, cpu_seconds, proc_status
+from bench._report import slopes, table
+from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
+
+JOB_POLL_SECONDS = 0.02
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 3)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 3), "p99": pct(values, 0.99), "n": len(values)}
+
+
+def rest_latencies(hub: Hub, device_id: str, calls: int, new_connection: bool) -> list[float]:
+    body = {"methodName": "ping", "payload": {"i": 1}, "responseTimeoutInSeconds": 10}
+    url = f"/twins/{device_id}/methods?api-version=2021-04-12"
+    headers = hub.headers()
+    out = []
+    # no keep-alive: every call opens (and closes) its own TCP connection
+    limits = httpx.Limits(max_keepalive_connections=0) if new_connection else httpx.Limits()
+    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], verify=hub.verify,
+                                    limits=limits)
+    with httpx.Client(base_url=hub.base_url, timeout=30, transport=transport) as http:
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            r = http.post(url, json=body, headers=headers)
+            out.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200 or r.json().get("status") != 200:
+                raise RuntimeError(f"direct method failed: {r.status_code} {r.text}")
+    return out
+
+
+def method_job(hub: Hub, count: int, job_id: str) -> dict[str, Any]:
+    headers = hub.headers()
+    with httpx.Client(base_url=hub.base_url, timeout=120, verify=hub.verify) as http:
+        t0 = time.perf_counter()
+        http.put(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=headers, json={
+            "type": "scheduleDeviceMethod", "queryCondition": "*",
+            "cloudToDeviceMethod": {"methodName": "lockDoor", "payload": {}, "responseTimeoutInSeconds": 30},
+        }).raise_for_status()
+        while True:
+            job = http.get(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=headers).json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(JOB_POLL_SECONDS)
+        seconds = time.perf_counter() - t0
+    stats = job.get("deviceJobStatistics", {})
+    if job["status"] != "completed" or stats.get("succeededCount") != count:
+        raise RuntimeError(f"job {job_id} ended {job['status']} with {stats}")
+    return {"seconds": round(seconds, 3), "devices_per_second": round(count / seconds, 1), "statistics": stats}
+
+
+def confirm_twins(hub: Hub, count: int) -> dict[str, Any]:
+    """What a flow pays to confirm ``count`` devices: ``get_twins`` (queries on this hub)
+    against the GET-per-twin path it takes on Azure (32 at a time), same twins, same run."""
+    from iot_flows.blocks import HubConnection
+    from iot_flows.client import HubClient
+    from iot_flows.tasks import get_twins
+
+    ids = [f"bench-{i:05d}" for i in range(count)]
+    connection = HubConnection(connection_string=str(hub.cs), base_url=hub.base_url)
+
+    async def by_get() -> float:
+        sem = asyncio.Semaphore(32)
+        async with HubClient(str(hub.cs), base_url=hub.base_url) as client:
+            async def one(d: str) -> None:
+                async with sem:
+                    await client.get_twin(d)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(d) for d in ids))
+            return time.perf_counter() - t0
+
+    async def by_query() -> float:
+        t0 = time.perf_counter()
+        twins = await get_twins.fn(connection, ids)
+        assert all(twins[d] is not None for d in ids)
+        return time.perf_counter() - t0
+
+    asyncio.run(by_query())  # warm-up: imports, first TLS context
+    return {"devices": count, "query_seconds": round(asyncio.run(by_query()), 3),
+            "get_seconds": round(asyncio.run(by_get()), 3)}
+
+
+def _connect(fleet: FleetProc, pid: int, rss0: int, cpu0: float, n: int, what: str) -> dict[str, Any]:
+    ready = fleet.ready
+    if ready["failed"]:
+        raise RuntimeError(f"{ready['failed']} of {n} devices failed to connect to {what}")
+    time.sleep(1.0)
+    return {
+        "connect_seconds": round(ready["connect_seconds"], 3),
+        "connects_per_second": round(n / ready["connect_seconds"], 1),
+        "connect_cpu_ms_per_device": round((cpu_seconds(pid) - cpu0) * 1000 / n, 3),
+        "kb_per_device": round((proc_status(pid)["VmRSS"] - rss0) / n, 2),
+    }
+
+
+def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hub and Mosquitto side by side, each with its own copy of the same lean fleet.
+
+    Connects and memory are measured one after the other; then the method job and the
+    Mosquitto round trips alternate ``--rounds`` times, so that both see the same machine
+    (the ratio per round is reported, and its median).
+    """
+    env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
+    hub = Hub(tmp, env=env, src=args.hub_src)
+    broker = Mosquitto(tmp)
+    fleets: list[FleetProc] = []
+    try:
+        hub.provision(n)
+        time.sleep(0.5)
+        rss0, cpu0 = proc_status(hub.proc.pid)["VmRSS"], cpu_seconds(hub.proc.pid)
+        fleets.append(FleetProc("hub", hub.device_port, n, uvloop=args.fleet_uvloop))
+        h: dict[str, Any] = _connect(fleets[0], hub.proc.pid, rss0, cpu0, n, "the hub")
+        h["hub_kb_per_device"] = h.pop("kb_per_device")
+        h["connect_hub_cpu_ms_per_device"] = h.pop("connect_cpu_ms_per_device")
+        rss0, cpu0 = proc_status(broker.proc.pid)["VmRSS"], cpu_seconds(broker.proc.pid)
+        fleets.append(FleetProc("broker", broker.port, n, uvloop=args.fleet_uvloop))
+        m: dict[str, Any] = _connect(fleets[1], broker.proc.pid, rss0, cpu0, n, "mosquitto")
+        m["broker_kb_per_device"] = m.pop("kb_per_device")
+        h["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
+        h["rest_method_new_connection_ms"] = summary(rest_latencies(hub, "bench-00000", max(5, args.calls // 5), True))
+        m["round_trip_ms"] = summary(asyncio.run(broker_latencies(broker.port, "bench-00000", args.calls)))
+        ids = [f"bench-{i:05d}" for i in range(n)]
+        jobs, trips, ratios = [], [], []
+        for r in range(args.rounds):
+            f0, h0 = fleets[0].command("stats"), cpu_seconds(hub.proc.pid)
+            job = method_job(hub, n, f"bench-job-{n}-{r}")
+            f1, h1 = fleets[0].command("stats"), cpu_seconds(hub.proc.pid)
+            job["fleet_cpu_us_per_round_trip"] = round((f1["cpu_seconds"] - f0["cpu_seconds"]) * 1e6 / max(1, f1["calls"] - f0["calls"]), 1)
+            job["hub_cpu_us_per_device"] = round((h1 - h0) * 1e6 / n, 1)
+            jobs.append(job)
+            g0, b0 = fleets[1].command("stats"), cpu_seconds(broker.proc.pid)
+            rt = asyncio.run(round_trips(broker.port, ids))
+            g1, b1 = fleets[1].command("stats"), cpu_seconds(broker.proc.pid)
+            trips.append({"seconds": round(rt["seconds"], 3), "per_second": round(rt["per_second"], 1),
+                          "fleet_cpu_us_per_round_trip": round((g1["cpu_seconds"] - g0["cpu_seconds"]) * 1e6 / max(1, g1["calls"] - g0["calls"]), 1),
+                          "mosquitto_cpu_us_per_round_trip": round((b1 - b0) * 1e6 / n, 1)})
+            ratios.append(round(job["devices_per_second"] / rt["per_second"], 3))
+        h["method_job"] = _median_round(jobs, "devices_per_second")
+        m["round_trips"] = _median_round(trips, "per_second")
+        h["method_job_over_mosquitto"] = {"median": statistics.median(ratios), "per_round": ratios}
+        h["confirm_twins"] = confirm_twins(hub, min(n, 500))
+        patch = fleets[0].command("patch")
+        h["reported_patch_per_second"] = round(patch["patches"] / patch["patch_seconds"], 1)
+        h["peak_rss_mb"] = {"hub": round(proc_status(hub.proc.pid)["VmHWM"] / 1024, 1),
+                            "fleet": round(fleets[0].command("stats")["VmHWM"] / 1024, 1)}
+        m["peak_rss_mb"] = {"mosquitto": round(proc_status(broker.proc.pid)["VmHWM"] / 1024, 1),
+                            "fleet": round(fleets[1].command("stats")["VmHWM"] / 1024, 1)}
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        hub.stop()
+        broker.stop()
+    return h, m
+
+
+def _median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round with the median ``key`` (its figures), plus every round's ``key``."""
+    ordered = sorted(rounds, key=lambda r: r[key])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r[key] for r in rounds]}
+
+
+def tls_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.bench_fleet import make_certificates
+
+    certs = make_certificates(tmp)
+    out: dict[str, Any] = {}
+    hub = Hub(tmp, tls=certs, src=args.hub_src)
+    try:
+        hub.provision(n)
+        time.sleep(0.5)
+        rss0 = proc_status(hub.proc.pid)["VmRSS"]
+        fleet = FleetProc("hub", hub.device_port, n, tls_ca=str(certs[0]))
+        time.sleep(1.0)
+        rss1 = proc_status(hub.proc.pid)["VmRSS"]
+        out["hub_kb_per_device"] = round((rss1 - rss0) / n, 2)
+        out["hub_connects_per_second"] = round(n / fleet.ready["connect_seconds"], 1)
+        out["hub_failed"] = fleet.ready["failed"]
+        fleet.stop()
+    finally:
+        hub.stop()
+    broker = Mosquitto(tmp, tls=certs)
+    try:
+        rss0 = proc_status(broker.proc.pid)["VmRSS"]
+        fleet = FleetProc("broker", broker.port, n, tls_ca=str(certs[0]))
+        time.sleep(1.0)
+        out["mosquitto_kb_per_device"] = round((proc_status(broker.proc.pid)["VmRSS"] - rss0) / n, 2)
+        out["mosquitto_connects_per_second"] = round(n / fleet.ready["connect_seconds"], 1)
+        fleet.stop()
+    finally:
+        broker.stop()
+    return out
+
+
+def queries(twins: int, repeat: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.bench_store", "--count", str(twins), "--repeat", str(repeat), "--writes", "50"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return dict(json.loads(done.stdout[done.stdout.index("{"):]))
+
+
+def check_limits(sizes: list[int]) -> None:
+    """Refuse up front: one descriptor per device in the fleet and in the hub/broker process."""
+    problem = check_open_files(max(sizes) + BASE_DESCRIPTORS, f"a {max(sizes):,}-device benchmark")
+    if problem:
+        raise SystemExit(f"bench: {problem}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", default="1000,10000", help="fleet sizes, comma-separated (e.g. 1000,10000,19500)")
+    parser.add_argument("--tls-devices", type=int, default=1000, help="fleet size for TLS memory (0: skip)")
+    parser.add_argument("--twins", type=int, default=100_000, help="twins for the query benchmark (0: skip)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per query (median)")
+    parser.add_argument("--calls", type=int, default=300, help="unloaded direct-method calls per size")
+    parser.add_argument("--rounds", type=int, default=3, help="method job / Mosquitto round-trip rounds, alternating")
+    parser.add_argument("--hub-loop", default=None, help="IOT_FLOWS_HUB_LOOP for the hub (asyncio or uvloop)")
+    parser.add_argument("--hub-src", default=None,
+                        help="run the hub from this folder's iot_flows (another revision: before/after figures)")
+    parser.add_argument("--fleet-uvloop", action="store_true", help="run the lean fleet on uvloop")
+    parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
+    args = parser.parse_args(argv)
+    sizes = [int(s.replace("_", "")) for s in args.devices.split(",") if s.strip()]
+    check_limits(sizes + ([args.tls_devices] if args.tls_devices else []))
+    result: dict[str, Any] = {
+        "benchmark": "iot-flows", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "sizes": sizes, "hub": {}, "mosquitto": {},
+    }
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for n in sizes:
+            print(f"bench: {n:,} devices: hub and mosquitto ...", file=sys.stderr, flush=True)
+            result["hub"][str(n)], result["mosquitto"][str(n)] = size_run(tmp, n, args)
+        if args.tls_devices:
+            print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
+            result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}
+    if args.twins:
+        print(f"bench: queries over {args.twins:,} twins ...", file=sys.stderr, flush=True)
+        result["queries"] = queries(args.twins, args.repeat)
+    result["slopes_per_1000_devices"] = slopes(result)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    out = Path(args.out)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    text = table(result)
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
