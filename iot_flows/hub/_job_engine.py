@@ -60,7 +60,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-
 class JobEngine(JobRunner):
     """Creates, runs, resumes and cancels jobs."""
 

@@ -79,8 +79,6 @@ def _packet_id(mv: memoryview, pos: int, end: int) -> int:
     return pid
 
 
-
-
 def _d_connect(mv: memoryview, flags: int, pos: int, end: int) -> Connect:
     name, pos = _str(mv, pos, end)
     if pos >= end:
@@ -170,7 +168,6 @@ def _d_subscribe(mv: memoryview, flags: int, pos: int, end: int) -> Subscribe:
     if not topics:
         raise MqttCodecError("SUBSCRIBE without topic filters")
     return Subscribe(packet_id, tuple(topics))
-
 
 
 def _d_suback(mv: memoryview, flags: int, pos: int, end: int) -> Suback:

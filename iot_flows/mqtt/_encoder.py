@@ -31,7 +31,6 @@ from ._wire import _SUBACK_CODES, MqttCodecError, _check_filter, _check_topic, _
 __all__ = ["encode"]
 
 
-
 def _enc_str(text: str, what: str = "string") -> bytes:
     try:
         raw = text.encode("utf-8")

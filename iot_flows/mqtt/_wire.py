@@ -23,7 +23,6 @@ class MqttCodecError(ValueError):
     """Malformed MQTT data (or an unencodable packet); the connection must be closed."""
 
 
-
 _RL1 = tuple(bytes((n,)) for n in range(128))  # one-byte remaining lengths, precomputed
 
 
@@ -56,7 +55,6 @@ def _decode_remaining_length(mv: _Buffer, pos: int, end: int) -> tuple[int | Non
     return None, start
 
 
-
 def _check_topic(topic: str) -> None:
     """Topic *names* (PUBLISH, will) are non-empty and carry no wildcards (MQTT 3.1.1 §4.7)."""
     if not topic or "+" in topic or "#" in topic:
@@ -75,7 +73,6 @@ def _check_filter(topic_filter: str) -> None:
                 continue
             if "+" in level or "#" in level:
                 raise MqttCodecError(f"invalid topic filter {topic_filter!r}")
-
 
 
 #: Valid SUBACK return codes (MQTT 3.1.1 §3.9.3): granted QoS 0, 1, 2 or failure.
