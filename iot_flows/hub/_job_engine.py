@@ -11,6 +11,10 @@ Beyond Azure (documented extensions): a running job can be cancelled (devices no
 reached become ``canceled``); ``waitForOfflineDevices`` keeps offline devices pending
 until they connect, within the job's max execution time; several jobs may run at once
 (``max_concurrent_jobs``; Azure S1 allows one, 429004 beyond the limit).
+
+The per-job device fan-out (method calls, twin updates, outcome batches, lease fencing)
+lives in :mod:`iot_flows.hub._job_runner`; this module creates, schedules, resumes,
+cancels and finishes jobs.
 """
 
 from __future__ import annotations
@@ -18,25 +22,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from iot_flows._exceptions import (
-    DeviceNotOnlineError,
-    GatewayTimeoutError,
-    HubError,
-    ThrottledError,
-)
+from iot_flows._exceptions import ThrottledError
 from iot_flows._settings import JobSettings
 from iot_flows._tasks import BackgroundTasks
 from iot_flows._types import MethodResult
-from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
-from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
+from iot_flows.hub._job_repository import JobRepository
+from iot_flows.hub._job_requests import format_time, parse_job_request, parse_time
+from iot_flows.hub._job_runner import JobLease, JobRunner, _LeaseLost, _Run
 from iot_flows.hub._methods import MethodCall, MethodInvoker
-from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import (
     ACTIVE_JOB_STATES,
@@ -58,55 +56,11 @@ ConditionCompiler = Callable[[str], tuple[str, tuple[Any, ...]]]
 JobListener = Callable[[dict[str, Any]], None]
 
 
-class JobLease(Protocol):
-    """Who may run a job when several hub nodes share the store."""
-
-    async def acquire(self, job_id: str) -> bool:
-        """True when this node may run ``job_id`` now (lease taken or already held)."""
-
-    async def release(self, job_id: str) -> None:
-        """Give up the lease on ``job_id``."""
-
-    def valid(self) -> bool:
-        """False once this node went longer than its lease without renewing it (paused,
-        starved): another node may run its jobs now, so it must stop writing and invoking."""
-        ...
-
-
-class _LeaseLost(Exception):
-    """This node's lease lapsed while it ran the job: another node may own it now."""
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-_stamp_cache: tuple[int, str] = (-1, "")
-
-
-def _stamp() -> str:
-    """``format_time(_now())``, formatted at most once per millisecond.
-
-    A job stamps every device record twice (start and end); at 10,000 devices/s
-    formatting each one was a tenth of the hub's CPU (bench.profile_job).
-    """
-    global _stamp_cache
-    now = time.time()
-    ms = int(now * 1000)
-    if ms != _stamp_cache[0]:
-        _stamp_cache = (ms, format_time(datetime.fromtimestamp(now, UTC)))
-    return _stamp_cache[1]
-
-
-class _Run:
-    """In-memory state of one running job."""
-
-    def __init__(self) -> None:
-        self.cancelled = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-
-class JobEngine:
+class JobEngine(JobRunner):
     """Creates, runs, resumes and cancels jobs."""
 
     def __init__(
@@ -262,11 +216,6 @@ class JobEngine:
                 log.exception("job listener failed")
 
     # ---- running ----------------------------------------------------------------------------
-    def _fence(self) -> None:
-        """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
-        if self.lease is not None and not self.lease.valid():
-            raise _LeaseLost
-
     async def _run(self, job_id: str, run: _Run) -> None:
         if self.lease is not None and not await self.lease.acquire(job_id):
             self._runs.pop(job_id, None)
@@ -346,147 +295,3 @@ class JobEngine:
             await self._repo.save(doc)
         await self._emit(job_id)
 
-    async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
-        """Run every pending device; return True if the deadline cut the job short."""
-        loop = asyncio.get_running_loop()
-        pending = await self._repo.device_ids(job_id, _D.PENDING)
-        outcomes: list[DeviceOutcome] = []
-        batch = self.settings.batch_size
-
-        async def flush() -> None:
-            if outcomes:
-                self._fence()  # a lapsed lease writes nothing more: the new owner's records stand
-                done = list(outcomes)
-                outcomes.clear()
-                async with self._store.transaction():
-                    await self._repo.record(job_id, done, _stamp())
-
-        if request.type is JobType.SCHEDULE_UPDATE_TWIN:
-            for start in range(0, len(pending), batch):
-                if run.cancelled.is_set() or loop.time() > deadline:
-                    break
-                chunk = pending[start : start + batch]
-                self._fence()
-                async with self._store.transaction():
-                    results = [await self._update_twin(d, request) for d in chunk]
-                    await self._repo.record(job_id, results, _stamp())
-                await asyncio.sleep(0)  # let device traffic through between chunks
-            return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
-
-        sem = asyncio.Semaphore(self.settings.device_concurrency)
-        tasks = BackgroundTasks(f"job {job_id}")
-        flusher_stop = asyncio.Event()
-
-        async def flusher() -> None:
-            while not flusher_stop.is_set():
-                try:
-                    await asyncio.wait_for(flusher_stop.wait(), 0.1)
-                except TimeoutError:
-                    pass
-                await flush()
-
-        async def one(device_id: str) -> None:
-            try:
-                outcomes.append(await self._invoke(device_id, request, sem, deadline))
-            except _LeaseLost:
-                pass  # not invoked: the job's new owner decides
-            finally:
-                sem.release()
-
-        flusher_task = loop.create_task(flusher())
-        timed_out = False
-        try:
-            index = 0
-            while index < len(pending):
-                # Wait for one free slot, then take every other slot free right now: only
-                # devices about to be sent are marked running (one transaction per group),
-                # so after a crash no unsent device is mistaken for an in-flight one.
-                try:
-                    await asyncio.wait_for(sem.acquire(), max(deadline - loop.time(), 0.001))
-                except TimeoutError:
-                    break
-                if run.cancelled.is_set() or loop.time() > deadline:
-                    sem.release()
-                    break
-                group = [pending[index]]
-                index += 1
-                while index < len(pending) and len(group) < batch and not sem.locked():
-                    await sem.acquire()  # free slot: returns without suspending
-                    group.append(pending[index])
-                    index += 1
-                self._fence()
-                async with self._store.transaction():
-                    await self._repo.mark_running(job_id, group, _stamp())
-                for device_id in group:
-                    tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
-            if index < len(pending):
-                status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
-                err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
-                outcomes.extend((d, status, None, _stamp(), None, err) for d in pending[index:])
-            if tasks:
-                _, still = await asyncio.wait(tasks.tasks, timeout=max(deadline - loop.time(), 0))
-                for task in still:
-                    task.cancel()
-                if still:
-                    await asyncio.wait(still)
-                    timed_out = True
-            timed_out = timed_out or loop.time() > deadline
-        finally:
-            flusher_stop.set()
-            await flusher_task
-            await flush()
-            # Hub stopping mid-job: cancel the requests still in flight and await them; their
-            # devices stay "running" in the store and become failed (HubRestarted) on resume.
-            await tasks.close()
-        return timed_out
-
-    async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
-        assert request.method is not None
-        loop = asyncio.get_running_loop()
-        started = _stamp()
-        call = request.method
-        try:
-            if self._sessions.subscribed_link(device_id, Subscription.METHODS) is None:
-                elsewhere = self.held_elsewhere is not None and await self.held_elsewhere(device_id)
-                if request.wait_for_offline_devices and not elsewhere:
-                    sem.release()  # a parked device does not hold a concurrency slot
-                    try:
-                        if self.wait_online is not None:  # cluster: it may connect to any node
-                            await self.wait_online(device_id, max(deadline - loop.time(), 0))
-                        else:
-                            await self._sessions.wait_for(device_id, Subscription.METHODS, max(deadline - loop.time(), 0))
-                    finally:
-                        await sem.acquire()
-                elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
-                    # Connected but its method SUBSCRIBE may still be in flight (docs/iothub-reference.md §9.6).
-                    call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-                if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
-                    # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
-                    call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-            self._fence()
-            result = await (self.invoke_method or self._invoke_method)(device_id, call)
-        except asyncio.CancelledError:
-            return (device_id, _D.FAILED, started, _stamp(), None,
-                    {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
-        except (DeviceNotOnlineError, GatewayTimeoutError) as exc:
-            return (device_id, _D.FAILED, started, _stamp(), None,
-                    {"code": exc.error_name, "description": exc.message})  # fmt: skip
-        outcome = {"deviceMethodResponse": result.to_json()}
-        if result.succeeded:
-            return device_id, _D.COMPLETED, started, _stamp(), outcome, None
-        error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
-        return device_id, _D.FAILED, started, _stamp(), outcome, error
-
-    async def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
-        assert request.update_twin is not None
-        started = _stamp()
-        body = {k: v for k, v in request.update_twin.items() if k in ("tags", "properties")}
-        props = body.get("properties")
-        if isinstance(props, dict):
-            body["properties"] = {k: v for k, v in props.items() if k == "desired"}
-        etag = request.update_twin.get("etag")
-        try:
-            await self._twins.update(device_id, body, if_match=f'"{etag}"' if etag else None)
-        except HubError as exc:
-            return device_id, _D.FAILED, started, _stamp(), None, {"code": exc.error_name, "description": exc.message}
-        return device_id, _D.COMPLETED, started, _stamp(), None, None

@@ -33,7 +33,7 @@ from iot_flows.mqtt import (
     decode_one,
     encode,
 )
-from iot_flows.mqtt._codec import _decode_remaining_length, _encode_remaining_length
+from iot_flows.mqtt._wire import _decode_remaining_length, _encode_remaining_length
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
