@@ -132,6 +132,13 @@ class HubSettings(BaseSettings):
         default="iot-flows-hub.db",
         description="Where the hub stores: a SQLite file (or sqlite:///path), or postgresql://user@host:port/dbname.",
     )
+    db_pool_size: int = Field(
+        default=20, ge=2, le=1000,
+        description="PostgreSQL: most connections this hub opens (concurrent twin writes share them by group commit).",
+    )  # fmt: skip
+    db_acquire_timeout: float = Field(
+        default=10.0, gt=0, description="PostgreSQL: seconds a request waits for a free connection before it answers 503."
+    )
     tls_cert: Annotated[str | None, Cli(panel=_TLS)] = Field(
         default=None, description="PEM certificate (chain) for TLS."
     )

@@ -22,7 +22,9 @@ class MethodResult:
 
     @property
     def succeeded(self) -> bool:
+        """True for a 2xx ``status`` (the device's answer counts as success)."""
         return 200 <= self.status < 300
 
     def to_json(self) -> JsonObject:
+        """The REST response body ``{"status": int, "payload": any}`` (Azure "Devices - Invoke Method")."""
         return {"status": self.status, "payload": self.payload}

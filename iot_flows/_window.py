@@ -80,6 +80,10 @@ class MaintenanceWindow:
         return self.days is None or day in self.days
 
     def is_open(self, now: datetime | None = None) -> bool:
+        """True when ``now`` (default: the current UTC time) falls inside the window, in its time zone.
+
+        A window that crosses midnight belongs to the day it starts on; ``start == end`` means the whole day.
+        """
         local = (now or datetime.now(UTC)).astimezone(self.tz)
         t, day = local.time().replace(tzinfo=None), local.weekday()
         if self.start == self.end:

@@ -48,18 +48,22 @@ class FleetLayout:
     prefix: str = "demo"
 
     def device_id(self, index: int) -> str:
+        """The id of device number ``index``: ``{prefix}-{index:05d}``."""
         return f"{self.prefix}-{index:05d}"
 
     @property
     def half(self) -> int:
+        """Devices per building (the fleet's first half is building 43, the second 44)."""
         return self.count // 2
 
     @property
     def canary_per_building(self) -> int:
+        """Canary devices per building: 0.5 % of the fleet, at least one."""
         return max(1, round(self.count * 0.005))
 
     @property
     def wave1_per_building(self) -> int:
+        """``wave1`` devices per building: 4.5 % of the fleet, at least one."""
         return max(1, round(self.count * 0.045))
 
     def _range(self, start: int, stop: int | None) -> str:
@@ -109,6 +113,7 @@ class DemoEnvironment:
 
     # ---- start --------------------------------------------------------------------------
     def start_hub(self) -> EmbeddedHub:
+        """Start an embedded hub on free ports with SQLite in a new temporary folder; return it."""
         self.folder = tempfile.mkdtemp(prefix="iot-flows-demo-")
         settings = HubSettings(mqtt_port=0, http_port=0, db=os.path.join(self.folder, "hub.db"))
         self.hub = EmbeddedHub(settings).start()
@@ -130,6 +135,7 @@ class DemoEnvironment:
         )  # fmt: skip
 
     async def wait_fleet(self) -> FleetStats:
+        """Wait until the fleet process reports every device connected (or failed); return its stats."""
         assert self.fleet is not None
         return await self.fleet.started()
 

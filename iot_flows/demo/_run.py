@@ -28,6 +28,7 @@ DEMO_TAG = "iot-flows-demo"
 
 @dataclass(frozen=True)
 class DemoOptions:
+    """What ``iot-flows demo`` runs: the fleet size and, optionally, a subset of scenarios."""
     devices: int = 1000
     #: Run only these scenario keys (all when empty).
     only: tuple[str, ...] = ()

@@ -46,6 +46,7 @@ B44 = "tags.building = '44'"
 
 @dataclass(frozen=True)
 class Scenario:
+    """One demo scenario: a flow, its request, and the device counts its result must show."""
     key: str
     title: str
     seed: str

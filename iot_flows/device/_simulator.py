@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from iot_flows._exceptions import IoTFlowsError, UnauthorizedError
 from iot_flows._sas import ConnectionString
+from iot_flows._tasks import BackgroundTasks
 from iot_flows.device._behaviours import BehaviourConfig, DeviceBehaviour, chance
 from iot_flows.device._client import Backoff, DeviceClient
 from iot_flows.device._provision import ProvisionResult, device_connection_string, provision_devices
@@ -183,8 +184,7 @@ class Fleet:
         self._failed = 0
         self._ssl_context: ssl.SSLContext | None = None
         self._connect_tasks: list[asyncio.Task[None]] = []
-        self._churn_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks("fleet")
         self._started = False
         self._stopped = False
 
@@ -257,10 +257,11 @@ class Fleet:
         began = time.perf_counter()
         queue = iter(self.devices)
         workers = min(self.connect_concurrency, max(1, len(self.devices)))
-        loop = asyncio.get_running_loop()
-        self._connect_tasks = [loop.create_task(self._connect_worker(queue)) for _ in range(workers)]
+        self._connect_tasks = [
+            self._background.spawn(self._connect_worker(queue), name=f"fleet-connect-{i}") for i in range(workers)
+        ]
         if self.behaviour.churn_rate > 0:
-            self._churn_task = loop.create_task(self._churn(), name="fleet-churn")
+            self._background.spawn(self._churn(), name="fleet-churn")
         if not wait:
             return self.stats
         try:
@@ -306,23 +307,16 @@ class Fleet:
             round_no += 1
             for device in self.devices:
                 if device.connected and chance(self.seed, device.device_id, "churn", round_no) < cfg.churn_rate:
-                    task = asyncio.get_running_loop().create_task(
-                        device.behaviour.drop_and_return(cfg.churn_offline_seconds)
+                    self._background.spawn(
+                        device.behaviour.drop_and_return(cfg.churn_offline_seconds), name=f"churn-{device.device_id}"
                     )
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """Disconnect every device and stop all background work."""
         if self._stopped:
             return
         self._stopped = True
-        tasks = [*self._connect_tasks, *self._background]
-        if self._churn_task is not None:
-            tasks.append(self._churn_task)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._background.close()
         await asyncio.gather(*(device.behaviour.close() for device in self.devices), return_exceptions=True)
         for device in self.devices:
             await device.client.disconnect()

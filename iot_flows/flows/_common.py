@@ -59,6 +59,7 @@ class JobSummary(BaseModel):
 
     @property
     def failure_ratio(self) -> float:
+        """Failed devices / devices in the job (0.0 for an empty job)."""
         return self.failed / self.device_count if self.device_count else 0.0
 
 

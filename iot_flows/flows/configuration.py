@@ -50,6 +50,7 @@ class PropertyWriteRequest(BaseModel):
 
 
 class PropertyWriteResult(BaseModel):
+    """Result of a desired-property write: the job summary and which devices confirmed (reported the value) or failed."""
     job: JobSummary
     confirmed: list[str] = Field(default_factory=list)
     failed: list[str] = Field(default_factory=list)

@@ -161,6 +161,7 @@ class FirmwareUpdateRequest(BaseModel):
 
 
 class FirmwareUpdateResult(BaseModel):
+    """Result of a firmware update: the job summary, devices now on the version, and the failed step per device."""
     job: JobSummary
     updated: list[str] = Field(default_factory=list)
     failed: dict[str, str] = Field(default_factory=dict, description="device -> failed step")

@@ -18,11 +18,13 @@ DEFAULT_GROUPS = ["properties.reported.firmware.currentFwVersion", "connectionSt
 
 
 class FleetReportRequest(BaseModel):
+    """Parameters of the fleet report: twin paths to group by and a WHERE body restricting the devices."""
     group_by: list[str] = Field(default_factory=lambda: list(DEFAULT_GROUPS), description="Twin paths to count by.")
     query_condition: str = Field(default="*", description="Restrict to devices matching this WHERE body.")
 
 
 class FleetReport(BaseModel):
+    """Device counts per value of each grouped twin path (from ``GROUP BY`` queries, Azure "IoT Hub query language")."""
     total_devices: int
     groups: dict[str, dict[str, int]] = Field(description="path -> value -> device count ('(none)' = not reported)")
 

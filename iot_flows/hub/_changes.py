@@ -46,6 +46,7 @@ class ChangeFeed:
 
     @property
     def last_sequence(self) -> int:
+        """Sequence number of the newest change (0 before the first)."""
         return self._last
 
     @property
@@ -57,6 +58,7 @@ class ChangeFeed:
         return min(self._last, self.capacity)
 
     def append(self, change: dict[str, Any]) -> None:
+        """Record a change made on this node: publish it to peer nodes (cluster), then ingest it."""
         if self.publisher is not None:
             self.publisher(change)
         self.ingest(change)
@@ -73,13 +75,16 @@ class ChangeFeed:
 
     # ---- sources ------------------------------------------------------------------------
     def on_twin_change(self, device_id: str, section: str, patch: dict[str, Any], record: DeviceRecord) -> None:
+        """Twin listener: append ``twin.reported`` / ``twin.desired`` with the patch and new version."""
         version = {"reported": record.reported_version, "desired": record.desired_version}.get(section)
         self.append({"kind": f"twin.{section}", "deviceId": device_id, "patch": patch, "version": version})
 
     def on_connection_change(self, device_id: str, connected: bool) -> None:
+        """Append ``device.connected`` or ``device.disconnected``."""
         self.append({"kind": "device.connected" if connected else "device.disconnected", "deviceId": device_id})
 
     def on_job_change(self, job: dict[str, Any]) -> None:
+        """Job listener: append ``job.<status>`` with the job document."""
         self.append({"kind": f"job.{job['status']}", "jobId": job["jobId"], "job": job})
 
     # ---- readers ------------------------------------------------------------------------

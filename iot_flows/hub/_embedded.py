@@ -30,6 +30,10 @@ class EmbeddedHub:
         self._stopped = threading.Event()
 
     def start(self, timeout: float = 30.0) -> EmbeddedHub:
+        """Start the hub on its own thread and event loop; return once it listens.
+
+        Raises what ``Hub.start`` raised (e.g. ``StoreUnavailableError``), or ``TimeoutError`` after ``timeout`` s.
+        """
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def run() -> None:
@@ -69,6 +73,7 @@ class EmbeddedHub:
         return self.call(wrapper)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the hub (``Hub.stop`` on its loop) and join its thread, waiting up to ``timeout`` s."""
         if self._loop is None or self._thread is None:
             return
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -83,8 +88,10 @@ class EmbeddedHub:
 
     # Convenience passthroughs
     def connection_string(self, policy: str = "iothubowner") -> str:
+        """The service connection string for ``policy`` (default ``iothubowner``)."""
         return self.hub.connection_string(policy)
 
     @property
     def base_url(self) -> str:
+        """``http(s)://host:port`` of the REST API."""
         return self.hub.base_url

@@ -88,7 +88,9 @@ class Hub:
 
     # ---- wiring -----------------------------------------------------------------------
     async def _open_store(self) -> None:
-        self.store = await open_store(self.settings.db)
+        self.store = await open_store(
+            self.settings.db, pool_size=self.settings.db_pool_size, acquire_timeout=self.settings.db_acquire_timeout
+        )
         if self.settings.bus is None:  # a cluster node resets only its own (ClusterNode.connect)
             await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or None
@@ -180,6 +182,7 @@ class Hub:
         return ctx
 
     def build_app(self) -> Starlette:
+        """The Starlette app: REST routes, request rules, throttling, and MQTT over WebSocket (``/$iothub/websocket``)."""
         app = Starlette(
             routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
             middleware=[Middleware(RequestRules), Middleware(Throttle, quota=lambda: self.quota)],
@@ -240,6 +243,7 @@ class Hub:
             self._uvicorn = None
         await self.jobs.stop()
         await self.mqtt.close()
+        await self.sessions.close()
         if self.cluster is not None:
             await self.cluster.leave()
             await self.cluster.stop()
@@ -248,10 +252,12 @@ class Hub:
     # ---- facts for users --------------------------------------------------------------
     @property
     def scheme(self) -> str:
+        """``https`` when TLS is configured, else ``http``."""
         return "https" if self.mqtts_port is not None else "http"
 
     @property
     def base_url(self) -> str:
+        """``scheme://host:http_port`` of the REST API (after :meth:`start`)."""
         return f"{self.scheme}://{self.settings.host}:{self.http_port}"
 
     def connection_string(self, policy: str = "iothubowner") -> str:

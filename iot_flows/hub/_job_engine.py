@@ -30,9 +30,11 @@ from iot_flows._exceptions import (
     ThrottledError,
 )
 from iot_flows._settings import JobSettings
+from iot_flows._tasks import BackgroundTasks
+from iot_flows._types import MethodResult
 from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
 from iot_flows.hub._job_requests import JobRequest, format_time, parse_job_request, parse_time
-from iot_flows.hub._methods import MethodInvoker
+from iot_flows.hub._methods import MethodCall, MethodInvoker
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import (
@@ -58,9 +60,20 @@ JobListener = Callable[[dict[str, Any]], None]
 class JobLease(Protocol):
     """Who may run a job when several hub nodes share the store."""
 
-    async def acquire(self, job_id: str) -> bool: ...
+    async def acquire(self, job_id: str) -> bool:
+        """True when this node may run ``job_id`` now (lease taken or already held)."""
 
-    async def release(self, job_id: str) -> None: ...
+    async def release(self, job_id: str) -> None:
+        """Give up the lease on ``job_id``."""
+
+    def valid(self) -> bool:
+        """False once this node went longer than its lease without renewing it (paused,
+        starved): another node may run its jobs now, so it must stop writing and invoking."""
+        ...
+
+
+class _LeaseLost(Exception):
+    """This node's lease lapsed while it ran the job: another node may own it now."""
 
 
 def _now() -> datetime:
@@ -95,6 +108,7 @@ class JobEngine:
         self._compile = compile_condition
         self.settings = settings or JobSettings()
         self._runs: dict[str, _Run] = {}
+        self._tasks = BackgroundTasks("job engine")
         self._listeners: list[JobListener] = []
         #: Set by a cluster node: exactly one node runs each job (a lease in the store).
         self.lease: JobLease | None = None
@@ -102,16 +116,26 @@ class JobEngine:
         self.held_elsewhere: Callable[[str], Awaitable[bool]] | None = None
         #: Set by a cluster node: wait up to N s until the device is reachable on any node.
         self.wait_online: Callable[[str, float], Awaitable[None]] | None = None
+        #: Set by a cluster node: invokes a job's method call wherever the device is (batched per node).
+        self.invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]] | None = None
 
     @property
     def repository(self) -> JobRepository:
+        """The job rows in the store (used by queries over ``devices.jobs``)."""
         return self._repo
 
     def add_listener(self, listener: JobListener) -> None:
+        """Call ``listener(job_document)`` on every job state change."""
         self._listeners.append(listener)
 
     # ---- service API ----------------------------------------------------------------------
     async def create(self, job_id: str, body: Any) -> dict[str, Any]:
+        """``PUT /jobs/v2/{id}`` (Azure "Jobs - Create Scheduled Job"): validate, store, start.
+
+        Returns the job document. Raises ``BadRequestError`` / ``QuerySyntaxError`` (400) for a bad
+        body or condition, ``ThrottledError`` 429004 beyond ``max_concurrent_jobs``, a conflict for a
+        duplicate id.
+        """
         now = _now()
         request = parse_job_request(job_id, body, now=now)
         self._compile(request.query_condition)  # 400 with position before anything is stored
@@ -157,6 +181,7 @@ class JobEngine:
         return created
 
     async def get(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/v2/{id}``: the job document with ``deviceJobStatistics``; 404 when unknown."""
         doc = await self._repo.get(job_id)
         doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
         return doc
@@ -178,6 +203,7 @@ class JobEngine:
         return await self.get(job_id)
 
     async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+        """``GET /jobs/v2/query``: up to ``limit`` jobs after ``after`` (job id), filtered by type and status."""
         docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
             doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))
@@ -190,14 +216,8 @@ class JobEngine:
             self._launch(doc["jobId"])
 
     async def stop(self) -> None:
-        runs = [r.task for r in self._runs.values() if r.task is not None]
-        for task in runs:
-            task.cancel()
-        for task in runs:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Cancel and await every running job here (each stays active and resumes on next start)."""
+        await self._tasks.close()
 
     def interrupt(self, job_id: str) -> None:
         """Stop running ``job_id`` here (another hub node cancelled it)."""
@@ -210,7 +230,7 @@ class JobEngine:
             return
         run = _Run()
         self._runs[job_id] = run
-        run.task = asyncio.get_running_loop().create_task(self._run(job_id, run), name=f"job-{job_id}")
+        run.task = self._tasks.spawn(self._run(job_id, run), name=f"job-{job_id}")
 
     async def _emit(self, job_id: str) -> None:
         if not self._listeners:
@@ -223,6 +243,11 @@ class JobEngine:
                 log.exception("job listener failed")
 
     # ---- running ----------------------------------------------------------------------------
+    def _fence(self) -> None:
+        """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
+        if self.lease is not None and not self.lease.valid():
+            raise _LeaseLost
+
     async def _run(self, job_id: str, run: _Run) -> None:
         if self.lease is not None and not await self.lease.acquire(job_id):
             self._runs.pop(job_id, None)
@@ -231,6 +256,8 @@ class JobEngine:
             await self._run_inner(job_id, run)
         except asyncio.CancelledError:
             raise  # hub shutdown: the job stays active and resumes on next start
+        except _LeaseLost:
+            log.warning("job %s: this node's lease lapsed; it stops here (another node may run it)", job_id)
         except Exception as exc:
             log.exception("job %s crashed", job_id)
             await self._finish(job_id, JobStatus.FAILED, f"internal error: {exc!r}")
@@ -253,6 +280,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         if doc["status"] != JobStatus.RUNNING.value:
             async with self._store.transaction():
                 ids = await self._repo.select_devices(request.query_condition)
@@ -286,6 +314,7 @@ class JobEngine:
         if JobStatus(doc["status"]) not in ACTIVE_JOB_STATES:
             return
         now = format_time(_now())
+        self._fence()
         async with self._store.transaction():
             if status is JobStatus.FAILED:
                 await self._repo.set_status_where(
@@ -307,6 +336,7 @@ class JobEngine:
 
         async def flush() -> None:
             if outcomes:
+                self._fence()  # a lapsed lease writes nothing more: the new owner's records stand
                 done = list(outcomes)
                 outcomes.clear()
                 async with self._store.transaction():
@@ -317,6 +347,7 @@ class JobEngine:
                 if run.cancelled.is_set() or loop.time() > deadline:
                     break
                 chunk = pending[start : start + batch]
+                self._fence()
                 async with self._store.transaction():
                     results = [await self._update_twin(d, request) for d in chunk]
                     await self._repo.record(job_id, results, format_time(_now()))
@@ -324,7 +355,7 @@ class JobEngine:
             return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
         sem = asyncio.Semaphore(self.settings.device_concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
 
         async def flusher() -> None:
@@ -338,6 +369,8 @@ class JobEngine:
         async def one(device_id: str) -> None:
             try:
                 outcomes.append(await self._invoke(device_id, request, sem, deadline))
+            except _LeaseLost:
+                pass  # not invoked: the job's new owner decides
             finally:
                 sem.release()
 
@@ -362,18 +395,17 @@ class JobEngine:
                     await sem.acquire()  # free slot: returns without suspending
                     group.append(pending[index])
                     index += 1
+                self._fence()
                 async with self._store.transaction():
                     await self._repo.mark_running(job_id, group, format_time(_now()))
                 for device_id in group:
-                    task = loop.create_task(one(device_id))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
             if index < len(pending):
                 status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
                 err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
                 outcomes.extend((d, status, None, format_time(_now()), None, err) for d in pending[index:])
             if tasks:
-                _, still = await asyncio.wait(set(tasks), timeout=max(deadline - loop.time(), 0))
+                _, still = await asyncio.wait(tasks.tasks, timeout=max(deadline - loop.time(), 0))
                 for task in still:
                     task.cancel()
                 if still:
@@ -384,6 +416,9 @@ class JobEngine:
             flusher_stop.set()
             await flusher_task
             await flush()
+            # Hub stopping mid-job: cancel the requests still in flight and await them; their
+            # devices stay "running" in the store and become failed (HubRestarted) on resume.
+            await tasks.close()
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
@@ -409,7 +444,8 @@ class JobEngine:
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
-            result = await self._methods.invoke(device_id, call)
+            self._fence()
+            result = await (self.invoke_method or self._methods.invoke)(device_id, call)
         except asyncio.CancelledError:
             return (device_id, _D.FAILED, started, format_time(_now()), None,
                     {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip

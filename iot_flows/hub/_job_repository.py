@@ -32,6 +32,7 @@ class JobRepository:
         await self._store.insert_job(job_id, job_type, status.value, created, doc)
 
     async def save(self, doc: dict[str, Any]) -> None:
+        """Write the job document (status, times, failure reason)."""
         await self._store.save_job(doc)
 
     async def get(self, job_id: str) -> dict[str, Any]:
@@ -42,9 +43,11 @@ class JobRepository:
         return doc
 
     async def active(self) -> builtins.list[dict[str, Any]]:
+        """Documents of every job not yet in a terminal state."""
         return await self._store.active_jobs()
 
     async def count_active(self) -> int:
+        """How many jobs are not yet in a terminal state."""
         return await self._store.count_active_jobs()
 
     async def list(self, *, job_type: str | None, status: str | None, after: str, limit: int) -> builtins.list[dict[str, Any]]:
@@ -59,12 +62,15 @@ class JobRepository:
     async def add_devices(
         self, job_id: str, job_type: str, device_ids: Iterable[str], status: DeviceJobStatus, now: str
     ) -> None:
+        """Insert one device-job row per device id, in ``status``."""
         await self._store.add_device_jobs(job_id, job_type, device_ids, status.value, now)
 
     async def mark_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
+        """Mark the rows of ``device_ids`` running (committed before their requests are sent)."""
         await self._store.mark_device_jobs_running(job_id, device_ids, now)
 
     async def record(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
+        """Store final outcomes: ``(device, status, start, end, outcome, error)`` tuples."""
         await self._store.record_device_outcomes(
             job_id, [(d, s.value, start, end, out, err) for d, s, start, end, out, err in outcomes], now
         )
@@ -72,14 +78,17 @@ class JobRepository:
     async def set_status_where(
         self, job_id: str, from_states: Iterable[DeviceJobStatus], to: DeviceJobStatus, now: str, error: Any = None
     ) -> int:
+        """Move every row of the job in ``from_states`` to ``to`` (with ``error``); return how many moved."""
         return await self._store.set_device_jobs_status_where(
             job_id, [s.value for s in from_states], to.value, now, error
         )
 
     async def device_ids(self, job_id: str, status: DeviceJobStatus) -> builtins.list[str]:
+        """Ids of the job's devices in ``status``."""
         return await self._store.device_job_ids(job_id, status.value)
 
     async def counts(self, job_id: str) -> dict[str, int]:
+        """Device-job row counts by status name."""
         return await self._store.device_job_counts(job_id)
 
     @staticmethod

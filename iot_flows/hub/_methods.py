@@ -97,6 +97,7 @@ class MethodInvoker:
 
     @property
     def pending_count(self) -> int:
+        """Method requests sent and not yet answered or timed out."""
         return len(self._pending)
 
     async def invoke(self, device_id: str, call: MethodCall) -> MethodResult:

@@ -370,6 +370,7 @@ class MqttServer:
 
     @property
     def connection_count(self) -> int:
+        """Open MQTT connections (authenticated or not)."""
         return len(self._connections)
 
     async def listen(self, host: str, port: int, ssl_context: Any = None) -> int:
@@ -404,6 +405,7 @@ class MqttServer:
         self.sessions.forget(device_id)
 
     async def close(self) -> None:
+        """Stop listening and close every connection."""
         for server in self._servers:
             server.close()
         for conn in list(self._connections):

@@ -28,6 +28,7 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
+    """One page of a query: items, ``x-ms-item-type`` and the continuation token (None on the last page)."""
     items: list[dict[str, Any]]
     item_type: str
     continuation: str | None
@@ -56,6 +57,10 @@ class QueryService:
         self._store = store
 
     async def run(self, text: Any, *, page_size: int | None, continuation: str | None) -> QueryResult:
+        """``POST /devices/query`` (Azure "Query - Get Twins"): run ``text``, one page of ``page_size`` items.
+
+        Raises ``BadRequestError`` for a non-string body, ``QuerySyntaxError`` (400) for bad syntax.
+        """
         if not isinstance(text, str):
             raise BadRequestError("The body must be {\"query\": \"SELECT ...\"}.")
         compiled = self._store.compile_query(text)

@@ -97,6 +97,7 @@ class RegistryService:
         self._on_revoked = on_revoked
 
     async def get(self, device_id: str) -> DeviceRecord:
+        """``GET /devices/{id}`` (Azure "Devices - Get Identity"); ``DeviceNotFoundError`` 404001 when unknown."""
         record = await self._store.get(device_id)
         if record is None:
             raise device_not_found(device_id)
@@ -151,12 +152,14 @@ class RegistryService:
         return existing
 
     async def delete(self, device_id: str, *, if_match: str | None) -> None:
+        """``DELETE /devices/{id}`` (Azure "Devices - Delete Identity"): 404001 when unknown, 412 on an ``If-Match`` mismatch."""
         existing = await self.get(device_id)
         check_if_match(if_match, existing.device_etag)
         await self._store.delete(device_id)
         self._on_revoked(device_id)
 
     async def list(self, *, after: str = "", top: int = 1000) -> list[DeviceRecord]:
+        """Up to ``top`` device identities ordered by id, after ``after``."""
         return await self._store.list(after=after, limit=top)
 
     async def bulk(self, items: Any) -> dict[str, Any]:

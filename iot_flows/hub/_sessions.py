@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from iot_flows._tasks import BackgroundTasks
+
 __all__ = ["DeviceLink", "SessionRegistry", "SessionStore", "Subscription"]
 
 
@@ -60,9 +62,11 @@ class _Session:
 class SessionStore(Protocol):
     """Where persistent sessions outlive the hub process."""
 
-    async def get_subscriptions(self, device_id: str) -> list[str]: ...
+    async def get_subscriptions(self, device_id: str) -> list[str]:
+        """The topic filters stored for the device's persistent session."""
 
-    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None: ...
+    async def set_subscriptions(self, device_id: str, filters: list[str]) -> None:
+        """Replace the stored topic filters of the device's persistent session."""
 
 
 class SessionRegistry:
@@ -80,7 +84,7 @@ class SessionRegistry:
         self._sessions: dict[str, _Session] = {}
         self._on_state_change = on_state_change
         self._persistence = persistence
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks("sessions")
 
     def __len__(self) -> int:
         return sum(1 for s in self._sessions.values() if s.link is not None)
@@ -124,9 +128,11 @@ class SessionRegistry:
             return
         session.link = None
         if self._on_state_change is not None:
-            task = asyncio.get_running_loop().create_task(self._on_state_change(link.device_id, False))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background.spawn(self._on_state_change(link.device_id, False), name=f"detach-{link.device_id}")
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Let pending disconnect notifications finish (up to ``grace`` s), then cancel the rest."""
+        await self._background.close(grace)
 
     def forget(self, device_id: str) -> None:
         """Drop a device's session entirely (device deleted or disabled)."""
@@ -146,6 +152,7 @@ class SessionRegistry:
             session.link.close(reason)
 
     async def subscribe(self, device_id: str, subscription: Subscription) -> None:
+        """Record a SUBSCRIBE (persisted for non-clean sessions) and wake waiters."""
         session = self._sessions.setdefault(device_id, _Session())
         if subscription not in session.subscriptions:
             session.subscriptions.add(subscription)
@@ -153,6 +160,7 @@ class SessionRegistry:
         self._wake(session)
 
     async def unsubscribe(self, device_id: str, subscription: Subscription) -> None:
+        """Record an UNSUBSCRIBE (persisted)."""
         session = self._sessions.get(device_id)
         if session is not None and subscription in session.subscriptions:
             session.subscriptions.discard(subscription)
@@ -165,10 +173,12 @@ class SessionRegistry:
             )
 
     def link(self, device_id: str) -> DeviceLink | None:
+        """The device's current connection, or None when offline."""
         session = self._sessions.get(device_id)
         return session.link if session is not None else None
 
     def is_connected(self, device_id: str) -> bool:
+        """True when the device has a connection to this hub."""
         return self.link(device_id) is not None
 
     def subscribed_link(self, device_id: str, subscription: Subscription) -> DeviceLink | None:
@@ -201,6 +211,7 @@ class SessionRegistry:
                     session.waiters.remove(waiter)
 
     def connected_ids(self) -> list[str]:
+        """Ids of every device connected to this hub."""
         return [d for d, s in self._sessions.items() if s.link is not None]
 
     @staticmethod

@@ -66,6 +66,7 @@ def _one_writer_per_twin(
 
 
 def device_not_found(device_id: str) -> DeviceNotFoundError:
+    """The 404001 ``DeviceNotFoundError`` for ``device_id``."""
     return DeviceNotFoundError(f"Device {device_id} not registered")
 
 
@@ -106,6 +107,7 @@ class TwinService:
 
     # ---- service side -------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord:
+        """The device's record (twin and identity); 404001 when unknown."""
         return await self._load(device_id)
 
     @_one_writer_per_twin
@@ -206,6 +208,7 @@ class TwinService:
 
     # ---- device side --------------------------------------------------------------
     async def device_view(self, device_id: str) -> dict[str, Any]:
+        """The twin as a device reads it over MQTT: ``{"desired": ..., "reported": ...}``."""
         return (await self._load(device_id)).device_twin_view()
 
     @_one_writer_per_twin

@@ -102,9 +102,11 @@ class SqlDialect:
         return f"{v.sql.sql}, {v.typ.sql}", "typed"
 
     def object_projection(self, sql: str) -> str:
+        """SQL turning a JSON object expression into its text (identity on SQLite)."""
         return sql
 
     def json_group_keys(self, v: Val) -> list[str]:
+        """The ``GROUP BY`` terms for a JSON value: its type, then its value."""
         # Type first: SQLite matches GROUP BY terms to an index in any order, so an index
         # on (json_extract, json_type) still covers this; a json_extract-only index cannot,
         # and type-first stops the planner from walking it row by row (slower than a scan).

@@ -31,12 +31,13 @@ def _sqlite_path(url_or_path: str) -> str | None:
     return None
 
 
-async def open_store(url_or_path: str) -> HubStore:
+async def open_store(url_or_path: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> HubStore:
     """Open (creating or migrating as needed) the store named by ``url_or_path``.
 
     * a file path or ``sqlite:///relative.db`` / ``sqlite:////abs/path.db``: SQLite;
     * ``postgresql://user[:password]@host[:port]/dbname`` (or ``postgres://``):
-      PostgreSQL via asyncpg.
+      PostgreSQL via asyncpg, with at most ``pool_size`` connections; a call waits up
+      to ``acquire_timeout`` seconds for one (then 503). SQLite ignores both.
 
     Raises :class:`StoreConfigError` for a malformed or unsupported URL and
     :class:`~iot_flows._exceptions.ServiceUnavailableError` when PostgreSQL cannot be
@@ -56,7 +57,7 @@ async def open_store(url_or_path: str) -> HubStore:
     if scheme in ("postgresql", "postgres"):
         from iot_flows.store._postgres import PostgresStore
 
-        return await PostgresStore.open(url_or_path)
+        return await PostgresStore.open(url_or_path, pool_size=pool_size, acquire_timeout=acquire_timeout)
     raise StoreConfigError(
         f"--db {url_or_path!r}: unsupported scheme {scheme!r} (use a SQLite file path or postgresql://user@host:port/dbname)"
     )

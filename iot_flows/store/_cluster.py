@@ -66,6 +66,10 @@ class ClusterStore(ABC):
         """The live node holding ``device_id``, or None."""
 
     @abstractmethod
+    async def holders(self, device_ids: list[str]) -> dict[str, str]:
+        """``{device_id: live node holding it}`` for those of ``device_ids`` a live node holds (one query)."""
+
+    @abstractmethod
     async def held_by_others(self, device_ids: list[str]) -> list[str]:
         """Those of ``device_ids`` that another live node claims."""
 
@@ -169,6 +173,19 @@ class SqliteClusterStore(ClusterStore):
         ).fetchone()
         return row[0] if row else None
 
+    async def holders(self, device_ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(device_ids), 500):
+            chunk = device_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT p.device_id, p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.node_id = p.node_id "
+                f"WHERE p.device_id IN ({marks}) AND n.expires_at > ?",
+                (*chunk, time.time()),
+            ).fetchall()
+            out.update((r[0], r[1]) for r in rows)
+        return out
+
     async def held_by_others(self, device_ids: list[str]) -> list[str]:
         marks = ",".join("?" * len(device_ids))
         rows = self._db.execute(
@@ -234,6 +251,7 @@ class PostgresClusterStore(ClusterStore):
         self._pool = pool
 
     async def create_tables(self) -> None:
+        """Create the cluster tables if missing (idempotent)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_PG_DDL)
 
@@ -292,6 +310,14 @@ class PostgresClusterStore(ClusterStore):
             f"WHERE p.device_id = $1 AND n.expires_at > {_PG_NOW}",
             device_id,
         )
+
+    async def holders(self, device_ids: list[str]) -> dict[str, str]:
+        rows = await self._pool.fetch(
+            "SELECT p.device_id, p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.node_id = p.node_id "
+            f"WHERE p.device_id = ANY($1::text[]) AND n.expires_at > {_PG_NOW}",
+            device_ids,
+        )
+        return {r[0]: r[1] for r in rows}
 
     async def held_by_others(self, device_ids: list[str]) -> list[str]:
         rows = await self._pool.fetch(

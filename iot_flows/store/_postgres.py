@@ -15,7 +15,7 @@ import builtins
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
@@ -26,6 +26,7 @@ import asyncpg
 from iot_flows._exceptions import DeviceAlreadyExistsError, JobAlreadyExistsError, ServiceUnavailableError
 from iot_flows.query import POSTGRES, CompiledQuery, compile_condition, compile_query, row_to_item
 from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -54,7 +55,24 @@ _LOST = (
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InternalClientError,  # a pooled connection whose server process was terminated mid-call
 )
+
+
+#: One statement writes a batch of compare-and-set twin updates (group commit); the
+#: device ids it returns are the writes that happened.
+_TWIN_BATCH = (
+    "UPDATE devices AS d SET "
+    + ", ".join(f"{c} = u.{c}::jsonb" if c in JSON_COLUMNS else f"{c} = u.{c}" for c in TWIN_COLUMNS)
+    + " FROM unnest($1::text[], $2::bigint[], "
+    + ", ".join(f"${i}::text[]" if c in JSON_COLUMNS or c == "twin_etag" else f"${i}::bigint[]"
+                for i, c in enumerate(TWIN_COLUMNS, start=3))
+    + f") AS u(device_id, expected, {', '.join(TWIN_COLUMNS)})"
+    " WHERE d.device_id = u.device_id AND d.twin_version = u.expected RETURNING d.device_id"
+)  # fmt: skip
+#: Errors after which a batch is retried one item at a time (one item refused, or a
+#: deadlock / serialization conflict with another node's batch).
+_RETRY_SINGLY = (asyncpg.PostgresError,)
 
 
 def _placeholders(columns: Iterable[str], start: int = 1) -> builtins.list[str]:
@@ -101,16 +119,27 @@ class PostgresStore(HubStore):
 
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool, location: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, location: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> None:
         self._pool = pool
         self.location = location
         self.schema_version = 0
+        self._acquire_timeout = acquire_timeout
         #: (connection, owning task) of the transaction in progress in this context
         self._tx: ContextVar[tuple[Any, Any] | None] = ContextVar(f"pg_tx_{id(self)}", default=None)
+        # Group commit (see _batch): concurrent twin reads and compare-and-set writes share
+        # round trips and commits; each kind takes at most a quarter of the pool.
+        inflight = max(1, pool_size // 4)
+        self.twin_writes: GroupCommit[tuple[DeviceRecord, int], bool] = GroupCommit(
+            self._write_twins, max_inflight=inflight
+        )
+        self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
 
     @classmethod
-    async def open(cls, url: str, *, max_size: int = 20) -> PostgresStore:
+    async def open(cls, url: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> PostgresStore:
         """Connect, migrate the schema and return the store.
+
+        ``pool_size`` is the most connections this store opens; ``acquire_timeout``
+        (seconds) how long a call waits for a free one before it answers 503.
 
         Raises StoreConfigError for a malformed URL, ServiceUnavailableError (one line
         naming the server) when PostgreSQL cannot be reached or refuses the login.
@@ -122,8 +151,8 @@ class PostgresStore(HubStore):
             pool = await asyncpg.create_pool(
                 url,
                 min_size=1,
-                max_size=max_size,
-                timeout=10,
+                max_size=pool_size,
+                timeout=acquire_timeout,
                 # lock_timeout: a lock held elsewhere fails the statement (503, retryable) instead
                 # of holding the request forever.
                 server_settings={"synchronous_commit": "on", "application_name": "iot-flows-hub", "lock_timeout": "5s"},
@@ -132,7 +161,7 @@ class PostgresStore(HubStore):
             raise StoreConfigError(f"--db {url!r}: {_one_line(exc)}") from None
         except (*_LOST, asyncpg.PostgresError) as exc:
             raise ServiceUnavailableError(f"PostgreSQL at {location} is unreachable: {_one_line(exc)}") from None
-        store = cls(pool, location)
+        store = cls(pool, location, pool_size=pool_size, acquire_timeout=acquire_timeout)
         try:
             store.schema_version = await store._migrate()
         except BaseException:
@@ -171,8 +200,13 @@ class PostgresStore(HubStore):
             yield tx[0]
             return
         try:
-            async with self._pool.acquire(timeout=10) as conn:
-                yield conn
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                try:
+                    yield conn
+                except (*_LOST, ServiceUnavailableError):
+                    with suppress(Exception):  # may be half-broken (server process gone): never reuse it
+                        conn.terminate()
+                    raise
         except _LOST as exc:
             raise self._lost(exc) from None
 
@@ -240,8 +274,57 @@ class PostgresStore(HubStore):
             key, value,
         )  # fmt: skip
 
+    # ---- group commit -------------------------------------------------------------
+    def _in_transaction(self) -> bool:
+        tx = self._tx.get()
+        return tx is not None and tx[1] is asyncio.current_task()
+
+    async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
+        rows = await self._fetch(f"{_SELECT} WHERE device_id = ANY($1::text[])", device_ids)
+        found = {r[0]: r for r in rows}
+        return [_from_row(found[d]) if d in found else None for d in device_ids]
+
+    async def _write_twins(self, items: builtins.list[tuple[DeviceRecord, int]]) -> builtins.list[bool | BaseException]:
+        """One transaction of compare-and-set twin updates; True per item that was written.
+
+        Answers only after COMMIT returned. A lost connection (or a failed COMMIT on a
+        lost server) fails the whole batch; any other refusal re-runs each item alone, so
+        only the item at fault fails.
+        """
+        ordered = sorted(items, key=lambda item: item[0].device_id)  # one lock order across nodes
+        columns: builtins.list[builtins.list[Any]] = [[r.device_id for r, _ in ordered], [v for _, v in ordered]]
+        for c in TWIN_COLUMNS:
+            columns.append([dumps(getattr(r, c)) if c in JSON_COLUMNS else getattr(r, c) for r, _ in ordered])
+        try:
+            async with self._conn() as conn, conn.transaction():
+                rows = await conn.fetch(_TWIN_BATCH, *columns)
+        except ServiceUnavailableError:
+            raise
+        except _LOST as exc:
+            raise self._lost(exc) from None
+        except _RETRY_SINGLY:
+            if len(items) == 1:
+                raise
+            log.info("a batch of %d twin writes was refused; writing them one at a time", len(items), exc_info=True)
+            return await self._write_twins_singly(items)
+        written = {r[0] for r in rows}
+        return [record.device_id in written for record, _ in items]
+
+    async def _write_twins_singly(
+        self, items: builtins.list[tuple[DeviceRecord, int]]
+    ) -> builtins.list[bool | BaseException]:
+        out: builtins.list[bool | BaseException] = []
+        for record, expected in items:
+            try:
+                out.append(await self._cas_twin(record, expected))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
     # ---- devices --------------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
+        if not self._in_transaction():
+            return await self.twin_reads.submit(device_id, device_id)
         row = await self._fetchrow(f"{_SELECT} WHERE device_id = $1", device_id)
         return _from_row(row) if row else None
 
@@ -271,6 +354,11 @@ class PostgresStore(HubStore):
         if expected_version is None:
             await self._update(record, TWIN_COLUMNS)
             return True
+        if not self._in_transaction():
+            return await self.twin_writes.submit(record.device_id, (record, expected_version))
+        return await self._cas_twin(record, expected_version)
+
+    async def _cas_twin(self, record: DeviceRecord, expected_version: int) -> bool:
         values = _to_row(record, TWIN_COLUMNS)
         sets = ", ".join(f"{c} = {p}" for c, p in zip(TWIN_COLUMNS, _placeholders(TWIN_COLUMNS, 3), strict=True))
         status = await self._execute(

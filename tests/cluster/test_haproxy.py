@@ -11,8 +11,10 @@ the balancer keeps working.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -237,6 +239,50 @@ async def test_fleet_through_haproxy_over_two_nodes_survives_kill_9(balanced: Ba
         await _all_answer(svc, ids)
     finally:
         await fleet.stop()
+
+
+def test_fleet_simulate_cli_through_haproxy_over_two_nodes(balanced: Balanced, tmp_path: Path) -> None:
+    """``iot-flows fleet simulate`` as a user runs it, pointed at the balancer: its devices
+    spread over both nodes, answer methods and a method job sent to the balancer, and
+    Ctrl-C stops it with its final statistics."""
+    b, svc = balanced, balanced.service
+    count = 10
+    proc = subprocess.Popen(
+        [*CLI, "fleet", "simulate", "--hub", b.connection_string, "--hub-url", b.url,
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(b.lb.mqtt_port), "--no-tls",
+         "--count", str(count), "--prefix", "cli", "--reboot-seconds", "0.3", "--jitter", "0", "--json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        def sessions() -> dict[str, int]:
+            return {name: int(row["scur"]) for name, row in b.lb.servers("hub_mqtt").items()}
+
+        wait_until(lambda: proc.poll() is not None or sum(sessions().values()) == count, timeout=90, interval=0.2)
+        assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+        spread = sessions()
+        assert spread["node1"] >= 2 and spread["node2"] >= 2, spread
+        ids = [f"cli-{i:05d}" for i in range(count)]
+
+        def all_answer() -> bool:
+            rs = [svc.request("POST", f"/twins/{d}/methods", json_body={
+                "methodName": "lockDoor", "payload": None, "responseTimeoutInSeconds": 10}) for d in ids]
+            return all(r.status_code == 200 and r.json() == {"status": 200, "payload": {"locked": True}} for r in rs)
+
+        assert wait_until(all_answer, timeout=30, interval=0.5)  # method SUBSCRIBEs may still be in flight
+        r = svc.request("PUT", "/jobs/v2/cli-job", json_body={
+            "type": "scheduleDeviceMethod", "queryCondition": "deviceId IN ['" + "', '".join(ids) + "']",
+            "maxExecutionTimeInSeconds": 60, "cloudToDeviceMethod": {"methodName": "lockDoor", "responseTimeoutInSeconds": 10}})
+        assert r.status_code == 200, r.text
+        job = wait_until(lambda: (j := svc.request("GET", "/jobs/v2/cli-job").json())["status"]
+                         in ("completed", "failed", "cancelled") and j, timeout=60, interval=0.2)
+        assert job["status"] == "completed" and job["deviceJobStatistics"]["succeededCount"] == count, job
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["total"] == count and stats["connected_at_stop"] == count and stats["failed"] == 0, (stats, err)
 
 
 def test_rest_through_haproxy_while_one_node_is_down(balanced: Balanced) -> None:

@@ -128,3 +128,44 @@ def test_wait_for_offline_device_connecting_on_other_node(cluster: Cluster) -> N
     job = _wait_done(b, "off-job")
     assert job["status"] == "completed" and job["deviceJobStatistics"]["succeededCount"] == 1
     assert time.monotonic() - started < 20  # reached when it connected, not at the job's deadline
+
+
+def test_job_calls_to_the_other_node_travel_in_batches(cluster: Cluster) -> None:
+    """The running node sends its calls for devices on the other node as a few NATS
+    requests (one per node and batch), not one per device; each device is invoked once
+    and a device's own failure stays its own."""
+    a, b = cluster.service("a"), cluster.service("b")
+    calls: dict[str, list[str]] = {}
+    for i in range(24):
+        device_id = f"bj-{i:02d}"
+        key = a.create_device(device_id)["authentication"]["symmetricKey"]["primaryKey"]
+        a.request("PATCH", f"/twins/{device_id}", json_body={"tags": {"group": "bj"}})
+        dev = cluster.device("b", device_id, key)  # every device on node b
+        calls[device_id] = []
+
+        def handler(name: str, payload: Any, device_id: str = device_id) -> tuple[int, Any]:
+            calls[device_id].append(name)
+            return (500, {"broken": True}) if device_id == "bj-07" else (200, {"node": "b"})
+
+        dev.serve_methods(handler)
+        assert dev.connect() == 0
+        dev.subscribe_iothub()
+    node_a = cluster.nodes["a"].hub.cluster
+    assert node_a is not None
+    sent_before = node_a.job_calls.requests
+    r = a.request("PUT", "/jobs/v2/bj-job", json_body={
+        "type": "scheduleDeviceMethod", "queryCondition": "tags.group = 'bj'", "maxExecutionTimeInSeconds": 60,
+        "cloudToDeviceMethod": {"methodName": "ping", "responseTimeoutInSeconds": 10}})
+    assert r.status_code == 200, r.text
+    job = _wait_done(b, "bj-job")
+    stats = job["deviceJobStatistics"]
+    assert (stats["succeededCount"], stats["failedCount"]) == (23, 1), job
+    assert all(c == ["ping"] for c in calls.values()), calls  # each device invoked exactly once
+    sent = node_a.job_calls.requests - sent_before
+    assert 1 <= sent < 24 / 2, f"{sent} NATS requests for 24 devices on the other node"
+    records = a.request("POST", "/devices/query", json_body={
+        "query": "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'bj-job'"}).json()
+    failed = {r["deviceId"]: r["error"]["code"] for r in records if r["status"] == "failed"}
+    assert failed == {"bj-07": "DeviceMethodFailed"}
+    assert all(r["outcome"]["deviceMethodResponse"]["payload"] == {"node": "b"}
+               for r in records if r["deviceId"] != "bj-07")

@@ -7,9 +7,11 @@ once, in-flight calls failed/HubRestarted, statistics equal to the records.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,73 @@ def test_node_id_in_use_is_refused(tmp_path: Path, nats_server: NatsServer) -> N
         assert len(out.stderr.strip().splitlines()) == 1 and "'same' is in use" in out.stderr, out.stderr
     finally:
         a.terminate()
+
+
+def test_paused_node_loses_its_job_and_stops_working_on_it_when_resumed(cluster_db: str, nats_server: NatsServer) -> None:
+    """``kill -STOP`` of the node running a job for longer than its lease: another node
+    adopts the job; after ``kill -CONT`` the paused node invokes no device and writes no
+    record of that job any more (no device invoked twice, statistics equal the records).
+
+    Before the fix the resumed node flushed the outcomes it had collected before the pause
+    over the adopting node's failed/HubRestarted records."""
+    a = _node(cluster_db, nats_server, "a", "--job-device-concurrency", "1")
+    b = _node(cluster_db, nats_server, "b", "--job-device-concurrency", "1")
+    svc_a = Service(a.base_url, a.connection_string)
+    svc_b = Service(b.base_url, b.connection_string)
+    calls: dict[str, list[str]] = {}
+    devices: list[Device] = []
+    paused = False
+    try:
+        for i in range(10):
+            device_id = f"s-{i}"
+            key = svc_b.create_device(device_id)["authentication"]["symmetricKey"]["primaryKey"]
+            svc_b.request("PATCH", f"/twins/{device_id}", json_body={"tags": {"group": "stop"}})
+            calls[device_id] = []
+            devices.append(_device(b, device_id, key, calls[device_id], delay=0.4))  # all on node b
+        r = svc_a.request("PUT", "/jobs/v2/stop-job", json_body={
+            "type": "scheduleDeviceMethod", "queryCondition": "tags.group = 'stop'", "maxExecutionTimeInSeconds": 120,
+            "cloudToDeviceMethod": {"methodName": "reboot", "responseTimeoutInSeconds": 10}})
+        assert r.status_code == 200, r.text
+        wait_until(lambda: sum(len(c) for c in calls.values()) >= 2, timeout=30)  # mid-job, running on a
+        a.proc.send_signal(signal.SIGSTOP)
+        paused = True
+        paused_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        invoked_by_a = {d for d, c in calls.items() if c}
+        # b adopts the job once a's lease has passed, and goes on with it
+        before = sum(len(c) for c in calls.values())
+        wait_until(lambda: sum(len(c) for c in calls.values()) >= before + 2, timeout=30)
+        a.proc.send_signal(signal.SIGCONT)
+        paused = False
+        job = wait_until(lambda: (j := svc_b.request("GET", "/jobs/v2/stop-job").json())["status"] != "running" and j,
+                         timeout=90, interval=0.2)
+        time.sleep(float(LEASE) * 2)  # whatever node a would still do after waking up, it does by now
+        assert job["status"] == "completed", job
+        twice = {d: len(c) for d, c in calls.items() if len(c) > 1}
+        assert not twice, f"invoked more than once: {twice}"
+        records = svc_b.request("POST", "/devices/query", json_body={
+            "query": "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'stop-job'"}).json()
+        assert len(records) == 10
+        counts = Counter(rec["status"] for rec in records)
+        job = svc_b.request("GET", "/jobs/v2/stop-job").json()
+        # what node a invoked before the pause, it recorded before the pause; anything still
+        # in flight then is b's to judge (failed/HubRestarted), never a late write by node a
+        for rec in records:
+            if rec["deviceId"] in invoked_by_a:
+                late = rec["lastUpdatedDateTimeUtc"] > paused_at and rec["status"] != "failed"
+                assert not late, f"node a wrote {rec} after it was paused at {paused_at}"
+        stats = job["deviceJobStatistics"]
+        assert stats == {"deviceCount": 10, "succeededCount": counts["completed"], "failedCount": counts["failed"],
+                         "runningCount": 0, "pendingCount": 0, "canceledCount": 0}, (stats, records)
+        for rec in records:
+            if rec["status"] == "failed":
+                assert rec["error"]["code"] == "HubRestarted", records
+        assert a.proc.poll() is None and svc_a.request("GET", "/jobs/v2/stop-job").status_code == 200  # a lives on
+    finally:
+        if paused:
+            a.proc.send_signal(signal.SIGCONT)
+        for dev in devices:
+            dev.disconnect()
+        svc_a.close()
+        svc_b.close()
+        a.terminate()
+        b.terminate()

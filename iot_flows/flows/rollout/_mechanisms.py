@@ -67,9 +67,11 @@ class Mechanism:
         self.package_uri = package_uri or request.package_uri
 
     def label(self) -> str:
+        """Human label of what is installed, e.g. ``firmware 1.2.0``."""
         return f"firmware {self.version}"
 
     def is_current(self, twin: dict[str, Any] | None) -> bool:
+        """True when the twin already reports the target version."""
         return bool(installed_version(twin) == self.version)
 
     def pending_condition(self) -> str | None:
@@ -77,6 +79,10 @@ class Mechanism:
         return not_on_version_condition(self.version)
 
     async def start(self, conn: HubConnection, job_id: str, condition: str, timeout: int) -> None:
+        """Create the hub job that starts the update on the devices matching ``condition``.
+
+        ``timeout``: the job's ``maxExecutionTimeInSeconds``. Raises the client's ``HubError`` subclasses.
+        """
         raise NotImplementedError
 
     def check(self, twin: dict[str, Any] | None, accepted_at: str) -> bool | Failure | None:
@@ -90,10 +96,12 @@ class Mechanism:
 
 
 class MethodUpdate(Mechanism):
+    """Firmware update by a ``firmwareUpdate`` direct method job (Azure "Schedule jobs on multiple devices"); progress is read from ``iothubDM.firmwareUpdate``."""
     name = "method"
     STATUS = "iothubDM.firmwareUpdate"
 
     async def start(self, conn: HubConnection, job_id: str, condition: str, timeout: int) -> None:
+        """Start a ``firmwareUpdate`` method job with ``{fwPackageUri, version}`` as payload."""
         await create_method_job(conn, job_id, "firmwareUpdate", condition,
                                 {"fwPackageUri": self.package_uri, "version": self.version},
                                 max_execution_time=timeout, wait_for_offline_devices=self.request.wait_for_offline_devices)  # fmt: skip
@@ -112,13 +120,16 @@ class MethodUpdate(Mechanism):
 
 
 class DesiredUpdate(Mechanism):
+    """Firmware update by desired properties ``firmware.{fwVersion, fwPackageURI}`` (a twin-update job)."""
     name = "desired"
 
     async def start(self, conn: HubConnection, job_id: str, condition: str, timeout: int) -> None:
+        """Start a twin-update job writing ``desired.firmware`` on the matching devices."""
         desired = {"firmware": {"fwVersion": self.version, "fwPackageURI": self.package_uri}}
         await create_twin_update_job(conn, job_id, condition, desired=desired, max_execution_time=timeout)
 
     def check(self, twin: dict[str, Any] | None, accepted_at: str) -> bool | Failure | None:
+        """True once ``reported.firmware.currentFwVersion`` is the version, a Failure on a failed status, else None."""
         fw = reported_value(twin, "firmware") or {}
         status = fw.get("fwUpdateStatus") if isinstance(fw, dict) else None
         if fw.get("currentFwVersion") == self.version and status in ("current", None):
@@ -132,10 +143,12 @@ class DesiredUpdate(Mechanism):
         return None
 
     def step(self, twin: dict[str, Any] | None) -> Any:
+        """``reported.firmware.fwUpdateStatus`` (for the step timeout)."""
         return reported_value(twin, "firmware.fwUpdateStatus")
 
 
 class TemplateUpdate(Mechanism):
+    """An update described by a template: a method or desired patch, and reported values that mean success."""
     name = "template"
 
     def __init__(self, request: RolloutRequest) -> None:
@@ -144,15 +157,18 @@ class TemplateUpdate(Mechanism):
         self.template: UpdateTemplate = request.template
 
     def label(self) -> str:
+        """``update <version>``."""
         return f"update {self.request.version}"
 
     def is_current(self, twin: dict[str, Any] | None) -> bool:
+        """True when every success path of the template reports its expected value."""
         return all(reported_value(twin, path) == value for path, value in self.template.success.items())
 
     def pending_condition(self) -> str | None:
         return None  # current devices are skipped from their twins, not by the job's condition
 
     async def start(self, conn: HubConnection, job_id: str, condition: str, timeout: int) -> None:
+        """Start the template's method job, or its twin-update job when it has no method."""
         if self.template.method:
             await create_method_job(conn, job_id, self.template.method, condition, self.template.payload,
                                     max_execution_time=timeout,

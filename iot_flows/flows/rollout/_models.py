@@ -40,9 +40,11 @@ class Window(BaseModel):
         return self
 
     def parsed(self) -> MaintenanceWindow:
+        """The window as a :class:`MaintenanceWindow` (raises ``ValueError`` if invalid)."""
         return MaintenanceWindow.parse(self.model_dump(exclude_none=True))
 
     def seconds_until_open(self, now: datetime | None = None) -> float:
+        """0 when open at ``now`` (default: now, UTC), else seconds until it next opens."""
         return self.parsed().seconds_until_open(now)
 
     def describe(self) -> str:
@@ -169,6 +171,7 @@ class RolloutRequest(BaseModel):
 
 
 class WaveResult(BaseModel):
+    """Outcome of one wave (or rollback): device counts, failed/rejected/timed-out ids, timing."""
     index: int
     devices: int
     kind: str = Field(default="wave", description="wave | rollback")
@@ -185,6 +188,7 @@ class WaveResult(BaseModel):
 
 
 class WavePlan(BaseModel):
+    """One planned wave of a dry run: its devices, id range, job condition and window opening."""
     wave: int
     devices: int
     to_update: int
@@ -195,6 +199,7 @@ class WavePlan(BaseModel):
 
 
 class RolloutPlan(BaseModel):
+    """A dry-run plan: targets, devices skipped as current, and the waves."""
     rollout_id: str
     version: str
     mechanism: str
@@ -205,6 +210,7 @@ class RolloutPlan(BaseModel):
 
 
 class RolloutResult(BaseModel):
+    """Result of a rollout flow: status (completed, aborted, planned), per-wave results and the abort reason."""
     version: str
     status: str = Field(description="completed | aborted | planned")
     targets: int = 0

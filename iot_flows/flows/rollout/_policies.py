@@ -43,10 +43,12 @@ class WaveTally:
 
     @property
     def finished(self) -> int:
+        """Devices with a final outcome (succeeded, failed, rejected or timed out)."""
         return self.succeeded + self.failed + self.rejected + self.timed_out
 
     @property
     def in_progress(self) -> int:
+        """Devices started and not finished nor waiting for a retry."""
         return max(self.total - self.finished - self.retrying, 0)
 
     def describe(self) -> str:
@@ -120,9 +122,11 @@ class WindowPolicy:
     window: Window | None
 
     def seconds_until_open(self, now: datetime | None = None) -> float:
+        """0 without a window or when open, else seconds until it opens."""
         return self.window.seconds_until_open(now) if self.window else 0.0
 
     def opens_at(self, now: datetime | None = None) -> datetime:
+        """When the window next opens (``now`` when open or without a window), UTC."""
         now = now or datetime.now(UTC)
         return now + timedelta(seconds=self.seconds_until_open(now))
 
@@ -148,6 +152,7 @@ class RatePolicy:
         return min(rate, self.limit.max_per_minute) if self.limit.max_per_minute else rate
 
     def release(self, now: float, successes: int) -> int:
+        """How many devices may start now: credit earned since the last call at :meth:`per_minute` (the first call releases one)."""
         if self._last is None:  # the first call starts one minute's worth at the start rate... at most 1 s of it
             self._last, self._credit = now, 1.0
         self._credit += (now - self._last) * self.per_minute(successes) / 60.0
@@ -193,6 +198,7 @@ class HealthPolicy:
 
 @dataclass
 class Policies:
+    """The policies one rollout runs under: gate, abort, retry, window and optional rate."""
     gate: GatePolicy
     abort: AbortPolicy
     retry: RetryPolicy

@@ -27,6 +27,7 @@ def emit_rollout_event(request: RolloutRequest, name: str, payload: dict[str, An
 
 
 async def rename_run(name: str) -> None:
+    """Rename the current Prefect flow run (no-op outside a flow run)."""
     context = FlowRunContext.get()
     if context and context.flow_run:
         async with get_client() as client:
@@ -56,6 +57,7 @@ class Board:
         self._last = 0.0
 
     def rows(self, note: str = "pending") -> list[dict[str, Any]]:
+        """One table row per planned wave: its result, live tally, or ``note`` when not started."""
         rows = []
         for index, wave in enumerate(self.plan):
             w, live = self.results.get(index), self.live.get(index)
@@ -76,6 +78,7 @@ class Board:
         return rows
 
     async def publish(self, note: str, empty: str | None = None) -> None:
+        """Write the table as a new version of the ``rollout-<id>`` table artifact."""
         self._last = time.monotonic()
         await acreate_table_artifact(self.rows() or [{"wave": "-", "devices": 0, "status": empty or "no devices"}],
                                     key=self.key, description=f"{self.title}: {note}")  # fmt: skip

@@ -67,6 +67,7 @@ def error_response(exc: HubError) -> Response:
 
 
 async def hub_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette handler: a ``HubError`` as IoT Hub's error body and status."""
     assert isinstance(exc, HubError)
     return error_response(exc)
 
@@ -86,5 +87,6 @@ async def storage_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette handler: any other exception is logged and answered 500 (IoT Hub error body)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(InternalServerError("An internal error occurred."))

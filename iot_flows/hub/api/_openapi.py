@@ -224,10 +224,12 @@ def openapi_document() -> dict[str, Any]:
 
 
 async def serve_openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the REST API as OpenAPI 3."""
     return JSONResponse(openapi_document())
 
 
 def openapi_routes() -> list[Route]:
+    """The route serving ``/openapi.json``."""
     return [Route("/openapi.json", serve_openapi, methods=["GET"])]
 
 

@@ -28,10 +28,15 @@ _R, _W, _S = Permission.REGISTRY_READ, Permission.REGISTRY_WRITE, Permission.SER
 
 
 def hub_of(request: Request) -> Hub:
+    """The :class:`Hub` serving this request."""
     return request.app.state.hub  # type: ignore[no-any-return]
 
 
 def authorize(request: Request, *permissions: Permission) -> Hub:
+    """Check the request's SAS token grants ``permissions``; return the hub.
+
+    Raises ``UnauthorizedError`` (401) for a missing or bad token, 401 for a missing permission.
+    """
     hub = hub_of(request)
     hub.service_auth.authorize(request.headers.get("authorization"), *permissions)
     return hub
@@ -51,16 +56,19 @@ async def json_body(request: Request) -> Any:
 
 
 def ok(body: Any, headers: dict[str, str] | None = None) -> Response:
+    """A 200 JSON response."""
     return JSONResponse(body, headers=headers)
 
 
 # ---- registry ---------------------------------------------------------------------
 async def get_device(request: Request) -> Response:
+    """``GET /devices/{id}`` (Azure "Devices - Get Identity")."""
     hub = authorize(request, _R)
     return ok((await hub.registry.get(request.path_params["device_id"])).device_json())
 
 
 async def put_device(request: Request) -> Response:
+    """``PUT /devices/{id}`` (Azure "Devices - Create Or Update Identity"); ``If-Match`` to update."""
     hub = authorize(request, _W)
     body = await json_body(request)
     record = await hub.registry.put(
@@ -70,6 +78,7 @@ async def put_device(request: Request) -> Response:
 
 
 async def delete_device(request: Request) -> Response:
+    """``DELETE /devices/{id}`` (Azure "Devices - Delete Identity"); 204."""
     hub = authorize(request, _W)
     await hub.registry.delete(request.path_params["device_id"], if_match=request.headers.get("if-match"))
     return Response(status_code=204)
@@ -91,6 +100,7 @@ async def list_devices(request: Request) -> Response:
 
 
 async def bulk_devices(request: Request) -> Response:
+    """``POST /devices`` (Azure "Bulk Registry - Update Registry"); 400 when any item failed."""
     hub = authorize(request, _W)
     result = await hub.registry.bulk(await json_body(request))
     return JSONResponse(result, status_code=200 if result["isSuccessful"] else 400)
@@ -98,11 +108,13 @@ async def bulk_devices(request: Request) -> Response:
 
 # ---- twins --------------------------------------------------------------------------
 async def get_twin(request: Request) -> Response:
+    """``GET /twins/{id}`` (Azure "Devices - Get Twin")."""
     hub = authorize(request, _S, _R)
     return ok((await hub.twins.get(request.path_params["device_id"])).twin_json())
 
 
 async def update_twin(request: Request) -> Response:
+    """``PATCH``/``PUT /twins/{id}`` (Azure "Devices - Update Twin" / "Replace Twin")."""
     hub = authorize(request, _S)
     body = await json_body(request)
     record = await hub.twins.update(
@@ -116,6 +128,7 @@ async def update_twin(request: Request) -> Response:
 
 # ---- direct methods -----------------------------------------------------------------
 async def invoke_method(request: Request) -> Response:
+    """``POST /twins/{id}/methods`` (Azure "Devices - Invoke Method"); 404103 offline, 504101 timeout."""
     hub = authorize(request, _S)
     device_id = request.path_params["device_id"]
     call = parse_method_call(await json_body(request))
@@ -125,6 +138,7 @@ async def invoke_method(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """``GET /healthz``: 200 ``{"status": "ok"}`` when ready, else 503 (extension, no auth)."""
     hub = hub_of(request)
     return ok({"status": "ok" if hub.ready else "starting"}) if hub.ready else JSONResponse(
         {"status": "starting"}, status_code=503
@@ -132,6 +146,7 @@ async def healthz(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The registry, twin, method, health and OpenAPI routes."""
     return [
         Route("/healthz", healthz, methods=["GET"]),
         *openapi_routes(),

@@ -27,6 +27,7 @@ def _page_size(request: Request) -> int | None:
 
 
 async def query_devices(request: Request) -> Response:
+    """``POST /devices/query`` (Azure "Query - Get Twins"); ``x-ms-max-item-count`` and ``x-ms-continuation`` page it."""
     hub = authorize(request, _S, _R)
     body = await json_body(request)
     text = body.get("query") if isinstance(body, dict) else None
@@ -38,16 +39,19 @@ async def query_devices(request: Request) -> Response:
 
 
 async def put_job(request: Request) -> Response:
+    """``PUT /jobs/v2/{id}`` (Azure "Jobs - Create Scheduled Job")."""
     hub = authorize(request, _S)
     return JSONResponse(await hub.jobs.create(request.path_params["job_id"], await json_body(request)))
 
 
 async def get_job(request: Request) -> Response:
+    """``GET /jobs/v2/{id}`` (Azure "Jobs - Get Scheduled Job")."""
     hub = authorize(request, _S)
     return JSONResponse(await hub.jobs.get(request.path_params["job_id"]))
 
 
 async def cancel_job(request: Request) -> Response:
+    """``POST /jobs/v2/{id}/cancel`` (Azure "Jobs - Cancel Scheduled Job")."""
     hub = authorize(request, _S)
     return JSONResponse(await hub.jobs.cancel(request.path_params["job_id"]))
 
@@ -72,6 +76,7 @@ async def query_jobs(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    """The query and ``/jobs/v2`` routes."""
     return [
         Route("/devices/query", query_devices, methods=["POST"]),
         Route("/jobs/v2/query", query_jobs, methods=["GET"]),
@@ -99,4 +104,5 @@ async def read_changes(request: Request) -> Response:
 
 
 def extension_routes() -> list[Route]:
+    """Routes beyond Azure: the change feed ``/iot-flows/changes``."""
     return [Route("/iot-flows/changes", read_changes, methods=["GET"])]

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from iot_flows._exceptions import IoTFlowsError
 from iot_flows._json import dumps
+from iot_flows._tasks import BackgroundTasks
 
 __all__ = ["Bus", "BusUnavailableError", "ClusterError", "NodeIdInUseError"]
 
@@ -68,15 +69,17 @@ class Bus:
         self.node_id = node_id
         self.prefix = prefix
         self._nc: Client | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(f"bus {node_id}")
         self._on_reconnected = on_reconnected
         self._closing = False
 
     def subject(self, *parts: str) -> str:
+        """``<prefix>.<part>.<part>...``: a NATS subject in this cluster's namespace."""
         return ".".join((self.prefix, *parts))
 
     @property
     def connected(self) -> bool:
+        """True while the NATS connection is up."""
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self, timeout: float = 5.0) -> None:
@@ -121,9 +124,9 @@ class Bus:
             ) from None
 
     async def close(self) -> None:
+        """Cancel and await in-flight handlers and publishes, then drain (2 s) and close NATS."""
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()
         if self._nc is not None:
             try:
                 await asyncio.wait_for(self._nc.drain(), 2)
@@ -136,9 +139,7 @@ class Bus:
         assert self._nc is not None
 
         async def dispatch(msg: Msg) -> None:
-            task = asyncio.get_running_loop().create_task(self._guard(handler, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._guard(handler, msg), name=f"bus-{msg.subject}")
 
         await self._nc.subscribe(subject, cb=dispatch)
 
@@ -154,9 +155,7 @@ class Bus:
         if self._nc is None:
             return
         data = dumps(body).encode()
-        task = asyncio.get_running_loop().create_task(self._publish(subject, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._publish(subject, data), name=f"publish-{subject}")
 
     async def _publish(self, subject: str, data: bytes) -> None:
         assert self._nc is not None
@@ -182,6 +181,7 @@ class Bus:
 
     @staticmethod
     async def respond(msg: Msg, body: dict[str, Any]) -> None:
+        """Reply to a request message with a JSON body (a lost reply is logged, not raised)."""
         try:
             await msg.respond(dumps(body).encode())
         except Exception as exc:

@@ -7,6 +7,7 @@ and one NATS. A :class:`ClusterNode` hooks into a started hub's seams:
   here is claimed in the presence table and announced on ``takeover``; the node that
   held it before closes its connection (one connection per identity across nodes);
 - ``MethodInvoker.router``: direct methods go to the node holding the device;
+- ``JobEngine.invoke_method``: a job's calls go out in one NATS request per node and batch;
 - ``TwinService`` listeners: desired notifications go to the device's node;
 - ``RegistryService(on_revoked=...)``: a disabled, deleted or re-keyed device is dropped
   on every node;
@@ -32,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
+from iot_flows._tasks import BackgroundTasks
 from iot_flows.hub import Subscription
+from iot_flows.hub.cluster._batching import JobCallBatcher, PresenceLookup
 from iot_flows.hub.cluster._bus import Bus, NodeIdInUseError, NoResponderError
 from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.store import ClusterStore, open_cluster_store
@@ -72,9 +75,11 @@ class ClusterNode:
         self.store: ClusterStore
         self.methods: MethodRouter
         self.desired: DesiredRelay
+        self.presence: PresenceLookup
+        self.job_calls: JobCallBatcher
         self._heartbeat: asyncio.Task[None] | None = None
         self._lease_expires = 0.0
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(f"node {self.node_id}")
 
     # ---- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -88,8 +93,10 @@ class ClusterNode:
             await self.bus.close()
             raise NodeIdInUseError(f"node id {self.node_id!r} is in use by a running node on {self.bus.url}; pick another --node-id")
         self.store = await open_cluster_store(self._hub.store, self.node_id, self.settings.lease_seconds)
-        self.methods = MethodRouter(self._hub, self.store, self.bus)
+        self.presence = PresenceLookup(self.store)
+        self.methods = MethodRouter(self._hub, self.store, self.bus, self.presence)
         self.desired = DesiredRelay(self._hub, self.store, self.bus)
+        self.job_calls = JobCallBatcher(self._hub, self.store, self.bus, self.methods)
         alone = await self.store.register()
         self._lease_expires = time.time() + self.settings.lease_seconds
         await self.store.reset_own(everything=alone)
@@ -100,6 +107,7 @@ class ClusterNode:
         hub = self._hub
         await self.bus.subscribe(self.bus.subject("node", self.node_id, "ping"), self._on_ping)
         await self.methods.start()
+        await self.job_calls.start()
         await self.desired.start()
         await self.bus.subscribe(self.bus.subject("takeover"), self._on_takeover)
         await self.bus.subscribe(self.bus.subject("revoked"), self._on_revoked)
@@ -127,8 +135,7 @@ class ClusterNode:
 
     async def leave(self) -> None:
         """Drop this node's rows (after its jobs stopped and connections closed)."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=2)
+        await self._background.close(grace=2)
         try:
             await self.store.leave()
         except Exception:
@@ -167,7 +174,8 @@ class ClusterNode:
         return await self.store.release(device_id)  # False: it connected to another node since
 
     async def held_elsewhere(self, device_id: str) -> bool:
-        holder = await self.store.holder(device_id)
+        """True when another node holds the device's connection."""
+        holder = await self.presence.holder(device_id)  # one query for every device asked this tick
         return holder is not None and holder != self.node_id
 
     async def wait_online(self, device_id: str, timeout: float) -> None:
@@ -193,9 +201,7 @@ class ClusterNode:
 
     def on_revoked(self, device_id: str) -> None:
         """Hub hook: the device was disabled, deleted or re-keyed here; drop it everywhere."""
-        task = asyncio.get_running_loop().create_task(self._release_revoked(device_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(self._release_revoked(device_id), name=f"revoked-{device_id}")
         self.bus.publish(self.bus.subject("revoked"), {"deviceId": device_id, "node": self.node_id})
 
     async def _on_revoked(self, msg: Msg) -> None:
@@ -242,4 +248,10 @@ class ClusterNode:
         return await self.store.acquire_job(job_id)
 
     async def release(self, job_id: str) -> None:
+        """Release this node's lease on ``job_id``."""
         await self.store.release_job(job_id)
+
+    def valid(self) -> bool:
+        """True while this node's last renewal is younger than its lease (no I/O: checked
+        before every job write and call, so a node resumed after a pause stops at once)."""
+        return time.time() < self._lease_expires

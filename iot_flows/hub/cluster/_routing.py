@@ -37,7 +37,7 @@ from iot_flows.store import ClusterStore
 if TYPE_CHECKING:
     from iot_flows.hub import Hub
 
-__all__ = ["DesiredRelay", "MethodRouter"]
+__all__ = ["DesiredRelay", "MethodRouter", "call_body", "decode_outcome", "invoke_here"]
 
 log = logging.getLogger(__name__)
 _POLL = 0.25  #: seconds between presence checks while waiting for a device to connect
@@ -52,15 +52,51 @@ def _not_online(connect_timeout: int) -> DeviceNotOnlineError:
     return DeviceNotOnlineError("Timed out waiting for device to connect.", info={"timeout": hms})
 
 
+def call_body(device_id: str, call: Any) -> dict[str, Any]:
+    """A method call as it travels on the bus (the REST body plus ``deviceId``)."""
+    return {
+        "deviceId": device_id,
+        "methodName": call.method_name,
+        "payload": call.payload,
+        "responseTimeoutInSeconds": call.response_timeout,
+        "connectTimeoutInSeconds": call.connect_timeout,
+    }
+
+
+async def invoke_here(hub: Hub, request: dict[str, Any]) -> dict[str, Any]:
+    """Invoke a bus-borne call on this node's device; the reply: status and payload, or the IoT Hub error."""
+    try:
+        call = parse_method_call(request)
+        result = await hub.methods.invoke_local(request["deviceId"], call)
+        return {"status": result.status, "payload": result.payload}
+    except HubError as exc:
+        return {"error": {"status": exc.status_code, "code": exc.error_code, "name": exc.error_name,
+                          "message": exc.message, "info": exc.info}}  # fmt: skip
+
+
+def decode_outcome(reply: dict[str, Any]) -> MethodResult:
+    """The :class:`MethodResult` of an :func:`invoke_here` reply; raises the IoT Hub error it carries."""
+    error = reply.get("error")
+    if error is not None:
+        raise error_for_status(
+            int(error["status"]), error.get("message", ""), error.get("code"), error.get("name"),
+            info=error.get("info") or {},
+        )  # fmt: skip
+    return MethodResult(status=int(reply["status"]), payload=reply.get("payload"))
+
+
 class MethodRouter:
     """Invokes a direct method wherever the device is connected."""
 
-    def __init__(self, hub: Hub, store: ClusterStore, bus: Bus) -> None:
+    def __init__(self, hub: Hub, store: ClusterStore, bus: Bus, presence: Any = None) -> None:
         self._hub = hub
         self._store = store
         self._bus = bus
+        #: ``holder(device_id)`` (a PresenceLookup coalescing concurrent look-ups), else the store's
+        self._holder = presence.holder if presence is not None else store.holder
 
     async def start(self) -> None:
+        """Serve method calls routed to this node and route the hub's calls for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "method"), self._serve)
         self._hub.methods.router = self.invoke
 
@@ -74,7 +110,7 @@ class MethodRouter:
             remaining = max(0, math.ceil(deadline - loop.time()))
             if sessions.is_connected(device_id):
                 return await methods.invoke_local(device_id, replace(call, connect_timeout=remaining))
-            holder = await self._store.holder(device_id)
+            holder = await self._holder(device_id)
             if holder is not None and holder not in (self._store.node_id, gone):
                 try:
                     return await self._forward(holder, device_id, replace(call, connect_timeout=remaining))
@@ -86,40 +122,19 @@ class MethodRouter:
             await sessions.wait_for(device_id, Subscription.METHODS, min(_POLL, left))
 
     async def _forward(self, node: str, device_id: str, call: Any) -> MethodResult:
-        body = {
-            "deviceId": device_id,
-            "methodName": call.method_name,
-            "payload": call.payload,
-            "responseTimeoutInSeconds": call.response_timeout,
-            "connectTimeoutInSeconds": call.connect_timeout,
-        }
         timeout = call.connect_timeout + call.response_timeout + _BUS_MARGIN
         try:
-            reply = await self._bus.request(self._bus.subject("node", node, "method"), body, timeout)
+            reply = await self._bus.request(self._bus.subject("node", node, "method"), call_body(device_id, call), timeout)
         except TimeoutError:
             raise GatewayTimeoutError("Timed out waiting for the response from device.") from None
         except BusUnavailableError:
             raise ServiceUnavailableError(
                 f"The device is connected to node {node}, and the cluster bus (NATS) is unreachable."
             ) from None
-        error = reply.get("error")
-        if error is not None:
-            raise error_for_status(
-                int(error["status"]), error.get("message", ""), error.get("code"), error.get("name"),
-                info=error.get("info") or {},
-            )
-        return MethodResult(status=int(reply["status"]), payload=reply.get("payload"))
+        return decode_outcome(reply)
 
     async def _serve(self, msg: Msg) -> None:
-        request = json.loads(msg.data)
-        try:
-            call = parse_method_call(request)
-            result = await self._hub.methods.invoke_local(request["deviceId"], call)
-            reply: dict[str, Any] = {"status": result.status, "payload": result.payload}
-        except HubError as exc:
-            reply = {"error": {"status": exc.status_code, "code": exc.error_code, "name": exc.error_name,
-                               "message": exc.message, "info": exc.info}}  # fmt: skip
-        await self._bus.respond(msg, reply)
+        await self._bus.respond(msg, await invoke_here(self._hub, json.loads(msg.data)))
 
 
 class DesiredRelay:
@@ -133,6 +148,7 @@ class DesiredRelay:
         self._held: dict[str, dict[int, dict[str, Any]]] = {}  #: early notifications per device
 
     async def start(self) -> None:
+        """Receive desired-property patches for devices here; send the hub's patches for remote devices."""
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "desired"), self._receive)
         self._hub.twins.desired_sender = self.send
 
