@@ -1,6 +1,6 @@
 """Shared access signatures (SAS) and IoT Hub connection strings.
 
-Token format (reference §3.7)::
+Token format (docs/iothub-reference.md §3.7)::
 
     SharedAccessSignature sr={urlencoded uri}&sig={urlencoded b64 hmac}&se={expiry}[&skn={policy}]
 

@@ -80,7 +80,7 @@ _QUOTA = "Azure throttling"
 
 
 class QuotaTier(str, Enum):
-    """An IoT Hub pricing tier whose throttles ``hub serve --quota`` applies (reference §6)."""
+    """An IoT Hub pricing tier whose throttles ``hub serve --quota`` applies (docs/iothub-reference.md §6)."""
 
     OFF = "off"
     FREE = "free"

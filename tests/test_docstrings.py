@@ -6,7 +6,7 @@ under ``iot_flows/`` (private modules too: their public names are what sibling m
 - a module-level function or class whose name does not start with ``_`` needs a docstring;
 - so does a method (or nested class) of such a class whose name does not start with ``_``
   (dunder methods such as ``__init__`` are excluded; document the class instead);
-- functions nested inside functions are excluded, and so are ``@x.setter`` /
+- definitions inside functions are excluded, and so are ``@x.setter`` /
   ``@x.deleter`` and ``@overload`` stubs;
 - a method without its own docstring passes when a base class (resolved by name anywhere
   in ``iot_flows``) defines the same method with one: an implementation of a documented

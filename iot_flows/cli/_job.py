@@ -16,16 +16,17 @@ from typing import Annotated, Any
 import typer
 
 from iot_flows.cli._ops import (
+    DesiredOption,
     HubOption,
     HubUrlOption,
     OutputOption,
     ProfileOption,
-    UsageProblem,
+    TagsOption,
     emit,
     guard,
     parse_json,
-    parse_json_object,
     run_hub_command,
+    twin_patch,
 )
 from iot_flows.jobs import TERMINAL_JOB_STATES
 
@@ -127,19 +128,13 @@ def create_method(
 @guard
 def create_twin_update(
     query_condition: Condition = "*",
-    desired: Annotated[str | None, typer.Option("--desired", help="JSON object merged into properties.desired.")] = None,
-    tags: Annotated[str | None, typer.Option("--tags", help="JSON object merged into tags.")] = None,
+    desired: DesiredOption = None,
+    tags: TagsOption = None,
     job_id: NewJobId = None, start_time: StartTime = None, max_execution_time: MaxTime = 3600, wait: Wait = False, poll_interval: Poll = 0.5,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
 ) -> None:  # fmt: skip
     """Merge desired properties and/or tags into every selected twin (scheduleUpdateTwin)."""
-    update: dict[str, Any] = {"etag": "*"}
-    if (value := parse_json_object(desired, "--desired")) is not None:
-        update["properties"] = {"desired": value}
-    if (value := parse_json_object(tags, "--tags")) is not None:
-        update["tags"] = value
-    if len(update) == 1:
-        raise UsageProblem("nothing to update: pass --desired '{...}' and/or --tags '{...}'")
+    update = {"etag": "*", **twin_patch(desired, tags)}
     body = {"type": "scheduleUpdateTwin", "queryCondition": query_condition, "updateTwin": update,
             "maxExecutionTimeInSeconds": max_execution_time}  # fmt: skip
     _create(body, job_id, start_time, wait, poll_interval, output, hub, hub_url, profile)

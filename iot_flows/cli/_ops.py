@@ -30,6 +30,7 @@ import typer
 from iot_flows._settings import ClientSettings
 
 __all__ = [
+    "DesiredOption",
     "HubOption",
     "HubUrlOption",
     "Output",
@@ -43,7 +44,9 @@ __all__ = [
     "parse_json",
     "parse_json_object",
     "run_hub_command",
+    "TagsOption",
     "UsageProblem",
+    "twin_patch",
 ]
 
 T = TypeVar("T")
@@ -108,6 +111,26 @@ def parse_json_object(text: str | None, option: str) -> dict[str, Any] | None:
     if value is not None and not isinstance(value, dict):
         raise UsageProblem(f"{option} must be a JSON object, like '{{\"key\": 1}}'")
     return value
+
+
+DesiredOption = Annotated[str | None, typer.Option("--desired", help="JSON object merged into properties.desired.")]
+TagsOption = Annotated[str | None, typer.Option("--tags", help="JSON object merged into tags.")]
+
+
+def twin_patch(desired: str | None, tags: str | None) -> dict[str, Any]:
+    """The twin merge patch ``{"properties": {"desired": ...}, "tags": ...}`` from ``--desired``/``--tags``.
+
+    Raises:
+        UsageProblem: an option is not a JSON object, or neither was given.
+    """
+    patch: dict[str, Any] = {}
+    if (value := parse_json_object(desired, "--desired")) is not None:
+        patch["properties"] = {"desired": value}
+    if (value := parse_json_object(tags, "--tags")) is not None:
+        patch["tags"] = value
+    if not patch:
+        raise UsageProblem("nothing to update: pass --desired '{...}' and/or --tags '{...}'")
+    return patch
 
 
 async def _block(name: str) -> tuple[str, str | None, str | bool]:

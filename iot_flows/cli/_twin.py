@@ -7,20 +7,21 @@ is sent. Reference: "Understand and use device twins in IoT Hub" (Azure docs).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from iot_flows.cli._ops import (
+    DesiredOption,
     HubOption,
     HubUrlOption,
     OutputOption,
     ProfileOption,
-    UsageProblem,
+    TagsOption,
     emit,
     guard,
-    parse_json_object,
     run_hub_command,
+    twin_patch,
 )
 
 __all__ = ["twin_app"]
@@ -43,17 +44,11 @@ def show(
 @guard
 def update(
     device_id: DeviceId,
-    desired: Annotated[str | None, typer.Option("--desired", help="JSON object merged into properties.desired.")] = None,
-    tags: Annotated[str | None, typer.Option("--tags", help="JSON object merged into tags.")] = None,
+    desired: DesiredOption = None,
+    tags: TagsOption = None,
     etag: Annotated[str, typer.Option("--etag", help="Update only if the twin's etag is still this.")] = "*",
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
 ) -> None:  # fmt: skip
     """Merge-patch a twin's desired properties and/or tags; prints the updated twin."""
-    patch: dict[str, Any] = {}
-    if (value := parse_json_object(tags, "--tags")) is not None:
-        patch["tags"] = value
-    if (value := parse_json_object(desired, "--desired")) is not None:
-        patch["properties"] = {"desired": value}
-    if not patch:
-        raise UsageProblem("nothing to update: pass --desired '{...}' and/or --tags '{...}'")
+    patch = twin_patch(desired, tags)
     emit(run_hub_command(hub, hub_url, profile, lambda c: c.update_twin(device_id, patch, etag=etag)), output)

@@ -1,7 +1,7 @@
 """``HubClient``: async httpx client of IoT Hub's service REST contract.
 
 The same client talks to the bundled hub and to Azure IoT Hub, because both speak
-the contract of reference §3: SAS-signed requests with ``api-version=2021-04-12``,
+the contract of docs/iothub-reference.md §3: SAS-signed requests with ``api-version=2021-04-12``,
 quoted ``If-Match``, ``x-ms-continuation`` paging, and error bodies carrying IoT Hub's
 ``errorCode``. Responses are translated once, here, into the project's exception
 hierarchy; each error knows whether it is worth retrying, and a retryable error means
@@ -53,7 +53,7 @@ class QueryPage:
 def _path(*segments: str) -> str:
     """A URL path from raw segments, each percent-encoded whole (``quote(s, safe='')``).
 
-    Device and job ids may hold ``? % # / : @ ' $ ; = ,`` and more (reference §1.5); the
+    Device and job ids may hold ``? % # / : @ ' $ ; = ,`` and more (docs/iothub-reference.md §1.5); the
     official service SDKs encode every id segment this way (msrest ``quote(id, safe='')``,
     Node ``encodeURIComponent``, C# ``UrlEncode``). Unencoded, ``demo?x=1`` addresses the
     device ``demo`` and ``demo%41`` addresses ``demoA``. The ids ``.`` and ``..`` (valid

@@ -1,7 +1,7 @@
 """Query conditions built from id lists, split so that no request exceeds IoT Hub's limits.
 
-IoT Hub refuses a query or job ``queryCondition`` longer than 8,192 characters (reference
-§4.5) with 400, and a bulk registry call with more than 100 devices. Every request built
+IoT Hub refuses a query or job ``queryCondition`` longer than 8,192 characters
+(docs/iothub-reference.md §4.5) with 400, and a bulk registry call with more than 100 devices. Every request built
 from a list of ids therefore goes through a splitter here: the list is unbounded, each
 request is not.
 """
@@ -15,7 +15,7 @@ __all__ = ["MAX_BULK_DEVICES", "MAX_CONDITION_LENGTH", "MAX_QUERY_LENGTH", "chun
 
 T = TypeVar("T")
 
-#: IoT Hub's limit for a query's text and for a job's ``queryCondition`` (reference §4.5).
+#: IoT Hub's limit for a query's text and for a job's ``queryCondition`` (docs/iothub-reference.md §4.5).
 MAX_QUERY_LENGTH = 8192
 #: Budget for one condition: the limit minus room for the query it is embedded in
 #: (``SELECT deviceId, properties.reported FROM devices WHERE `` and the like).

@@ -3,7 +3,7 @@
 ``DeviceClient`` is a small device SDK (MQTT, SAS renewal, twin, direct methods,
 telemetry) that runs without Prefect. ``Fleet`` provisions and runs thousands of
 ``SimulatedDevice`` s whose ``DeviceBehaviour`` implements the device-management
-patterns of reference §7 (reboot, firmware update, factory reset, configuration,
+patterns of docs/iothub-reference.md §7 (reboot, firmware update, factory reset, configuration,
 maintenance windows) with seeded fault injection. Each pattern is a ``Behaviour``
 class registered by name (``register_behaviour``); ``DeviceClient.state`` is one of
 ``State``, moved only by the ``TRANSITIONS`` table.

@@ -1,4 +1,4 @@
-"""A simulated device's device-management logic (reference §7; seeds 000-003).
+"""A simulated device's device-management logic (docs/iothub-reference.md §7; seeds 000-003).
 
 :class:`DeviceBehaviour` drives one :class:`DeviceClient`: it routes direct methods and
 desired properties to the registered :class:`~iot_flows.device.Behaviour` classes

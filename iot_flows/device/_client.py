@@ -1,8 +1,8 @@
-"""``DeviceClient``: an asyncio IoT Hub device over MQTT 3.1.1 (reference §2, sdk-wire-facts).
+"""``DeviceClient``: an asyncio IoT Hub device over MQTT 3.1.1 (docs/iothub-reference.md §2, §9).
 
 Azure docs followed: "Communicate with an IoT hub using the MQTT protocol"
-(``iot-mqtt-connect-to-iot-hub.md``; reference §2 is the project's digest of it) and
-"Understand and use device twins" (``iot-hub-devguide-device-twins.md``, reference §1).
+(``iot-mqtt-connect-to-iot-hub.md``; docs/iothub-reference.md §2 is the project's digest of it) and
+"Understand and use device twins" (``iot-hub-devguide-device-twins.md``, docs/iothub-reference.md §1).
 
 ::
 
@@ -21,7 +21,7 @@ server name); ``host``/``port`` only say where to connect.
 Lifecycle: states and transitions are one table (``_lifecycle.py``); connecting,
 reconnecting and SAS renewal are in ``_connection.py``, inbound messages in
 ``_inbound.py``. A change made while the device was offline arrives through the twin
-GET after reconnecting, and no desired change arrives twice (reference §1.3).
+GET after reconnecting, and no desired change arrives twice (docs/iothub-reference.md §1.3).
 
 Failures: every pending request fails with :class:`ConnectionLostError` when the
 connection drops; a dropped connection is re-established with exponential backoff and
@@ -191,7 +191,7 @@ class DeviceClient(ConnectionMixin):
 
         It gets a :class:`DesiredUpdate`: the full desired document after every
         (re)connect whose ``$version`` differs from the last one seen, then each newer
-        patch (reference §1.3). Async handlers run one after another, in order. A
+        patch (docs/iothub-reference.md §1.3). Async handlers run one after another, in order. A
         handler that raises is logged. Returns ``handler`` (usable as a decorator).
         """
         self._desired_handler = handler
@@ -204,7 +204,7 @@ class DeviceClient(ConnectionMixin):
         a ``(status, payload)`` tuple, a bare status, or ``None`` (200 with no payload),
         directly or from a coroutine. The reply is queued before any task the handler
         started gets to run. A method without a handler is answered 501; a handler that
-        raises is answered 500 (reference §2, direct methods). ``handler=None`` removes
+        raises is answered 500 (docs/iothub-reference.md §2, direct methods). ``handler=None`` removes
         the handler. Returns ``handler``.
         """
         if name is None:
@@ -327,7 +327,7 @@ class DeviceClient(ConnectionMixin):
 
     # ---- twin -----------------------------------------------------------------------
     async def get_twin(self, *, timeout: float | None = None) -> DeviceTwin:
-        """GET the twin (``desired`` and ``reported``, no tags), reference §2 ``$iothub/twin/GET``.
+        """GET the twin (``desired`` and ``reported``, no tags), docs/iothub-reference.md §2 ``$iothub/twin/GET``.
 
         Waits up to ``timeout`` seconds (default ``request_timeout``) for a connection
         and the answer. Raises :class:`RequestTimeoutError`, :class:`ConnectionLostError`,
@@ -339,7 +339,7 @@ class DeviceClient(ConnectionMixin):
             return await self._get_twin_on(conn, timeout)
 
     async def patch_reported(self, patch: dict[str, Any], *, timeout: float | None = None) -> int:
-        """Merge ``patch`` into the reported properties (``None`` deletes a key), reference §2
+        """Merge ``patch`` into the reported properties (``None`` deletes a key), docs/iothub-reference.md §2
         ``$iothub/twin/PATCH/properties/reported``. Returns the new reported ``$version``.
 
         Raises ``TypeError`` for a non-dict, :class:`RequestTimeoutError` after ``timeout``
@@ -367,7 +367,7 @@ class DeviceClient(ConnectionMixin):
         timeout: float | None = None,
     ) -> None:
         """Send a device-to-cloud message at QoS 1 and wait for the hub's PUBACK
-        (reference §2, ``devices/{id}/messages/events/{property bag}``).
+        (docs/iothub-reference.md §2, ``devices/{id}/messages/events/{property bag}``).
 
         ``body`` is sent as is when ``bytes``/``str``, otherwise as JSON (with
         ``$.ct=application/json`` and ``$.ce=utf-8`` in the property bag). Raises

@@ -1,7 +1,7 @@
 """Configuration behaviours: maintenance window, desired configuration, the door (seed 000).
 
 Desired configuration is acknowledged as in Azure's "configure devices with desired
-properties" tutorial (reference §7.1 "Configuration" and §7.4; Azure docs
+properties" tutorial (docs/iothub-reference.md §7.1 and §7.4; Azure docs
 ``iot-hub-device-management-overview.md``, ``tutorial-firmware-update.md``): reported
 ``{..., "status": "Pending"}``, then the applied values with ``"status": "Success"``
 and ``desiredVersion``.

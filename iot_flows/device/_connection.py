@@ -3,7 +3,7 @@
 One connection attempt (:meth:`ConnectionMixin._establish`): CONNECT with a fresh SAS
 token -> SUBSCRIBE (twin responses, desired patches, methods) -> GET the full twin ->
 reconcile desired properties -> ``ESTABLISHED``. Desired patches that arrive meanwhile
-are held back and delivered after the twin only if newer (reference §1.3).
+are held back and delivered after the twin only if newer (docs/iothub-reference.md §1.3).
 
 Every failure -- of a first connect, of a reconnect, of a token renewal, or a dropped
 connection -- goes through :meth:`ConnectionMixin._fail`, the one error path: it turns
@@ -11,7 +11,7 @@ the exception into a lifecycle event (``REFUSED``, ``RETRY`` or ``GIVE_UP``) and
 table says what follows. ``connect()`` runs attempts in the caller's task; reconnecting
 and renewing run in one background task, the *connector*.
 
-SAS renewal (reference §2.1, the SDKs' token refresh): the hub drops a device when its
+SAS renewal (docs/iothub-reference.md §2.1, the SDKs' token refresh): the hub drops a device when its
 token expires, so the client moves to ``RENEWING`` ``token_renewal_margin`` seconds (at
 most a quarter of the token's lifetime) before ``se``, lets in-flight requests finish,
 closes the connection and establishes a new one; requests made meanwhile wait.

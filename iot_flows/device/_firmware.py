@@ -1,4 +1,4 @@
-"""Firmware update behaviours: by direct method (reference §7.3) and by desired property (§7.4).
+"""Firmware update behaviours: by direct method and by desired property (docs/iothub-reference.md §7.3, §7.4).
 
 Both share the device's update slot (:meth:`DeviceBehaviour.start_update`): one update
 at a time; a reboot or factory reset interrupts it. Firmware is downloaded at any time
@@ -64,7 +64,7 @@ def _version_from_uri(uri: str) -> str:
 
 @register_behaviour
 class FirmwareUpdateMethod(Behaviour):
-    """Direct method ``firmwareUpdate`` (seed 003, reference §7.3).
+    """Direct method ``firmwareUpdate`` (seed 003, docs/iothub-reference.md §7.3).
 
     Payload ``{"fwPackageUri": "https://...", "version": "2.0.0"}`` (or the URI as a JSON
     string, as in the C sample; without ``version`` it is read from the URI,
@@ -137,7 +137,7 @@ class FirmwareUpdateMethod(Behaviour):
 
 @register_behaviour
 class DesiredFirmware(Behaviour):
-    """Desired ``firmware: {fwVersion, fwPackageURI, fwPackageCheckValue}`` (reference §7.4).
+    """Desired ``firmware: {fwVersion, fwPackageURI, fwPackageCheckValue}`` (docs/iothub-reference.md §7.4).
 
     Reported ``firmware: {currentFwVersion, pendingFwVersion, fwUpdateStatus,
     fwUpdateSubstatus, lastFwUpdateStartTime, lastFwUpdateEndTime}``; the status goes

@@ -1,9 +1,9 @@
 """What a :class:`DeviceClient` receives: twin responses, desired patches, direct-method calls.
 
-Inbound PUBLISHes (reference §2) are routed by topic: ``$iothub/twin/res/...`` completes
+Inbound PUBLISHes (docs/iothub-reference.md §2) are routed by topic: ``$iothub/twin/res/...`` completes
 the pending twin request with the same ``$rid`` (the request ledger);
 ``$iothub/twin/PATCH/properties/desired/...`` goes to the desired handler, in
-``$version`` order and never twice (reference §1.3); ``$iothub/methods/POST/{name}/...``
+``$version`` order and never twice (docs/iothub-reference.md §1.3); ``$iothub/methods/POST/{name}/...``
 goes to the method handler, whose result is published on ``$iothub/methods/res/...``.
 """
 
@@ -125,7 +125,7 @@ class InboundMixin:
         version = doc.pop("$version", None)
         if isinstance(version, int):
             if version <= self._desired_version:
-                return  # already part of the twin we fetched (reference §1.3)
+                return  # already part of the twin we fetched (docs/iothub-reference.md §1.3)
             self._desired_version = version
         self._call_desired(DesiredUpdate(doc, self._desired_version, complete=False))
 

@@ -1,6 +1,6 @@
 """Values a :class:`DeviceClient` hands out and takes in: twins, desired updates, method calls.
 
-Topic and payload shapes follow reference §2 (device MQTT dialect): twin responses on
+Topic and payload shapes follow docs/iothub-reference.md §2 (device MQTT dialect): twin responses on
 ``$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]``, direct methods on
 ``$iothub/methods/POST/{name}/?$rid={rid}``, replies on
 ``$iothub/methods/res/{status}/?$rid={rid}``.
@@ -57,7 +57,7 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class DeviceTwin:
-    """What a device sees of its twin (reference §1.3): the ``desired`` and ``reported``
+    """What a device sees of its twin (docs/iothub-reference.md §1.3): the ``desired`` and ``reported``
     documents, each with its ``$version`` (no tags: devices cannot read them)."""
 
     desired: dict[str, Any]
@@ -92,7 +92,7 @@ class DesiredUpdate:
 
 @dataclass(frozen=True, slots=True)
 class MethodRequest:
-    """A direct-method call (reference §2): ``name``, the service's JSON ``payload``
+    """A direct-method call (docs/iothub-reference.md §2): ``name``, the service's JSON ``payload``
     parsed (``None`` for an empty body, the text for a body that is not JSON) and the
     request id ``rid`` the reply must carry."""
 
@@ -134,7 +134,7 @@ def coerce_method_result(result: MethodResult) -> tuple[int, Any]:
 
 
 def twin_error(status: int, payload: bytes) -> HubError:
-    """The :class:`HubError` for a twin response with an error ``status`` (reference §2:
+    """The :class:`HubError` for a twin response with an error ``status`` (docs/iothub-reference.md §2:
     the body is IoT Hub's error JSON, ``{"errorCode": 400027, "message": ...}``)."""
     message, code = f"twin operation returned status {status}", None
     try:

@@ -1,4 +1,4 @@
-"""Restart behaviours: ``reboot`` (seed 002, reference §7.2) and ``factoryReset``.
+"""Restart behaviours: ``reboot`` (seed 002, docs/iothub-reference.md §7.2) and ``factoryReset``.
 
 Both answer 200 at once, go offline (clean DISCONNECT), come back, report, then read
 the twin again and apply what is desired. Both interrupt a running firmware update.
@@ -32,41 +32,57 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
     return target
 
 
+class _Restart(Behaviour):
+    """A restart by direct method: answer 200 at once (409 while one runs), restart in the
+    background (:meth:`_restart`), then read the twin again and apply what is desired."""
+
+    order = 30
+    #: The 200 answer's ``message``.
+    started = "Restart started"
+    #: Apply desired state as on a new device (everything applied before was forgotten).
+    fresh = False
+
+    def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
+        """Answer 200 (409 while restarting) and restart in the background."""
+        if device.busy:
+            return _BUSY
+        device.busy = True
+        device.spawn(self._run(device))
+        return MethodResponse(200, {"message": self.started})
+
+    async def _run(self, device: DeviceBehaviour) -> None:
+        try:
+            await self._restart(device)
+        finally:
+            device.busy = False
+        await device.resume_desired(fresh=self.fresh)
+
+    async def _restart(self, device: DeviceBehaviour) -> None:
+        raise NotImplementedError
+
+
 @register_behaviour
-class Reboot(Behaviour):
+class Reboot(_Restart):
     """Direct method ``reboot``: 200 ``{"message": "Reboot started"}``; offline for
     ``reboot_seconds``; reconnect; report ``iothubDM.reboot.lastReboot``. An interrupted
     firmware update reports ``applyFailed`` / ``rolledback``. 409 while restarting."""
 
     name = "reboot"
     methods = ("reboot",)
-    order = 30
+    started = "Reboot started"
 
-    def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
-        """Answer 200 (409 while restarting) and reboot in the background."""
-        if device.busy:
-            return _BUSY
-        device.busy = True
-        device.spawn(self._reboot(device))
-        return MethodResponse(200, {"message": "Reboot started"})
-
-    async def _reboot(self, device: DeviceBehaviour) -> None:
-        why = "interrupted by reboot"
-        try:
-            device.stats["reboots"] += 1
-            interrupted = await device.interrupt_update()
-            await device.offline(device.config.reboot_seconds)
-            await device.report({"iothubDM": {"reboot": {"lastReboot": now_iso()}}})
-            if interrupted is not None:
-                device.stats["fw_interrupted"] += 1
-                await device.report(interrupted_patch(device, interrupted[0], why))
-        finally:
-            device.busy = False
-        await device.resume_desired()
+    async def _restart(self, device: DeviceBehaviour) -> None:
+        device.stats["reboots"] += 1
+        interrupted = await device.interrupt_update()
+        await device.offline(device.config.reboot_seconds)
+        await device.report({"iothubDM": {"reboot": {"lastReboot": now_iso()}}})
+        if interrupted is not None:
+            device.stats["fw_interrupted"] += 1
+            await device.report(interrupted_patch(device, interrupted[0], "interrupted by reboot"))
 
 
 @register_behaviour
-class FactoryReset(Behaviour):
+class FactoryReset(_Restart):
     """Direct method ``factoryReset``: 200; offline for ``factory_reset_seconds``; back
     on the factory firmware with every behaviour's applied state forgotten (their
     ``on_factory_reset`` patches, plus ``iothubDM.factoryReset.lastFactoryReset``, are
@@ -75,25 +91,14 @@ class FactoryReset(Behaviour):
 
     name = "factoryReset"
     methods = ("factoryReset",)
-    order = 30
+    started = "Factory reset started"
+    fresh = True
 
-    def on_method(self, device: DeviceBehaviour, request: MethodRequest) -> MethodResponse:
-        """Answer 200 (409 while restarting) and reset in the background."""
-        if device.busy:
-            return _BUSY
-        device.busy = True
-        device.spawn(self._reset(device))
-        return MethodResponse(200, {"message": "Factory reset started"})
-
-    async def _reset(self, device: DeviceBehaviour) -> None:
-        try:
-            device.stats["factory_resets"] += 1
-            await device.interrupt_update()
-            patch: dict[str, Any] = {}
-            for behaviour in device.behaviours:
-                merge_patch(patch, behaviour.on_factory_reset(device) or {})
-            await device.offline(device.config.factory_reset_seconds)
-            await device.report(merge_patch(patch, {"iothubDM": {"factoryReset": {"lastFactoryReset": now_iso()}}}))
-        finally:
-            device.busy = False
-        await device.resume_desired(fresh=True)
+    async def _restart(self, device: DeviceBehaviour) -> None:
+        device.stats["factory_resets"] += 1
+        await device.interrupt_update()
+        patch: dict[str, Any] = {}
+        for behaviour in device.behaviours:
+            merge_patch(patch, behaviour.on_factory_reset(device) or {})
+        await device.offline(device.config.factory_reset_seconds)
+        await device.report(merge_patch(patch, {"iothubDM": {"factoryReset": {"lastFactoryReset": now_iso()}}}))

@@ -2,7 +2,7 @@
 
 Polling lives in flows (one ``get_job`` / ``get_twins`` task per poll round, with a
 growing interval), never one task per device: the Prefect server drops task runs
-past a few thousand per flow (prefect-and-mqtt-notes.md).
+past a few thousand per flow (docs/architecture.md §3).
 """
 
 from __future__ import annotations

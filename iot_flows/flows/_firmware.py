@@ -3,8 +3,8 @@
 Devices report their running firmware under one of three reported properties (the
 simulator reports all three, equal; see ``iot_flows.device`` behaviours):
 
-1. ``firmware.currentFwVersion``: Azure's desired-property firmware update (reference §7.4);
-2. ``iothubDM.firmwareVersion``: the C SDK device-management sample (reference §7.3);
+1. ``firmware.currentFwVersion``: Azure's desired-property firmware update (docs/iothub-reference.md §7.4);
+2. ``iothubDM.firmwareVersion``: the C SDK device-management sample (docs/iothub-reference.md §7.3);
 3. ``firmware.version``: the simulator's short alias.
 
 **Rule:** the installed version is the first of these paths, in this order, whose reported

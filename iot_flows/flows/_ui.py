@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import State, get_run_logger
+from prefect.artifacts import acreate_table_artifact
 from prefect.context import FlowRunContext
 from prefect.states import Completed
 from pydantic import BaseModel, ValidationError
@@ -31,6 +32,7 @@ __all__ = [
     "completed",
     "outcome_line",
     "param",
+    "report_outcome",
     "run_name",
 ]
 
@@ -76,6 +78,32 @@ def check_matched(count: int, condition: str, min_devices: int, what: str) -> st
             f"{count} devices matched {condition}; {what} needs at least {min_devices} (parameter min_devices)"
         )
     return f"0 devices matched {condition}" if count == 0 else None
+
+
+async def report_outcome(
+    what: str,
+    device_count: int,
+    condition: str,
+    min_devices: int,
+    counts: str,
+    rows: list[dict[str, Any]],
+    *,
+    key: str,
+    description: str,
+    message: str,
+) -> str:
+    """Show a flow's outcome: the table artifact ``key`` with ``rows``, and the log line ``<what>: <counts>``.
+
+    Returns the final state's message: ``message``, or ``0 devices matched <condition>`` when
+    ``device_count`` is 0 (then also the artifact's description instead of ``description``).
+
+    Raises:
+        TooFewDevicesError: ``device_count < min_devices`` (before anything is published).
+    """
+    zero = check_matched(device_count, condition, min_devices, what)
+    await acreate_table_artifact(rows, key=key, description=zero or description)
+    get_run_logger().info("%s: %s", what, counts)
+    return zero or message
 
 
 def completed(result: Any, message: str) -> State[Any]:

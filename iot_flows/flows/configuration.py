@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_table_artifact
+from prefect import flow
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, JobFailedError
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows._ui import apply_overrides, artifact_key, completed, outcome_line, param, report_outcome, run_name
 from iot_flows.flows.jobs import TwinUpdateJobRequest, precheck, run_twin_update_job
 from iot_flows.tasks import get_twins, query_twins
 
@@ -89,20 +88,20 @@ async def _write_and_confirm(
             conn, ids, check, timeout=request.confirm_timeout_seconds, poll_interval=request.poll_interval_seconds
         )
     result.duration_seconds = round(time.monotonic() - t0, 3)
-    zero = check_matched(job.device_count, request.query_condition, min_devices, title)
     counts = outcome_line(job.device_count, len(result.confirmed), len(result.failed),
                           not_confirmed=len(result.not_confirmed))  # fmt: skip
-    await acreate_table_artifact(
+    message = await report_outcome(
+        title, job.device_count, request.query_condition, min_devices, counts,
         [{"property": request.name, "devices": job.device_count, "confirmed": len(result.confirmed),
           "failed": len(result.failed), "not confirmed": len(result.not_confirmed)}],
-        key=key, description=zero or f"{title} on {job.device_count} devices ({request.query_condition}): {counts}",
+        key=key, description=f"{title} on {job.device_count} devices ({request.query_condition}): {counts}",
+        message=f"{title} on {job.device_count} devices: {counts}",
     )  # fmt: skip
-    get_run_logger().info("%s: %s", title, counts)
     if result.failed:
         raise JobFailedError(f"{len(result.failed)} devices failed to apply {request.name}", summary=result)
     if result.not_confirmed:
         raise ConfirmationTimeoutError(f"{len(result.not_confirmed)} devices did not confirm {request.name}", summary=result)
-    return completed(result, zero or f"{title} on {job.device_count} devices: {counts}")
+    return completed(result, message)
 
 
 @flow(name="Write a device property", log_prints=True,
@@ -173,15 +172,15 @@ async def read_device_property(
     request = apply_overrides(request, query_condition=query_condition)
     conn = await resolve_connection(connection)
     ids = await _device_ids(conn, request.query_condition)
-    zero = check_matched(len(ids), request.query_condition, min_devices, f"read {request.path}")
     twins = await get_twins(conn, ids)
     values = {d: reported_value(twins.get(d), request.path) for d in ids}
     reported = sum(v is not None for v in values.values())
     counts = f"{len(ids)} devices: {reported} reported {request.path}, {len(ids) - reported} did not"
-    await acreate_table_artifact(
+    message = await report_outcome(
+        f"read {request.path}", len(ids), request.query_condition, min_devices, counts,
         [{"device": d, request.path: v} for d, v in list(values.items())[:1000]] or [{"device": "-", request.path: None}],
         key=artifact_key("read-property", request.path),
-        description=zero or f"reported.{request.path} of {counts} ({request.query_condition})",
+        description=f"reported.{request.path} of {counts} ({request.query_condition})",
+        message=f"read {request.path} on {counts}",
     )
-    get_run_logger().info("read %s: %s", request.path, counts)
-    return completed(values, zero or f"read {request.path} on {counts}")  # type: ignore[return-value]
+    return completed(values, message)  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows._exceptions import ConfirmationTimeoutError, FirmwareUpdateFailedError, JobFailedError
@@ -21,7 +21,7 @@ from iot_flows.client import quote_string
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.flows._firmware import installed_version
-from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows._ui import apply_overrides, artifact_key, completed, outcome_line, param, report_outcome, run_name
 from iot_flows.flows.jobs import MethodJobRequest, precheck, run_method_job
 from iot_flows.tasks import query_device_jobs
 
@@ -89,21 +89,21 @@ async def _method_then_confirm(
     )  # fmt: skip
     result = ConfirmedOperation(job=job, confirmed=confirmed, not_confirmed=missing,
                                 duration_seconds=round(time.monotonic() - t0, 3))  # fmt: skip
-    zero = check_matched(job.device_count, request.query_condition, min_devices, what)
     counts = outcome_line(job.device_count, len(confirmed), len(failed), not_confirmed=len(missing))
-    await acreate_table_artifact(
+    message = await report_outcome(
+        what, job.device_count, request.query_condition, min_devices, counts,
         [{"devices": job.device_count, "accepted": len(accepted), "confirmed": len(confirmed),
           "not confirmed": len(missing), "method failed": len(failed)}],
         key=artifact_key(what),
-        description=zero or f"{what} of {job.device_count} devices on {request.query_condition}: {counts} "
-                            f"({path} newer than {started.isoformat()})",
+        description=f"{what} of {job.device_count} devices on {request.query_condition}: {counts} "
+                    f"({path} newer than {started.isoformat()})",
+        message=f"{what} of {job.device_count} devices: {counts}",
     )  # fmt: skip
-    get_run_logger().info("%s: %s", what, counts)
     if missing:
         raise ConfirmationTimeoutError(f"{len(missing)} devices did not confirm {what} in time", summary=result)
     if job.device_count and len(failed) / job.device_count > request.max_failure_ratio:
         raise JobFailedError(f"{len(failed)}/{job.device_count} devices refused {method}", summary=result)
-    return completed(result, zero or f"{what} of {job.device_count} devices: {counts}")
+    return completed(result, message)
 
 
 async def _accepted_devices(conn: Any, job: JobSummary, failed: set[str]) -> list[str]:
@@ -248,18 +248,18 @@ async def update_firmware(
         timed_out={d: steps[d][-1] if steps.get(d) else None for d in missing},
         steps=steps, duration_seconds=round(time.monotonic() - t0, 3),
     )  # fmt: skip
-    zero = check_matched(job.device_count, _condition(request), min_devices, what)
     counts = outcome_line(job.device_count, len(updated), len(failed), timed_out=len(missing))
-    await acreate_table_artifact(
+    message = await report_outcome(
+        what, job.device_count, _condition(request), min_devices, counts,
         [{"device": d, "steps": " → ".join(s), "result": "updated" if d in updated else failed.get(d, "timed out")}
          for d, s in sorted(steps.items())][:1000] or [{"device": "-", "steps": "-", "result": "no device accepted"}],
         key=artifact_key("firmware", request.version),
-        description=zero or f"Firmware {request.version} on {job.device_count} devices ({_condition(request)}): {counts}",
+        description=f"Firmware {request.version} on {job.device_count} devices ({_condition(request)}): {counts}",
+        message=f"{what} on {job.device_count} devices: {counts}",
     )  # fmt: skip
-    logger.info("firmware %s: %s", request.version, counts)
     total = job.device_count or 1
     if len(failed) / total > request.max_failure_ratio:
         raise FirmwareUpdateFailedError(f"{len(failed)}/{job.device_count} devices failed the update", summary=result)
     if missing:
         raise ConfirmationTimeoutError(f"{len(missing)} devices did not finish the update in time", summary=result)
-    return completed(result, zero or f"{what} on {job.device_count} devices: {counts}")  # type: ignore[return-value]
+    return completed(result, message)  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +60,31 @@ async def precheck(conn: Any, condition: str, min_devices: int, what: str) -> No
         check_matched(await count_matching(conn, condition), condition, min_devices, what)
 
 
+async def _create_and_follow(
+    conn: Any,
+    job_id: str,
+    create: Callable[[], Awaitable[object]],
+    *,
+    what: str,
+    condition: str,
+    min_devices: int,
+    poll_interval: float,
+    max_execution_time: int,
+    key: str,
+) -> JobSummary:
+    """The sequence every job flow runs: precheck, ``create()`` the job, follow it, summarise it.
+
+    ``max_execution_time`` (s) is the job's; following gives up 60 s after it. Raises what
+    :func:`precheck`, ``create`` and :func:`follow_job` raise.
+    """
+    await precheck(conn, condition, min_devices, what)
+    started = time.monotonic()
+    await create()
+    title = f"{what} on {condition}"
+    job = await follow_job(conn, job_id, poll_interval=poll_interval, max_wait=max_execution_time + 60, title=title)
+    return await summarize_job(conn, job, started, key=key, title=title)
+
+
 def _done(summary: JobSummary, condition: str, min_devices: int, what: str) -> Any:
     """The final state: ``0 devices matched ...`` or the outcome counts in its message."""
     zero = check_matched(summary.device_count, condition, min_devices, what)
@@ -106,20 +132,22 @@ async def run_method_job(
     request = apply_overrides(request, query_condition=query_condition)
     what = request.method_name
     conn = await resolve_connection(connection)
-    await precheck(conn, request.query_condition, min_devices, what)
-    started = time.monotonic()
     job_id = request.job_id or new_job_id(f"method-{request.method_name.lower()}")
-    await create_method_job(
-        conn, job_id, request.method_name, request.query_condition, request.payload,
-        start_time=request.start_time, response_timeout=request.response_timeout_seconds,
-        connect_timeout=request.connect_timeout_seconds, max_execution_time=request.max_execution_time_seconds,
-        wait_for_offline_devices=request.wait_for_offline_devices,
+
+    async def create() -> None:
+        await create_method_job(
+            conn, job_id, request.method_name, request.query_condition, request.payload,
+            start_time=request.start_time, response_timeout=request.response_timeout_seconds,
+            connect_timeout=request.connect_timeout_seconds, max_execution_time=request.max_execution_time_seconds,
+            wait_for_offline_devices=request.wait_for_offline_devices,
+        )  # fmt: skip
+        get_run_logger().info("created method job %s (%s on %s)", job_id, request.method_name, request.query_condition)
+
+    summary = await _create_and_follow(
+        conn, job_id, create, what=what, condition=request.query_condition, min_devices=min_devices,
+        poll_interval=request.poll_interval_seconds, max_execution_time=request.max_execution_time_seconds,
+        key=artifact_key("method-job", request.method_name),
     )  # fmt: skip
-    get_run_logger().info("created method job %s (%s on %s)", job_id, request.method_name, request.query_condition)
-    title = f"{request.method_name} on {request.query_condition}"
-    job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
-                           max_wait=request.max_execution_time_seconds + 60, title=title)  # fmt: skip
-    summary = await summarize_job(conn, job, started, key=artifact_key("method-job", request.method_name), title=title)
     return _done(_check(summary, request.max_failure_ratio), request.query_condition, min_devices, what)  # type: ignore[no-any-return]
 
 
@@ -143,15 +171,15 @@ async def run_twin_update_job(
         raise ValueError("set desired and/or tags")
     request = apply_overrides(request, query_condition=query_condition)
     conn = await resolve_connection(connection)
-    await precheck(conn, request.query_condition, min_devices, "twin update")
-    started = time.monotonic()
     job_id = request.job_id or new_job_id("twin-update")
-    await create_twin_update_job(
-        conn, job_id, request.query_condition, desired=request.desired, tags=request.tags,
-        start_time=request.start_time, max_execution_time=request.max_execution_time_seconds,
+    summary = await _create_and_follow(
+        conn, job_id,
+        lambda: create_twin_update_job(
+            conn, job_id, request.query_condition, desired=request.desired, tags=request.tags,
+            start_time=request.start_time, max_execution_time=request.max_execution_time_seconds,
+        ),
+        what="twin update", condition=request.query_condition, min_devices=min_devices,
+        poll_interval=request.poll_interval_seconds, max_execution_time=request.max_execution_time_seconds,
+        key="twin-update-job",
     )  # fmt: skip
-    title = f"twin update on {request.query_condition}"
-    job = await follow_job(conn, job_id, poll_interval=request.poll_interval_seconds,
-                           max_wait=request.max_execution_time_seconds + 60, title=title)  # fmt: skip
-    summary = await summarize_job(conn, job, started, key="twin-update-job", title=title)
     return _done(_check(summary, 0.0), request.query_condition, min_devices, "twin update")  # type: ignore[no-any-return]

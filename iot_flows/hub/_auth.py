@@ -3,7 +3,7 @@
 A device token must be signed with *that* device's key and name *that* device in
 ``sr`` (``{hostname}/devices/{id}``), so a token for one device never authenticates
 another. A service token names a shared access policy (``skn``) whose permissions
-must cover the operation, as in Azure (reference §3.7, D-SAS).
+must cover the operation, as in Azure (docs/iothub-reference.md §3.7, D-SAS).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def check_device_token(
 ) -> SasToken:
     """Verify a device's SAS token; raise :class:`UnauthorizedError` when it is not valid.
 
-    The two forms of D-SAS (reference §3.7): a token signed with the device's own key
+    The two forms of D-SAS (docs/iothub-reference.md §3.7): a token signed with the device's own key
     (``sr={host}/devices/{id}``, no ``skn``), or one signed with a shared access *policy*
     that grants DeviceConnect (``skn=device``, ``skn=iothubowner``) whose ``sr`` is a
     per-segment prefix of ``{host}/devices/{id}`` (``{host}/devices`` covers every device).
@@ -88,10 +88,10 @@ _DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[
 def parse_username(username: str, hostname: str, device_id: str) -> dict[str, str]:
     """Check an MQTT CONNECT username; return its query parameters (``model-id`` etc.).
 
-    Accepted forms (D-MQTT, sdk-wire-facts): ``{host}/{deviceId}``, ``{host}/{deviceId}/``,
+    Accepted forms (D-MQTT, docs/iothub-reference.md §9): ``{host}/{deviceId}``, ``{host}/{deviceId}/``,
     ``{host}/{deviceId}/?api-version=...&DeviceClientType=...&model-id=...`` (and ``?``
     without the ``/``). The host compares case-insensitively; the device id exactly and
-    not URL-decoded (reference §1.5). Unknown parameters are kept but mean nothing; a
+    not URL-decoded (docs/iothub-reference.md §1.5). Unknown parameters are kept but mean nothing; a
     ``model-id`` that is not a DTMI is dropped. Raise :class:`UnauthorizedError` when the
     username names another hub or device (or a module: not supported).
     """

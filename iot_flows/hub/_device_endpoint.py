@@ -3,7 +3,7 @@
 Consumes ``(link, topic, payload)`` from an authenticated device and answers through
 the same link: twin GET and reported PATCH, direct-method replies, telemetry. It knows
 nothing about sockets, so a broker-fronted transport can feed it the same events
-(design.md "Where users outgrow one machine").
+(docs/architecture.md §1).
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ class Hub:
         )
 
     def _job_settings(self) -> Any:
-        # A --quota tier also caps concurrent jobs (reference §6.2) unless set explicitly.
+        # A --quota tier also caps concurrent jobs (docs/iothub-reference.md §6.2) unless set explicitly.
         jobs = self.settings.jobs
         if self.quota is None or "max_concurrent_jobs" in jobs.model_fields_set:
             return jobs

@@ -439,7 +439,7 @@ class JobEngine:
                     finally:
                         await sem.acquire()
                 elif call.connect_timeout == 0 and self._sessions.is_connected(device_id):
-                    # Connected but its method SUBSCRIBE may still be in flight (sdk-wire-facts "Jobs").
+                    # Connected but its method SUBSCRIBE may still be in flight (docs/iothub-reference.md §9.6).
                     call = replace(call, connect_timeout=max(1, int(self.settings.subscribe_grace_seconds)))
                 if call.connect_timeout == 0 and self.held_elsewhere is not None and await self.held_elsewhere(device_id):
                     # Connected to another hub node: its method SUBSCRIBE may still be in flight there.

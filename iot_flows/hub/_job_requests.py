@@ -1,4 +1,4 @@
-"""Validation of ``PUT /jobs/v2/{id}`` bodies (``JobRequest``, reference §3.5)."""
+"""Validation of ``PUT /jobs/v2/{id}`` bodies (``JobRequest``, docs/iothub-reference.md §3.5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Direct methods: send a request to a device and wait for its reply, correlated by ``$rid``.
 
-Reference §5 and "ten things" #1-2: the hub's answer is HTTP 200 with the device's
+docs/iothub-reference.md §5 and §8 #1-2: the hub's answer is HTTP 200 with the device's
 own status and payload (device outcomes are data); 404103 when the device is not
 connected and subscribed within ``connectTimeoutInSeconds``; 504101 when it does not
 answer within ``responseTimeoutInSeconds``. Requests go out at QoS 0 and are never
@@ -61,7 +61,7 @@ def parse_method_call(body: Any) -> MethodCall:
     if (
         not isinstance(name, str)
         or not name
-        or not (name.isascii() and name.isprintable())  # reference §5: US-ASCII printable only
+        or not (name.isascii() and name.isprintable())  # docs/iothub-reference.md §5: US-ASCII printable only
         or any(ch in _NAME_FORBIDDEN for ch in name)
     ):
         raise BadRequestError("methodName must be non-empty printable US-ASCII without $()<>@,;:\\\"/[]?={} or spaces.")

@@ -1,6 +1,6 @@
 """The hub's MQTT 3.1.1 device endpoint (plain TCP and TLS), one asyncio protocol per socket.
 
-IoT Hub's dialect (reference §2, sdk-wire-facts): client id = device id, SAS token as
+IoT Hub's dialect (docs/iothub-reference.md §2, §9): client id = device id, SAS token as
 password, CONNACK 5 (not authorized) for any credential problem, one connection per
 identity, persistent subscriptions with ``clean_session=0``, no QoS 2 (a QoS 2 PUBLISH
 closes the connection), only IoT Hub topics may be subscribed (others get 0x80),
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: Seconds a socket may stay open without sending CONNECT.
 CONNECT_TIMEOUT = 10.0
 #: Azure's server-side keep-alive cap in seconds (IoT Hub MQTT doc, "Default keep-alive
-#: timeout"; reference §2.1): the hub times out at 1.5x the client's keep-alive, at most this.
+#: timeout"; docs/iothub-reference.md §2.1): the hub times out at 1.5x the client's keep-alive, at most this.
 MAX_KEEP_ALIVE = 1767.0
 
 
@@ -265,7 +265,7 @@ class _Connection(asyncio.Protocol):
     async def _throttled(self, quota: Quota, packet: Publish) -> bool:
         """--quota on a device publish: True when refused (and answered here).
 
-        Twin requests get status 429 on ``$iothub/twin/res/429/`` (reference §6.3);
+        Twin requests get status 429 on ``$iothub/twin/res/429/`` (docs/iothub-reference.md §6.3);
         throttled telemetry closes the connection, as IoT Hub does over MQTT.
         """
         op = device_publish_operation(packet.topic)

@@ -1,4 +1,4 @@
-"""MQTT over WebSocket: ``wss://{HostName}:443/$iothub/websocket`` (reference §2.1).
+"""MQTT over WebSocket: ``wss://{HostName}:443/$iothub/websocket`` (docs/iothub-reference.md §2.1).
 
 Azure's device SDKs reach IoT Hub through port 443 when 8883 is blocked: the Python SDK
 with ``websockets=True`` (paho, ``ws_set_options(path="/$iothub/websocket")``), the Node

@@ -1,19 +1,19 @@
 """Azure IoT Hub's per-tier throttles, on demand (``hub serve --quota s1``).
 
-IoT Hub limits each class of operation per hub (reference §6.1, D-QUOTA). This module
+IoT Hub limits each class of operation per hub (docs/iothub-reference.md §6.1, D-QUOTA). This module
 is the pure part: the documented limits per tier and unit count
 (:func:`tier_limits`), one token bucket per operation class (:class:`TokenBucket`,
 clock injectable) and :class:`Quota`, which admits, delays or refuses an operation.
 
-Behaviour (reference §6.3 "Traffic shaping"): a bucket holds ``burst_seconds`` of the
+Behaviour (docs/iothub-reference.md §6.3 "Traffic shaping"): a bucket holds ``burst_seconds`` of the
 limit, so short bursts pass at once; above that, operations are queued (delayed) at
 the limit rate while the queue is at most ``max_delay`` seconds long; beyond that the
 hub answers 429 ``ThrottlingException`` (429001). The hooks that apply it live at the
 boundaries: the REST middleware (``iot_flows.hub.api._throttle``) and the MQTT server
 (device connections, device twin requests, telemetry).
 
-Limits that are not rates are applied elsewhere: concurrent jobs per tier (§6.2,
-429004) through the jobs engine's ``max_concurrent_jobs``.
+Limits that are not rates are applied elsewhere: concurrent jobs per tier
+(docs/iothub-reference.md §6.2, 429004) through the jobs engine's ``max_concurrent_jobs``.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ __all__ = [
     "tier_limits",
 ]
 
-#: Direct methods are metered in 4 KB blocks (request and response; reference §6.1).
+#: Direct methods are metered in 4 KB blocks (request and response; docs/iothub-reference.md §6.1).
 METHOD_METER_BYTES = 4096
 
 
 class Operation(str, Enum):
-    """An IoT Hub throttle (reference §6.1); the value is the name used in messages."""
+    """An IoT Hub throttle (docs/iothub-reference.md §6.1); the value is the name used in messages."""
 
     TWIN_READ = "twin reads"
     TWIN_UPDATE = "twin updates"
@@ -62,7 +62,7 @@ def tier_limits(tier: QuotaTier | str, units: int = 1) -> dict[Operation, float]
     """IoT Hub's documented throttles for ``tier`` with ``units`` units, per second.
 
     ``DIRECT_METHOD`` is in 4 KB blocks per second (160 KB/s/unit on S1 = 40 blocks/s).
-    Free has S1's column (reference §6.1 "Free / S1"). Raises ``ValueError`` for
+    Free has S1's column (docs/iothub-reference.md §6.1 "Free / S1"). Raises ``ValueError`` for
     ``off`` or an unknown tier, or fewer than one unit.
     """
     tier = QuotaTier(tier)
@@ -111,7 +111,7 @@ def tier_limits(tier: QuotaTier | str, units: int = 1) -> dict[Operation, float]
 
 
 def max_concurrent_jobs(tier: QuotaTier | str) -> int:
-    """Active jobs a tier allows at once (reference §6.2): 1 (Free, S1), 5 (S2), 10 (S3)."""
+    """Active jobs a tier allows at once (docs/iothub-reference.md §6.2): 1 (Free, S1), 5 (S2), 10 (S3)."""
     return {QuotaTier.FREE: 1, QuotaTier.S1: 1, QuotaTier.S2: 5, QuotaTier.S3: 10}[QuotaTier(tier)]
 
 
@@ -249,7 +249,7 @@ class Quota:
 
     async def pace(self, op: Operation, cost: float = 1.0) -> None:
         """Wait for ``op``'s turn however long the queue (jobs device operations: Azure
-        slows a job down to the throttle rather than failing it; reference §6.3)."""
+        slows a job down to the throttle rather than failing it; docs/iothub-reference.md §6.3)."""
         bucket = self._buckets.get(op)
         if bucket is not None:
             delay = bucket.reserve(cost, math.inf)
@@ -268,7 +268,7 @@ class Paced:
     """``target`` with its coroutine methods ``names`` paced by ``quota()``'s ``op``.
 
     Wraps the twin service and method invoker the jobs engine uses, so that jobs run no
-    faster than the tier's "jobs device operations" throttle (reference §6.1).
+    faster than the tier's "jobs device operations" throttle (docs/iothub-reference.md §6.1).
     """
 
     def __init__(self, target: object, names: tuple[str, ...], quota: Callable[[], Quota | None],

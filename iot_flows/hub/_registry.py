@@ -1,6 +1,6 @@
 """The identity registry: create, update, delete and bulk-import devices.
 
-Follows the service SDKs' expectations (sdk-wire-facts "REST"): keys are generated
+Follows the service SDKs' expectations (docs/iothub-reference.md §9.5): keys are generated
 when the body has none or empty ones, any base64 key of at least 16 decoded bytes is
 accepted, a device without ``status`` is enabled, unknown fields are ignored, and an
 id with ``/``, ``#`` or ``+`` (impossible in MQTT topics) is refused.

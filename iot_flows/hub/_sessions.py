@@ -5,7 +5,7 @@ This is the seam between the device protocol core and its transports: a transpor
 :class:`DeviceLink` per authenticated device; the core sends through it by device id.
 Subscriptions belong to the device's *session*, not to the TCP connection: with
 ``clean_session=0`` (what every Azure SDK sends) they survive reconnects, because the
-Node SDK never re-subscribes after a reconnect (sdk-wire-facts "Persistent sessions").
+Node SDK never re-subscribes after a reconnect (docs/iothub-reference.md §9.2).
 """
 
 from __future__ import annotations

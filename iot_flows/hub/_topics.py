@@ -1,4 +1,4 @@
-"""Pure parsing of the IoT Hub topics a device publishes to (reference §2.2).
+"""Pure parsing of the IoT Hub topics a device publishes to (docs/iothub-reference.md §2.2).
 
 ::
 
@@ -7,7 +7,7 @@
     $iothub/methods/res/{status}/?$rid={rid}
     devices/{deviceId}/messages/events/{property_bag}
 
-Device ids are not URL-encoded in topics (reference §1.5); query values are.
+Device ids are not URL-encoded in topics (docs/iothub-reference.md §1.5); query values are.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Twin operations: service PATCH/PUT, device GET and reported PATCH, desired notifications.
 
-Version rules (reference §1.3, sdk-wire-facts): desired ``$version`` and reported
+Version rules (docs/iothub-reference.md §1.3, §9): desired ``$version`` and reported
 ``$version`` are independent counters starting at 1; every service write that carries
 ``properties.desired`` bumps desired ``$version`` by exactly one and notifies the
 device, even when nothing changed. The root ``version`` and the ``etag`` change on

@@ -1,7 +1,7 @@
 """The vocabulary of IoT Hub jobs: job and device-job states, job types, their wire spellings.
 
 The engine that runs jobs lives in the hub (``iot_flows.hub.JobEngine``), as in Azure,
-where jobs run in the hub (reference §3.5-3.6); this package depends on nothing else of
+where jobs run in the hub (docs/iothub-reference.md §3.5-3.6); this package depends on nothing else of
 the project, so flows, the client and the hub all read the same states.
 """
 

@@ -1,6 +1,6 @@
 """Job and device-job states, their groupings, and the one transition table.
 
-Spelling follows IoT Hub exactly (reference §3.5-3.6, "ten things" #9): the job-level
+Spelling follows IoT Hub exactly (docs/iothub-reference.md §3.5-3.6, §8 #9): the job-level
 value is ``cancelled`` (two l), the device-level value ``canceled`` (one l).
 """
 
@@ -74,7 +74,7 @@ def check_transition(current: JobStatus, target: JobStatus) -> None:
         raise InvalidJobTransitionError(f"Job cannot move from '{current.value}' to '{target.value}'.")
 
 
-#: Other spellings of job statuses in Azure's SDKs and docs (reference §3.5): the swagger's
+#: Other spellings of job statuses in Azure's SDKs and docs (docs/iothub-reference.md §3.5): the swagger's
 #: ``enqueued`` ("queued is a synonym for enqueued") and the docs' ``canceled``.
 JOB_STATUS_SYNONYMS: dict[str, JobStatus] = {
     "enqueued": JobStatus.QUEUED,
@@ -86,7 +86,7 @@ def created_status(status: JobStatus) -> str:
     """The status a ``PUT /jobs/v2/{id}`` answer shows: ``queued`` for any job not started yet.
 
     The Node service SDK's job tests read ``queued`` from the PUT response of a job
-    scheduled an hour ahead (sdk-wire-facts "Jobs"); GET and query then say
+    scheduled an hour ahead (docs/iothub-reference.md §9.6); GET and query then say
     ``scheduled`` until its ``startTime`` (D-JOBS).
     """
     return JobStatus.QUEUED.value if status in (JobStatus.QUEUED, JobStatus.SCHEDULED) else status.value

@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_MAX_PACKET_SIZE", "MqttCodecError", "PacketReader", "decode_
 #: message limit plus room for the topic and headers.
 DEFAULT_MAX_PACKET_SIZE = 256 * 1024 + 1024
 
-#: Largest value the 4-byte remaining-length varint can carry (§2.2.3).
+#: Largest value the 4-byte remaining-length varint can carry (MQTT 3.1.1 §2.2.3).
 MAX_REMAINING_LENGTH = 268_435_455
 
 _Buffer = bytes | bytearray | memoryview
@@ -60,7 +60,7 @@ _RL1 = tuple(bytes((n,)) for n in range(128))  # one-byte remaining lengths, pre
 
 
 def _encode_remaining_length(n: int) -> bytes:
-    """The §2.2.3 varint: 7 bits per byte, least significant first, high bit = 'more'."""
+    """The MQTT 3.1.1 §2.2.3 varint: 7 bits per byte, least significant first, high bit = 'more'."""
     if 0 <= n < 128:
         return _RL1[n]
     if not 0 <= n <= MAX_REMAINING_LENGTH:
@@ -89,7 +89,7 @@ def _decode_remaining_length(mv: _Buffer, pos: int, end: int) -> tuple[int | Non
 
 
 def _str(mv: memoryview, pos: int, end: int) -> tuple[str, int]:
-    """A §1.5.3 UTF-8 string (2-byte big-endian length prefix); U+0000 is malformed."""
+    """An MQTT 3.1.1 §1.5.3 UTF-8 string (2-byte big-endian length prefix); U+0000 is malformed."""
     stop = pos + 2
     if stop > end:
         raise MqttCodecError("truncated string length")
@@ -126,7 +126,7 @@ def _packet_id(mv: memoryview, pos: int, end: int) -> int:
 
 
 def _check_topic(topic: str) -> None:
-    """Topic *names* (PUBLISH, will) are non-empty and carry no wildcards (§4.7)."""
+    """Topic *names* (PUBLISH, will) are non-empty and carry no wildcards (MQTT 3.1.1 §4.7)."""
     if not topic or "+" in topic or "#" in topic:
         raise MqttCodecError(f"invalid topic name {topic!r}")
 
@@ -271,7 +271,7 @@ def _empty(instance: Packet) -> Callable[..., Packet]:
     return decode
 
 
-# Indexed by packet type (high nibble of byte 0): decoder and required flags (§2.2.2).
+# Indexed by packet type (high nibble of byte 0): decoder and required flags (MQTT 3.1.1 §2.2.2).
 # Types 0 and 15 are reserved; PUBLISH flags (None) are checked by its decoder.
 _DECODERS: tuple[Callable[[memoryview, int, int, int], Packet] | None, ...] = (
     None, _d_connect, _d_connack, _d_publish, _id_only(Puback), _id_only(Pubrec),

@@ -44,7 +44,7 @@ CONNACK_SERVER_UNAVAILABLE = 3
 CONNACK_BAD_CREDENTIALS = 4
 CONNACK_NOT_AUTHORIZED = 5
 
-#: SUBACK return code for a refused subscription (§3.9.3); granted QoS is 0, 1 or 2.
+#: SUBACK return code for a refused subscription (MQTT 3.1.1 §3.9.3); granted QoS is 0, 1 or 2.
 SUBACK_FAILURE = 0x80
 
 

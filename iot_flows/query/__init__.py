@@ -1,6 +1,6 @@
 """IoT Hub query language: parser, SQL compiler (SQLite; PostgreSQL with ``POSTGRES``), a pure-Python oracle.
 
-Reference: ``iothub-reference.md`` section 4. The pieces:
+Reference: docs/iothub-reference.md §4. The pieces:
 
 * :func:`parse_query` / :func:`parse_condition`: text -> bound syntax tree
   (:mod:`._ast`), or :class:`~iot_flows._exceptions.QuerySyntaxError` (400004) whose

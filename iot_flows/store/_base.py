@@ -1,4 +1,4 @@
-"""The store interface every hub service depends on (design.md "Where users outgrow one machine").
+"""The store interface every hub service depends on (docs/architecture.md §1).
 
 One abstract base, :class:`HubStore`, with two backends: SQLite (the embedded default,
 :mod:`._sqlite`) and PostgreSQL (:mod:`._postgres`). Services never see SQL or a
@@ -105,7 +105,7 @@ class HubStore(ABC):
     async def set_model_id(self, device_id: str, model_id: str) -> None:
         """Record the Plug and Play model id a device announced at CONNECT (twin ``modelId``).
 
-        Never touches the twin etag (reference §2.1, PnP ``model-id``)."""
+        Never touches the twin etag (docs/iothub-reference.md §2.1, PnP ``model-id``)."""
 
     @abstractmethod
     async def reset_connection_states(self, when: str) -> None:

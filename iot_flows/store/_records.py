@@ -79,7 +79,7 @@ class DeviceRecord:
         }
 
     def twin_json(self) -> dict[str, Any]:
-        """The full ``Twin`` document as the REST API serves it (reference §1.1)."""
+        """The full ``Twin`` document as the REST API serves it (docs/iothub-reference.md §1.1)."""
         return {
             "deviceId": self.device_id,
             "etag": self.twin_etag,

@@ -1,7 +1,7 @@
 """Twin section rules: merge patches, ``$metadata`` stamping and IoT Hub's limits.
 
 Pure functions over plain dicts; the hub's twin service and the device simulator use
-them alike. Patch semantics (reference §1.2): members present are added or replaced,
+them alike. Patch semantics (docs/iothub-reference.md §1.2): members present are added or replaced,
 a member set to ``null`` is removed, arrays are leaf values (no element-wise merge).
 ``$metadata`` is kept at every level of the tree, not only at leaves, so a removal
 still leaves a trace of when the parent changed. Desired metadata carries
@@ -29,7 +29,7 @@ __all__ = [
     "validate_section_size",
 ]
 
-#: Byte limits per twin section (reference §1.4); ``$version``/``$metadata`` excluded.
+#: Byte limits per twin section (docs/iothub-reference.md §1.4); ``$version``/``$metadata`` excluded.
 SECTION_LIMITS = {"tags": 8 * 1024, "desired": 32 * 1024, "reported": 32 * 1024}
 #: Maximum number of nested objects below a section root. D-TWIN's own valid example
 #: ``{"tags":{"one":{"two":...{"ten":{"property":"value"}}}}}`` has 10; 11 are refused.
@@ -195,7 +195,7 @@ def removed_keys_as_nulls(old: dict[str, Any], new: dict[str, Any]) -> dict[str,
     """The notification form of a replacement: the new section plus each removed key as ``null``.
 
     SDKs merge notifications into their copy and delete null keys, so a replacement
-    must name what it removed (sdk-wire-facts "Desired properties").
+    must name what it removed (docs/iothub-reference.md §9.4).
     """
     out: dict[str, Any] = {}
     for key in old:

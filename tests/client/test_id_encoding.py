@@ -1,6 +1,6 @@
 """Every id HubClient puts in a URL is percent-encoded, as the official service SDKs do.
 
-Azure device ids may contain ``- . % _ * ? ! ( ) , : = @ $ ' ;`` (reference §1.5); job ids
+Azure device ids may contain ``- . % _ * ? ! ( ) , : = @ $ ' ;`` (docs/iothub-reference.md §1.5); job ids
 are letters, digits and ``-``. Before encoding, ``delete_device("demo?x=1")`` deleted the
 device ``demo`` and ``get_twin("demo%41")`` read ``demoA``.
 """
@@ -17,7 +17,7 @@ from iot_flows._exceptions import BadRequestError, DeviceNotFoundError, HubError
 from iot_flows.client import HubClient, quote_string
 from tests.support import Device
 
-#: Every punctuation character Azure allows in a device id (reference §1.5), minus
+#: Every punctuation character Azure allows in a device id (docs/iothub-reference.md §1.5), minus
 #: ``+ #`` which the bundled hub refuses as MQTT-unsafe.
 PUNCTUATION = "-.%_*?!(),:=@$';"
 

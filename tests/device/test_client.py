@@ -58,7 +58,7 @@ async def test_desired_full_on_connect_then_patches(make_client: Any, rest: Rest
         await rest.patch_desired(client.device_id, {"mode": None})
         await eventually(lambda: asyncio.sleep(0, len(updates) == 3))
         assert updates[2].properties == {"mode": None} and updates[2].version == 4
-        # A stale notification (version not newer than the twin) is ignored (reference §1.3).
+        # A stale notification (version not newer than the twin) is ignored (docs/iothub-reference.md §1.3).
         client._on_desired_patch(b'{"rate": 1, "$version": 3}')
         assert len(updates) == 3
 

@@ -2,8 +2,8 @@
 
 ``update_firmware`` read ``firmware.version`` / ``iothubDM.firmwareVersion`` while the rollout
 read three paths in another order and selected devices by ``firmware.version`` alone: a
-device following Azure's firmware convention (``firmware.currentFwVersion`` only, reference
-§7.4) never confirmed an update.
+device following Azure's firmware convention (``firmware.currentFwVersion`` only,
+docs/iothub-reference.md §7.4) never confirmed an update.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tests.support import Device
 
 #: reported properties -> the installed version by the rule.
 SHAPES: list[tuple[dict, str | None]] = [
-    ({"firmware": {"currentFwVersion": "2.0"}}, "2.0"),  # Azure firmware tutorial (§7.4)
-    ({"iothubDM": {"firmwareVersion": "2.0"}}, "2.0"),  # C SDK DM sample (§7.3)
+    ({"firmware": {"currentFwVersion": "2.0"}}, "2.0"),  # Azure firmware tutorial (docs/iothub-reference.md §7.4)
+    ({"iothubDM": {"firmwareVersion": "2.0"}}, "2.0"),  # C SDK DM sample (docs/iothub-reference.md §7.3)
     ({"firmware": {"version": "2.0"}}, "2.0"),  # simulator alias
     ({"firmware": {"currentFwVersion": "1.0", "version": "2.0"}}, "1.0"),  # first path wins
     ({"firmware": {"currentFwVersion": "", "version": "2.0"}}, "2.0"),  # "" is not set

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
@@ -20,61 +14,15 @@ from iot_flows.flows.hub import forward_hub_events
 from iot_flows.flows.jobs import MethodJobRequest, run_method_job
 from iot_flows.tasks import get_twin
 from tests.flows.conftest import make_fleet
-
-
-class FlakyProxy:
-    """A real HTTP proxy in front of the hub that answers 503 to the first ``failures`` requests."""
-
-    def __init__(self, upstream: str, failures: int) -> None:
-        self.failures = failures
-        self.times: list[float] = []
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _relay(self) -> None:
-                proxy.times.append(time.monotonic())
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if len(proxy.times) <= proxy.failures:
-                    payload = json.dumps({"Message": json.dumps({"errorCode": 503001, "message": "busy"}), "ExceptionMessage": ""}).encode()
-                    self.send_response(503)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("iothub-errorcode", "ServiceUnavailable")
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                r = httpx.request(self.command, upstream + self.path, headers=headers, content=body)
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("content-length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _relay
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.recording_proxy import RecordingProxy
 
 
 @pytest.fixture
 def flaky(flow_hub):
     proxies = []
 
-    def make(failures: int) -> tuple[FlakyProxy, HubConnection]:
-        proxy = FlakyProxy(flow_hub.base_url, failures)
+    def make(failures: int) -> tuple[RecordingProxy, HubConnection]:
+        proxy = RecordingProxy(flow_hub.base_url, fail_first=failures)
         proxies.append(proxy)
         return proxy, HubConnection(connection_string=flow_hub.connection_string(), base_url=proxy.url)
 

@@ -1,9 +1,9 @@
 """Every MQTT username form and SAS token form Azure accepts (docs/azure-contract.md).
 
-Username (D-MQTT, sdk-wire-facts "MQTT CONNECT", reference §2.1): ``{host}/{deviceId}``
+Username (D-MQTT, docs/iothub-reference.md §9.1, docs/iothub-reference.md §2.1): ``{host}/{deviceId}``
 with or without a trailing ``/``, with ``api-version``, ``DeviceClientType`` and
 ``model-id`` (unknown parameters ignored). SAS (D-SAS "Use a shared access policy",
-reference §3.7): a device key token, or a token signed with a policy that grants
+docs/iothub-reference.md §3.7): a device key token, or a token signed with a policy that grants
 DeviceConnect whose ``sr`` is a per-segment prefix of ``{host}/devices/{id}``.
 Plug and Play: the announced ``model-id`` becomes the twin's ``modelId`` (queryable).
 """

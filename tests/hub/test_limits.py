@@ -1,7 +1,7 @@
 """Every documented limit, on BOTH sides of its boundary (docs/azure-contract.md "Limits").
 
-Values from reference §1.4 (twin), §1.5 (ids), §3.3/§5 (direct methods), §3.5 (jobs) and
-§4.5 (queries). Where the docs give an example (the depth-10 twin), the example itself is
+Values from docs/iothub-reference.md §1.4 (twin), §1.5 (ids), §3.3/§5 (direct methods), §3.5 (jobs)
+and §4.5 (queries). Where the docs give an example (the depth-10 twin), the example itself is
 the test input.
 """
 
@@ -265,7 +265,7 @@ def test_bulk_registry_100_devices(service, count, ok):
     ("a/b", False), ("a\tb", False), ("ünïcode", False), ("", False),
 ])
 def test_method_name_characters(service, name, ok):
-    """Reference §5: names are printable US-ASCII except $ ( ) < > @ , ; : \\ " / [ ] ? = { } SP HT."""
+    """docs/iothub-reference.md §5: names are printable US-ASCII except $ ( ) < > @ , ; : \\ " / [ ] ? = { } SP HT."""
     device_id = service.create_device()["deviceId"]
     r = service.request("POST", f"/twins/{device_id}/methods", json_body={"methodName": name})
     if ok:

@@ -1,4 +1,4 @@
-"""MQTT over WebSocket on ``/$iothub/websocket`` (sdk-wire-facts "More, from the Python SDKs").
+"""MQTT over WebSocket on ``/$iothub/websocket`` (docs/iothub-reference.md §9.7).
 
 Facts: "Ports are fixed by the SDKs: MQTT/TLS 8883, HTTPS 443 (and
 `wss://host:443/$iothub/websocket`)"; "WebSocket upgrade (paho 1.6 client): every response

@@ -1,7 +1,7 @@
-"""sdk-wire-facts lines that had no test yet (one test per fact; the fact is quoted).
+"""SDK wire facts (docs/iothub-reference.md §9) that had no test yet (one test per fact; the fact is quoted).
 
 The other facts are covered where their feature is tested; docs/azure-contract.md maps
-every line of sdk-wire-facts to its test.
+every one of those facts to its test.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The job status vocabulary as Azure's SDKs read it (docs/azure-contract.md "Job status").
 
 * PUT answers ``queued`` for a job that has not started, also one scheduled an hour ahead
-  (the Node service SDK's job tests assert it; sdk-wire-facts "Jobs").
+  (the Node service SDK's job tests assert it; docs/iothub-reference.md §9.6).
 * GET and query show ``scheduled`` until ``startTime`` (D-JOBS), then ``running`` and a
   terminal ``completed | failed | cancelled``; device records use ``canceled``.
 * ``jobStatus`` / ``jobType`` filters take Azure's spellings (any case; ``enqueued`` is

@@ -159,7 +159,7 @@ def test_scheduled_start(svc, fleet):
         "type": "scheduleDeviceMethod", "queryCondition": f"tags.s = '{tag}'",
         "startTime": start.isoformat().replace("+00:00", "Z"),
         "cloudToDeviceMethod": {"methodName": "reboot"}})
-    assert r.json()["status"] == "queued"  # sdk-wire-facts "Jobs": the PUT answer of a job not started
+    assert r.json()["status"] == "queued"  # docs/iothub-reference.md §9.6: the PUT answer of a job not started
     time.sleep(0.5)
     assert dev.calls == [] and svc.request("GET", f"/jobs/v2/{job_id}").json()["status"] == "scheduled"
     job = _wait_job(svc, job_id)

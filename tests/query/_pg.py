@@ -12,10 +12,10 @@ import asyncio
 import threading
 from typing import Any
 
-from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
+from iot_flows.query import POSTGRES, CompiledQuery, compile_query
 from iot_flows.store import HubStore, open_store
 
-from ._support import job_row, twin_row
+from ._support import job_row, results, select_sql, twin_row
 
 _JSONB = {"capabilities", "tags", "desired", "reported"}
 
@@ -60,20 +60,7 @@ class PgQueryDb:
         return self.execute(compile_query(text, POSTGRES))
 
     def execute(self, compiled: CompiledQuery) -> list[Any]:
-        if compiled.item_type == "twin":
-            sql = f"SELECT device_id FROM devices WHERE {compiled.where_sql} ORDER BY device_id"
-        elif compiled.item_type == "deviceJob":
-            sql = f"SELECT job_id, device_id FROM device_jobs WHERE {compiled.where_sql} ORDER BY job_id, device_id"
-        else:
-            sql = compiled.sql
-        if compiled.top is not None:
-            sql += f" LIMIT {compiled.top}"
-        rows = self._run(self._pool.fetch(sql, *compiled.params))
-        if compiled.item_type == "twin":
-            return [r[0] for r in rows]
-        if compiled.item_type == "deviceJob":
-            return [tuple(r) for r in rows]
-        return [row_to_item(compiled, [_plain(v) for v in r]) for r in rows]
+        return results(compiled, self._run(self._pool.fetch(select_sql(compiled), *compiled.params)), _plain)
 
     def close(self) -> None:
         self._run(self._store.close())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from iot_flows.query import CompiledQuery, compile_query, row_to_item
@@ -113,22 +114,29 @@ def insert_job(conn: Any, job: dict[str, Any]) -> None:
     conn.execute("INSERT INTO device_jobs VALUES (?,?,?,?,?,?,?,?,?,?)", job_row(job))
 
 
-def execute(conn: sqlite3.Connection, compiled: CompiledQuery) -> list[Any]:
-    """Run a compiled query the way the store would: ids for twins/jobs, items for raw."""
+def select_sql(compiled: CompiledQuery) -> str:
+    """The SQL the tests run for ``compiled``: ids (ordered) for twins and jobs, the query's own for raw."""
     if compiled.item_type == "twin":
         sql = f"SELECT device_id FROM devices WHERE {compiled.where_sql} ORDER BY device_id"
     elif compiled.item_type == "deviceJob":
         sql = f"SELECT job_id, device_id FROM device_jobs WHERE {compiled.where_sql} ORDER BY job_id, device_id"
     else:
         sql = compiled.sql
-    if compiled.top is not None:
-        sql += f" LIMIT {compiled.top}"
-    rows = conn.execute(sql, compiled.params).fetchall()
+    return sql if compiled.top is None else f"{sql} LIMIT {compiled.top}"
+
+
+def results(compiled: CompiledQuery, rows: Any, value: Callable[[Any], Any] = lambda v: v) -> list[Any]:
+    """Rows of :func:`select_sql` as results: device ids, ``(job_id, device_id)``, or items (``value`` per column)."""
     if compiled.item_type == "twin":
         return [r[0] for r in rows]
     if compiled.item_type == "deviceJob":
         return [tuple(r) for r in rows]
-    return [row_to_item(compiled, r) for r in rows]
+    return [row_to_item(compiled, [value(v) for v in r]) for r in rows]
+
+
+def execute(conn: sqlite3.Connection, compiled: CompiledQuery) -> list[Any]:
+    """Run a compiled query the way the store would: ids for twins/jobs, items for raw."""
+    return results(compiled, conn.execute(select_sql(compiled), compiled.params).fetchall())
 
 
 def sql_query(conn: Any, text: str) -> list[Any]:

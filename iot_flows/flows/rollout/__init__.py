@@ -1,4 +1,4 @@
-"""Staged rollout of any update in waves: the flagship flow (design.md "Firmware rollout").
+"""Staged rollout of any update in waves: the flagship flow (docs/architecture.md §2).
 
 1. resolve targets with a twin query, minus devices already current (``dry_run``: stop
    here and return the plan: targets, skipped, devices per wave, window openings, job

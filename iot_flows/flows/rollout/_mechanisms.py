@@ -1,8 +1,8 @@
 """How an update reaches a device and how its outcome reads: the rollout's mechanisms.
 
-* :class:`MethodUpdate`: the ``firmwareUpdate`` direct method (reference §7.3), then
+* :class:`MethodUpdate`: the ``firmwareUpdate`` direct method (docs/iothub-reference.md §7.3), then
   ``reported.iothubDM.firmwareUpdate.status`` to ``applyComplete``;
-* :class:`DesiredUpdate`: the desired-property firmware pattern (reference §7.4): a
+* :class:`DesiredUpdate`: the desired-property firmware pattern (docs/iothub-reference.md §7.4): a
   twin-update job writing ``desired.firmware``, then ``reported.firmware`` to
   ``fwUpdateStatus = current`` on the version;
 * :class:`TemplateUpdate`: any action (a method or a desired patch) with success and

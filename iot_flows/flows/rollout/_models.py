@@ -134,7 +134,7 @@ class RolloutRequest(BaseModel):
     rollout_id: str | None = Field(default=None, description="Names artifacts and events; default: the version.")
     dry_run: bool = Field(default=False, description="Plan only: return and publish the plan, change nothing.")
     mechanism: Literal["method", "desired", "template"] = Field(
-        default="method", description="firmwareUpdate method, desired firmware property (§7.4), or template."
+        default="method", description="firmwareUpdate method, desired firmware property (Azure tutorial), or template."
     )
     template: UpdateTemplate | None = Field(default=None, description="The action and predicates (mechanism=template).")
     abort: list[AbortCriterion] = Field(default_factory=list, description="Abort criteria by failure type.")

@@ -1,6 +1,6 @@
 """Exception -> IoT Hub error response, in one place for the whole REST API.
 
-Body format (reference §3.8): the JSON error object is itself a JSON *string* inside
+Body format (docs/iothub-reference.md §3.8): the JSON error object is itself a JSON *string* inside
 ``Message``; the symbolic name goes in the ``iothub-errorcode`` header. DeviceNotFound
 uses the legacy ``ErrorCode:DeviceNotFound;...`` form that the SDKs match on.
 """

@@ -1,9 +1,9 @@
 """The service REST API as an OpenAPI 3.0 document, served at ``/openapi.json``.
 
-The document describes what the hub really accepts (reference §3): Azure IoT Hub's paths,
+The document describes what the hub really accepts (docs/iothub-reference.md §3): Azure IoT Hub's paths,
 the required ``api-version`` query parameter (400001 InvalidProtocolVersion otherwise), the
 SAS ``Authorization`` header, request bodies, status codes, and IoT Hub's error body
-(reference §3.8: ``{"Message": "<JSON string>", "ExceptionMessage": "..."}`` with the
+(docs/iothub-reference.md §3.8: ``{"Message": "<JSON string>", "ExceptionMessage": "..."}`` with the
 symbolic code in the ``iothub-errorcode`` header). The repository keeps a copy in
 ``docs/openapi.json`` (regenerate with ``python -m iot_flows.hub.api._openapi``); a test
 checks that the served document equals it, and schemathesis checks the hub against it.

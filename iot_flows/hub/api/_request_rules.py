@@ -1,10 +1,10 @@
 """Rules every REST request meets before routing: path forms and ``api-version``.
 
-* **Path forms** (sdk-wire-facts "REST"): the service SDKs send some paths with a
+* **Path forms** (docs/iothub-reference.md §9.5): the service SDKs send some paths with a
   trailing slash (the Node SDK lists devices with ``GET /devices/?api-version=...``) and
   do not follow redirects. Every route therefore answers ``/x`` and ``/x/`` alike, with
   no redirect: one trailing ``/`` is removed before routing.
-* **api-version** (reference §3): every IoT Hub REST call carries ``?api-version=``.
+* **api-version** (docs/iothub-reference.md §3): every IoT Hub REST call carries ``?api-version=``.
   Azure answers a missing or unknown version with 400 and error code 400001
   ``InvalidProtocolVersion``; so does the hub, so that a client bug shows up here and
   not first in production. :data:`SUPPORTED_API_VERSIONS` lists what the official SDKs

@@ -1,4 +1,4 @@
-"""Service REST routes: registry, twins and direct methods (reference §3, exact Azure paths).
+"""Service REST routes: registry, twins and direct methods (docs/iothub-reference.md §3, exact Azure paths).
 
 Every route authenticates the caller's SAS token against the policy permission Azure
 requires, parses JSON only when ``content-type`` says so (as Azure does), and lets

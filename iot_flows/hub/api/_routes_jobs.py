@@ -1,4 +1,4 @@
-"""Query and jobs REST routes: ``/devices/query`` and ``/jobs/v2`` (reference §3.4-3.6)."""
+"""Query and jobs REST routes: ``/devices/query`` and ``/jobs/v2`` (docs/iothub-reference.md §3.4-3.6)."""
 
 from __future__ import annotations
 

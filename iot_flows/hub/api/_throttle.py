@@ -1,9 +1,9 @@
-"""Azure's per-tier throttles at the REST boundary (``hub serve --quota``; reference §6).
+"""Azure's per-tier throttles at the REST boundary (``hub serve --quota``; docs/iothub-reference.md §6).
 
 An ASGI middleware: it classifies each service request into an IoT Hub throttle
 (:func:`operation_of`), delays it while the throttle's queue is short (traffic shaping)
 and otherwise answers 429 ``ThrottlingException`` (429001) in IoT Hub's error format
-(§3.8), with ``Retry-After`` in seconds. The hub's own endpoints (``/healthz``,
+(docs/iothub-reference.md §3.8), with ``Retry-After`` in seconds. The hub's own endpoints (``/healthz``,
 ``/iot-flows/...``) are never throttled. Without a quota it passes everything through.
 """
 

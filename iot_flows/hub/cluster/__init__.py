@@ -1,4 +1,4 @@
-"""Several hub nodes over one shared store and NATS (design.md "Where users outgrow one machine").
+"""Several hub nodes over one shared store and NATS (docs/architecture.md §1).
 
 ``iot-flows hub serve --bus nats://host:4222 [--node-id NAME]`` runs a hub as one node;
 any node accepts any device and any REST call. See :class:`ClusterNode` for the hooks.

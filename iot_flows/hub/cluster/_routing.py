@@ -1,6 +1,6 @@
 """Cross-node device traffic: direct methods (request/reply) and desired-property pushes.
 
-Direct methods follow IoT Hub's contract on every node (reference §5): the request goes
+Direct methods follow IoT Hub's contract on every node (docs/iothub-reference.md §5): the request goes
 to the node that holds the device as a NATS request whose timeout covers the method's
 ``connectTimeoutInSeconds`` + ``responseTimeoutInSeconds``; that node invokes it locally
 and answers with the device's status and payload, or with the IoT Hub error. 404103 when
