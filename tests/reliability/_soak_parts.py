@@ -40,9 +40,10 @@ def _free_port() -> int:
 class HubUnderTest:
     """``iot-flows hub serve`` in a subprocess (stderr to a file, so it never blocks)."""
 
-    def __init__(self, folder: Path, args: tuple[str, ...], db: str | None = None) -> None:
-        self.mqtt_port, self.http_port = _free_port(), _free_port()
-        self.log = open(folder / "hub.log", "w")  # noqa: SIM115 - closed in stop()
+    def __init__(self, folder: Path, args: tuple[str, ...], db: str | None = None,
+                 ports: tuple[int, int] | None = None) -> None:
+        self.mqtt_port, self.http_port = ports or (_free_port(), _free_port())
+        self.log = open(folder / "hub.log", "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iot_flows.cli", "hub", "serve", "--db", db or str(folder / "hub.db"),
              "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port), *args],
@@ -74,6 +75,13 @@ class HubUnderTest:
             elif " WARNING " in line or " ERROR " in line or "Traceback" in line:
                 kinds["warning_or_error"] += 1
         return dict(kinds)
+
+    def kill9(self) -> None:
+        """``kill -9`` the hub (no shutdown of any kind) and reap it."""
+        self.proc.kill()
+        self.proc.wait(30)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.log.close()
 
     def alive(self) -> bool:
         return self.proc.poll() is None

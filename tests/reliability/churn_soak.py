@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ class SoakConfig:
     #: The hub's change feed ring (``--change-feed-capacity``); the soak fills it before the
     #: warm-up, so that the RSS measured after warm-up already holds a full ring.
     change_feed_capacity: int = 50_000
+    store: str = "sqlite"  #: or postgresql (a throw-away PostgreSQL 15 server)
+    nodes: int = 1  #: 2: two hub nodes sharing the store and a NATS server; devices split between them
 
     @property
     def warmup(self) -> float:
@@ -68,8 +71,9 @@ class SoakConfig:
 
 
 class Soak:
-    def __init__(self, config: SoakConfig, hub: HubUnderTest) -> None:
+    def __init__(self, config: SoakConfig, hub: HubUnderTest, others: tuple[HubUnderTest, ...] = ()) -> None:
         self.config, self.hub = config, hub
+        self.hubs = (hub, *others)  # device i connects to node i % len(hubs); REST goes to the first
         self.stats = Stats()
         self.devices = [SoakDevice(f"soak-{i:05d}", hub.cs.host_name, self.stats) for i in range(config.devices)]
         self.locals = [f"127.0.0.{i}" for i in range(2, 10)]  # spread source addresses over the port space
@@ -90,7 +94,7 @@ class Soak:
     async def _connect(self, i: int, device: SoakDevice) -> None:
         for attempt in range(5):
             try:
-                await device.connect(self.hub.mqtt_port, self.locals[i % len(self.locals)])
+                await device.connect(self.hubs[i % len(self.hubs)].mqtt_port, self.locals[i % len(self.locals)])
                 self.stats.ops["connect"] += 1
                 return
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
@@ -237,8 +241,8 @@ class Soak:
         return self.hub.fds()
 
 
-async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
-    soak = Soak(config, hub)
+async def _run(config: SoakConfig, hub: HubUnderTest, others: tuple[HubUnderTest, ...] = ()) -> dict[str, Any]:
+    soak = Soak(config, hub, others)
     # Idle connections are dropped before uvicorn's 5 s keep-alive closes them (else a request
     # sent on a connection the server is closing fails with ReadError: a client-side race).
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=3.0)
@@ -252,6 +256,7 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
     fill_seconds = time.monotonic() - t0 - connect_seconds
     fds_start = await soak.settle()
     rss_connected = hub.rss_kb()
+    other = [{"rss_kb": {"connected_change_feed_full": h.rss_kb()}, "fds": {"start": h.fds()}} for h in others]
     samples: list[dict[str, Any]] = []
     start = time.monotonic()
     async with httpx.AsyncClient(base_url=hub.base_url, timeout=60, limits=limits) as http:
@@ -265,21 +270,33 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
         ]
         await asyncio.sleep(config.warmup)
         rss_warm, changes_warm = hub.rss_kb(), await soak.changes_recorded(http)
+        for h, o in zip(others, other, strict=True):
+            o["rss_kb"]["after_warmup"] = h.rss_kb()
         remaining = config.seconds - config.warmup
         while remaining > 0 and hub.alive():
             await asyncio.sleep(min(1.0, remaining))
             remaining -= 1.0
         rss_end = hub.rss_kb() if hub.alive() else None
+        for h, o in zip(others, other, strict=True):
+            o["rss_kb"]["end"] = h.rss_kb() if h.alive() else None
         changes_end = await soak.changes_recorded(http) if hub.alive() else None
         soak.stopping = True
         await asyncio.gather(*workers)
     fds_end = await soak.settle() if hub.alive() else None
+    for h, o in zip(others, other, strict=True):
+        o["fds"]["end"] = h.fds() if h.alive() else None
+        warm, end = o["rss_kb"]["after_warmup"], o["rss_kb"]["end"]
+        o["rss_kb"]["growth_after_warmup"] = None if end is None else round((end - warm) / warm, 4)
     for device in soak.devices:
         device.drop(clean=True)
     unexpected = {k: v for k, v in soak.stats.errors.items() if k not in EXPECTED}
     growth = (rss_end - rss_warm) / rss_warm if rss_end is not None else None
     checks = {
-        "hub_alive": hub.alive(),
+        "hub_alive": hub.alive() and all(h.alive() for h in others),
+        "other_nodes_rss_flat": all(o["rss_kb"]["growth_after_warmup"] is not None
+                                    and o["rss_kb"]["growth_after_warmup"] <= config.rss_tolerance for o in other),
+        "other_nodes_fds_flat": all(o["fds"]["end"] is not None
+                                    and o["fds"]["end"] <= o["fds"]["start"] + config.fd_slack for o in other),
         "rss_flat": growth is not None and growth <= config.rss_tolerance,
         "change_feed_full_before_warmup": prefilled >= config.change_feed_capacity,
         "fds_flat": fds_end is not None and fds_end <= fds_start + config.fd_slack,
@@ -302,6 +319,9 @@ async def _run(config: SoakConfig, hub: HubUnderTest) -> dict[str, Any]:
         "change_feed": {"capacity": config.change_feed_capacity, "before_warmup": prefilled,
                         "after_warmup": changes_warm, "end": changes_end,
                         "rss_bytes_per_change": _per_change(rss_warm, rss_end, changes_warm, changes_end)},
+        "store": config.store,
+        "nodes": config.nodes,
+        "other_nodes": other,
         "ops": dict(soak.stats.ops),
         "errors": dict(soak.stats.errors),
         "unexpected_errors": unexpected,
@@ -320,13 +340,33 @@ def _per_change(rss0: int, rss1: int | None, n0: int | None, n1: int | None) -> 
 def run_soak(config: SoakConfig) -> dict[str, Any]:
     """Run one churn soak against a fresh hub subprocess; the JSON-ready summary."""
     folder = Path(tempfile.mkdtemp(prefix="iot-flows-soak-"))
-    hub = HubUnderTest(folder, (*config.hub_args, "--change-feed-capacity", str(config.change_feed_capacity)))
-    try:
-        result = asyncio.run(_run(config, hub))
-    finally:
-        code = hub.stop()
-    result["hub_exit_code"] = code
-    result["hub_log"] = hub.log_summary()
+    args = (*config.hub_args, "--change-feed-capacity", str(config.change_feed_capacity))
+    with ExitStack() as stack:
+        db = None
+        if config.store == "postgresql":
+            from tests.pgcluster import PgCluster
+
+            db = stack.enter_context(PgCluster()).create_database("soak")
+        elif config.nodes > 1:
+            db = str(folder / "hub.db")  # the nodes share one SQLite file
+        hubs: list[HubUnderTest] = []
+        if config.nodes > 1:
+            from tests.cluster.conftest import NatsServer
+
+            nats = NatsServer().start()
+            stack.callback(nats.stop)
+            for i in range(config.nodes):
+                node = chr(ord("a") + i)
+                (folder / node).mkdir()
+                hubs.append(HubUnderTest(folder / node, (*args, "--bus", nats.url, "--node-id", node), db=db))
+        else:
+            hubs.append(HubUnderTest(folder, args, db=db))
+        try:
+            result = asyncio.run(_run(config, hubs[0], tuple(hubs[1:])))
+        finally:
+            codes = [h.stop() for h in hubs]
+    result["hub_exit_code"] = codes[0] if len(codes) == 1 else (0 if all(c == 0 for c in codes) else codes)
+    result["hub_log"] = hubs[0].log_summary()
     return result
 
 
@@ -340,11 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-seconds", type=float, default=None, help="Default: a quarter of the run, <= 120.")
     parser.add_argument("--change-feed-capacity", type=int, default=50_000,
                         help="The hub's change feed ring; filled before the warm-up (default 50,000).")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="The hub's store (postgresql: a throw-away PostgreSQL 15 server).")
+    parser.add_argument("--nodes", type=int, default=1, help="Hub nodes sharing the store over NATS (default 1).")
     parser.add_argument("--samples", action="store_true", help="Keep the RSS/fd samples in the JSON output.")
     args = parser.parse_args(argv)
     config = SoakConfig(seconds=args.minutes * 60, devices=args.devices, reconnect_percent=args.reconnect_percent,
                         method_rate=args.method_rate, twin_rate=args.twin_rate, warmup_seconds=args.warmup_seconds,
-                        change_feed_capacity=args.change_feed_capacity)
+                        change_feed_capacity=args.change_feed_capacity, store=args.store, nodes=args.nodes)
     result = run_soak(config)
     if not args.samples:
         result.pop("samples")
