@@ -5,7 +5,7 @@
 in negative mode, ones the document forbids) and sends them to a live hub with a valid SAS
 ``Authorization`` header: no response may be a 5xx, every response must match the document
 (status code, content type, body schema), and every error must be in IoT Hub's error
-format with its numeric code (reference §3.8).
+format with its numeric code (docs/iothub-reference.md §3.8).
 """
 
 from __future__ import annotations

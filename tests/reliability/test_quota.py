@@ -1,4 +1,4 @@
-"""The throttle model: documented per-tier limits, token buckets, traffic shaping (reference §6)."""
+"""The throttle model: documented per-tier limits, token buckets, traffic shaping (docs/iothub-reference.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``--quota``: Azure's throttles on a real hub, over REST and MQTT (reference §3.8, §6).
+"""``--quota``: Azure's throttles on a real hub, over REST and MQTT (docs/iothub-reference.md §3.8, §6).
 
 The rates are IoT Hub's; a frozen clock (no refill) makes the counts exact.
 """
@@ -45,7 +45,7 @@ def test_serve_quota_s1_applies_s1_and_one_active_job(s1_hub: EmbeddedHub) -> No
     hub = s1_hub.hub
     assert hub.quota is not None and hub.quota.name == "S1 x1"
     assert hub.quota.limits[Operation.TWIN_READ] == 100
-    assert hub.jobs.settings.max_concurrent_jobs == 1  # reference §6.2
+    assert hub.jobs.settings.max_concurrent_jobs == 1  # docs/iothub-reference.md §6.2
 
 
 def test_off_by_default(tmp_path) -> None:

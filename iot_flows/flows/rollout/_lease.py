@@ -5,7 +5,7 @@ A rollout's state lives in the hub, and so does its guard: the lease is the twin
 the rollout matched (waves are cut in that same order, so every run of an id finds the
 same anchor). It names its holder (host, process id, flow run) and an expiry; the holder
 renews it every third of ``lease_seconds`` with an ``If-Match`` twin update (IoT Hub's
-optimistic concurrency, reference §3.4), so two runs racing for it cannot both win: the
+optimistic concurrency, docs/iothub-reference.md §1.3), so two runs racing for it cannot both win: the
 loser gets 412 and reads the winner.
 
 A lease stops counting when it expired (its holder stopped renewing: the process died,

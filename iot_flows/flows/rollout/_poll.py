@@ -13,7 +13,7 @@ timed the hub's queries out. A round instead:
   only the decided ones (the mechanism's outcome condition over the waiting ids), not a
   GET per waiting device.
 
-IoT Hub reference §4.5 (``devices.jobs`` queries), §6 (``deviceJobStatistics``).
+docs/iothub-reference.md §3.6 (``devices.jobs`` queries), docs/iothub-reference.md §3.5 (``deviceJobStatistics``).
 """
 
 from __future__ import annotations

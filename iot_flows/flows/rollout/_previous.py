@@ -1,7 +1,7 @@
 """Each device's state before the rollout touches it, kept in its twin: ``tags.rollouts.<id>.previous``.
 
 Recorded before a wave starts, by twin-update jobs (``scheduleUpdateTwin`` with tags,
-reference §6) over the wave's devices grouped by what they run now, and only where the tag
+docs/iothub-reference.md §3.5) over the wave's devices grouped by what they run now, and only where the tag
 is not there yet (a resumed run never overwrites it with the new version). A rollback,
 even by a later run after a crash, reads it back from the twins.
 
