@@ -69,3 +69,22 @@ def test_quick_demo_runs_every_scenario_and_leaves_nothing_running(tmp_path: Pat
     assert folder and not Path(folder.group(1)).exists(), "the hub's temporary folder is removed"
     if Path("/proc/self/stat").exists():
         assert _session_processes(proc.pid) == [], "the demo left processes behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_default_size_firmware_scenario_is_not_hit_by_the_rollouts_injected_failures(tmp_path: Path) -> None:
+    # Found by a newcomer: at the default 1,000 devices the firmware scenario also targeted
+    # building 44, whose downloads fail on purpose for the rollout, and the demo exited 1.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IOT_FLOWS_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["COLUMNS"] = "160"
+    proc = subprocess.run(
+        [sys.executable, "-m", "iot_flows.demo", "--only", "firmware"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    expected = FleetLayout(1000).size("43", ("canary", "wave1"))
+    assert "all 1 scenarios succeeded" in proc.stdout, proc.stdout
+    row = re.search(r"│\s*Completed\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│", proc.stdout)
+    assert row and row.groups() == (str(expected), str(expected), "0"), proc.stdout

@@ -133,10 +133,12 @@ def scenarios(layout: FleetLayout) -> list[Scenario]:
             1, _confirmed,
         ),
         Scenario(
-            "firmware", f"firmware {FIRMWARE} on rings canary + wave1", "003", update_firmware,
+            # Building 43 only: building 44's downloads fail on purpose (the rollout's retries heal them).
+            "firmware", f"firmware {FIRMWARE} on rings canary + wave1 of building 43", "003", update_firmware,
             FirmwareUpdateRequest(package_uri=f"https://firmware.example.com/fw-{FIRMWARE}.bin", version=FIRMWARE,
-                                  query_condition=rings, step_timeout_seconds=180, poll_interval_seconds=POLL),
-            layout.size(rings=("canary", "wave1")), _firmware,
+                                  query_condition=f"{B43} AND {rings}", step_timeout_seconds=180,
+                                  poll_interval_seconds=POLL),
+            layout.size("43", ("canary", "wave1")), _firmware,
         ),
         Scenario(
             "rollout", f"staged rollout {ROLLOUT} on building 44 (waves 1/10/50/100 %, 10 % downloads fail)", "003",
