@@ -78,6 +78,12 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     from iot_flows.store import StoreConfigError
 
     hub = Hub(settings)
+    # Before "ready" is printed: a Ctrl-C that follows it at once is a clean stop (exit 0),
+    # not asyncio.Runner's default KeyboardInterrupt (exit 130).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await hub.start()
     except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
@@ -98,10 +104,6 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     typer.echo(f"Service connection string:\n{hub.connection_string()}", color=False)
     first, explicit = next_commands(profile, profile_path)
     typer.echo(f"Next, in another terminal in this folder:\n  {first}\nor from anywhere:\n  {explicit}", color=False)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

@@ -59,6 +59,13 @@ def _check_key(key: Any, name: str) -> str:
     return key
 
 
+def _optional_text(value: Any, name: str) -> str | None:
+    """``value`` when it is a string or null; else ``BadRequestError`` (400) naming ``name``."""
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequestError(f"{name} must be a string or null.")
+
+
 def _parse_identity(body: dict[str, Any]) -> dict[str, Any]:
     """Identity fields from a Device (or bulk ExportImportDevice) body."""
     status = body.get("status") or "enabled"
@@ -76,10 +83,10 @@ def _parse_identity(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequestError("symmetricKey and x509Thumbprint must be objects.")
     fields: dict[str, Any] = {
         "status": status.lower(),
-        "status_reason": body.get("statusReason"),
+        "status_reason": _optional_text(body.get("statusReason"), "statusReason"),
         "auth_type": auth_type,
-        "primary_thumbprint": thumbs.get("primaryThumbprint"),
-        "secondary_thumbprint": thumbs.get("secondaryThumbprint"),
+        "primary_thumbprint": _optional_text(thumbs.get("primaryThumbprint"), "primaryThumbprint"),
+        "secondary_thumbprint": _optional_text(thumbs.get("secondaryThumbprint"), "secondaryThumbprint"),
     }
     if auth_type == "sas":
         fields["primary_key"] = _check_key(sym.get("primaryKey"), "primaryKey")

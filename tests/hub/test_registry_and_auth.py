@@ -95,6 +95,22 @@ def test_bulk_create_up_to_100_and_errors_per_device(service):
     assert service.request("GET", f"/devices/{prefix}-new").status_code == 404
 
 
+@pytest.mark.parametrize("field", [
+    {"statusReason": ["x"]},
+    {"authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": [1]}}},
+    {"authentication": {"type": "selfSigned", "x509Thumbprint": {"secondaryThumbprint": {"a": 1}}}},
+])
+def test_identity_text_fields_of_the_wrong_type_are_400_and_store_nothing(service, field):
+    # Found by schemathesis: a list in statusReason/thumbprints reached SQLite (500).
+    device_id = _id()
+    r = service.request("PUT", f"/devices/{device_id}", json_body={"deviceId": device_id, **field})
+    assert r.status_code == 400 and "must be a string or null" in r.json()["Message"], r.text
+    assert service.request("GET", f"/devices/{device_id}").status_code == 404
+    bulk = service.request("POST", "/devices", json_body=[{"id": device_id, "importMode": "create", **field}])
+    assert bulk.status_code == 400 and bulk.json()["errors"][0]["deviceId"] == device_id, bulk.text
+    assert service.request("GET", f"/devices/{device_id}").status_code == 404
+
+
 def test_list_devices_pages_with_continuation(service):
     for _ in range(3):
         service.create_device()
