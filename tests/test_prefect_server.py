@@ -179,8 +179,8 @@ def test_a_worker_runs_a_shipped_deployment_to_completed_on_real_devices(stack: 
     assert run["state"]["message"] == f"lockDoor on {half} devices: {half} done: {half} succeeded, 0 failed"
     keys = _artifact_keys(stack, run["id"])
     assert "method-job-lockdoor" in keys, keys
-    logs = _logs(stack, run["id"])
-    assert f"{half} done: {half} succeeded, 0 failed" in logs
+    expected = f"{half} done: {half} succeeded, 0 failed"
+    assert expected in _logs(stack, run["id"], expected)
 
 
 def _artifact_keys(stack: Stack, flow_run_id: str) -> list[str]:
@@ -188,9 +188,16 @@ def _artifact_keys(stack: Stack, flow_run_id: str) -> list[str]:
     return sorted(a["key"] for a in artifacts if a["key"])
 
 
-def _logs(stack: Stack, flow_run_id: str) -> str:
-    logs = stack.server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+def _logs(stack: Stack, flow_run_id: str, containing: str, timeout: float = 20) -> str:
+    """The run's log messages once one contains ``containing`` (logs reach the server in batches,
+    after the run's final state; ``timeout`` s at most, then what arrived)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = stack.server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+        text = "\n".join(entry["message"] for entry in logs)
+        if containing in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def _firmware(stack: Stack, condition: str) -> dict[str, Any]:
@@ -214,7 +221,8 @@ def test_zero_matching_devices_fails_the_run_with_min_devices(stack: Stack) -> N
     run = _run(stack, "lock-doors-building-43", "query_condition=tags.building = '99'")
     assert run["state"]["type"] == "FAILED"
     assert "TooFewDevicesError" in run["state"]["message"] and "0 devices matched tags.building = '99'" in run["state"]["message"]
-    assert "0 devices matched tags.building = '99'" in _logs(stack, run["id"])  # the warning
+    warning = "0 devices matched tags.building = '99'"
+    assert warning in _logs(stack, run["id"], warning)  # the warning
     # min_devices=0: completes, and says so.
     run = _run(stack, "lock-doors-building-43", "query_condition=tags.building = '99'", "min_devices=0")
     assert run["state"]["type"] == "COMPLETED" and run["state"]["message"] == "0 devices matched tags.building = '99'"
