@@ -54,8 +54,9 @@ def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
     """Combine flags/environment with the profile ``hub serve`` wrote.
 
     The connection string is ``--hub``, else the profile's. Addresses not given come from
-    the profile when it describes the same hub (same ``HostName``); with only a plain
-    ``http://`` ``--hub-url``, MQTT defaults to that host, port 1883, no TLS.
+    the profile when it describes the same hub (same ``HostName``) and ``--hub-url`` is
+    absent or the profile's own; otherwise, with a plain ``http://`` ``--hub-url`` (e.g. a
+    load balancer), MQTT defaults to that host, port 1883, no TLS.
 
     Raises:
         ValueError: no connection string anywhere, or an unreadable profile.
@@ -68,7 +69,10 @@ def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
             f"or start `iot-flows hub serve` in this folder first (it writes {client.profile})"
         )
     http_url, mqtt_host, mqtt_port, tls = client.url, fleet.mqtt_host, fleet.mqtt_port, fleet.tls
-    if profile is not None and profile.serves(connection_string):
+    # A --hub-url other than the profile's (a load balancer in front of the node that wrote
+    # the profile) is another endpoint: the profile's MQTT address does not apply to it.
+    same_endpoint = http_url is None or (profile is not None and http_url.rstrip("/") == profile.base_url.rstrip("/"))
+    if profile is not None and profile.serves(connection_string) and same_endpoint:
         http_url = http_url or profile.base_url
         if mqtt_host is None:
             mqtt_host = profile.mqtt_host

@@ -185,3 +185,22 @@ def test_demo_is_the_same_typer_command_under_both_names() -> None:
     done = subprocess.run([sys.executable, "-m", "iot_flows.demo", "--help"], cwd=ROOT, text=True, capture_output=True,
                           env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, timeout=60)  # fmt: skip
     assert done.returncode == 0 and "./scripts/demo" in done.stdout and "--devices" in done.stdout
+
+
+def test_a_balancer_hub_url_does_not_take_the_node_profiles_mqtt_port(tmp_path):
+    # Found by a newcomer following "Scaling out": a node's profile in the folder sent the
+    # fleet's MQTT straight to that node, bypassing HAProxy given by --hub-url.
+    from iot_flows._settings import ClientSettings, FleetSettings
+    from iot_flows.cli._fleet import resolve_hub
+    from iot_flows.cli._profile import HubProfile, write_profile
+
+    cs = "HostName=127.0.0.1;SharedAccessKeyName=iothubowner;SharedAccessKey=" + "A" * 44
+    path = tmp_path / "hub.json"
+    write_profile(path, HubProfile(hostname="127.0.0.1", connection_string=cs, base_url="http://127.0.0.1:8081",
+                                   mqtt_host="127.0.0.1", mqtt_port=1884, tls=False))
+    node = resolve_hub(ClientSettings(connection_string=cs, profile=str(path)), FleetSettings())
+    assert (node.http_url, node.mqtt_host, node.mqtt_port, node.tls) == ("http://127.0.0.1:8081", "127.0.0.1", 1884, False)
+    same = resolve_hub(ClientSettings(connection_string=cs, url="http://127.0.0.1:8081/", profile=str(path)), FleetSettings())
+    assert same.mqtt_port == 1884
+    lb = resolve_hub(ClientSettings(connection_string=cs, url="http://127.0.0.1:8080", profile=str(path)), FleetSettings())
+    assert (lb.http_url, lb.mqtt_host, lb.mqtt_port, lb.tls) == ("http://127.0.0.1:8080", "127.0.0.1", None, False)
