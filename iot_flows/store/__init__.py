@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from urllib.parse import urlsplit
 
 from iot_flows.store._base import DeviceOutcome, HubStore
@@ -51,8 +52,12 @@ async def open_store(url_or_path: str, *, pool_size: int = 20, acquire_timeout: 
 
         if not path:
             raise StoreConfigError(f"--db {url_or_path!r}: no SQLite file path given")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteStore(path)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return SqliteStore(path)
+        except (OSError, sqlite3.Error) as exc:  # a file where a folder should be, no permission, not a database
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreConfigError(f"--db {url_or_path!r}: cannot open the SQLite database there: {reason}") from None
     scheme = urlsplit(url_or_path).scheme.lower()
     if scheme in ("postgresql", "postgres"):
         from iot_flows.store._postgres import PostgresStore

@@ -45,6 +45,18 @@ def test_unsupported_db_url_is_one_line_and_exit_2() -> None:
     assert len(lines) == 1 and "unsupported scheme 'mysql'" in lines[0], result.stderr
 
 
+def test_sqlite_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    # Found by a newcomer: a file where the folder should be printed a 60-line traceback.
+    (tmp_path / "afile").write_text("x")
+    not_a_db = tmp_path / "not-a-db.db"
+    not_a_db.write_bytes(b"this is not a SQLite database" * 100)
+    for db, why in ((tmp_path / "afile" / "hub.db", "File exists"), (not_a_db, "not a database")):
+        result = _serve(str(db))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"--db '{db}'" in lines[0] and why in lines[0], result.stderr
+
+
 async def test_open_store_picks_the_backend(tmp_path: Any, make_db: Any, backend: str) -> None:
     store = await open_store(make_db())
     try:
