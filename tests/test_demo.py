@@ -35,12 +35,18 @@ def _session_processes(sid: int) -> list[str]:
     return alive
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_quick_demo_runs_every_scenario_and_leaves_nothing_running(tmp_path: Path) -> None:
+def _demo_env(tmp_path: Path) -> dict[str, str]:
+    """The user's environment without Prefect/iot-flows settings, a fresh PREFECT_HOME, a wide table."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IOT_FLOWS_"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     env["COLUMNS"] = "160"
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_demo_runs_every_scenario_and_leaves_nothing_running(tmp_path: Path) -> None:
+    env = _demo_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "iot_flows.demo", "--quick"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -76,11 +82,8 @@ def test_quick_demo_runs_every_scenario_and_leaves_nothing_running(tmp_path: Pat
 def test_default_size_firmware_scenario_is_not_hit_by_the_rollouts_injected_failures(tmp_path: Path) -> None:
     # Found by a newcomer: at the default 1,000 devices the firmware scenario also targeted
     # building 44, whose downloads fail on purpose for the rollout, and the demo exited 1.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IOT_FLOWS_"))}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["COLUMNS"] = "160"
     proc = subprocess.run(
-        [sys.executable, "-m", "iot_flows.demo", "--only", "firmware"], cwd=ROOT, env=env,
+        [sys.executable, "-m", "iot_flows.demo", "--only", "firmware"], cwd=ROOT, env=_demo_env(tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout
