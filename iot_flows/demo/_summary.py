@@ -104,7 +104,11 @@ def summary_table(records: list[RunRecord], *, title: str) -> Table:
     for name, justify in (("scenario", "left"), ("seed", "center"), ("flow run", "left"), ("state", "left"),
                           ("devices", "right"), ("ok", "right"), ("failed", "right"), ("seconds", "right"),
                           ("task runs", "right"), ("subflows", "right")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=name != "scenario")  # type: ignore[arg-type]
+        # The long flow-run name wraps; the scenario key and the figures never shrink to "s…".
+        wraps = name == "flow run"
+        table.add_column(name, justify=justify, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis",  # type: ignore[arg-type]
+                         min_width=max((len(r.key) for r in records), default=8) if name == "scenario"
+                         else 20 if wraps else None)  # fmt: skip
     problems = any(not r.ok for r in records)
     if problems:
         table.add_column("problem", style="red")

@@ -95,10 +95,13 @@ class Hub:
             await self.store.reset_connection_states(utc_now())
         owner_key = self.settings.owner_key or None
         stored = await self.store.get_meta("policy_keys")
-        keys = json.loads(stored) if stored else ServiceAuthenticator.generate_policy_keys(owner_key)
-        if owner_key:
+        if stored is None:  # a new database: the first node to store its keys wins, the others read them
+            fresh = ServiceAuthenticator.generate_policy_keys(owner_key)
+            stored = await self.store.set_meta_if_absent("policy_keys", json.dumps(fresh))
+        keys = json.loads(stored)
+        if owner_key and keys.get("iothubowner") != owner_key:
             keys["iothubowner"] = owner_key
-        await self.store.set_meta("policy_keys", json.dumps(keys))
+            await self.store.set_meta("policy_keys", json.dumps(keys))
         self.service_auth = ServiceAuthenticator(self.settings.hostname, keys)
 
     async def _on_connection_change(self, device_id: str, connected: bool) -> None:

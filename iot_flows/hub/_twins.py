@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,8 +39,10 @@ __all__ = ["TwinChange", "TwinService", "check_if_match", "device_not_found"]
 
 #: Listener of committed twin changes: (device_id, section, patch-as-applied, record).
 TwinChange = Callable[[str, str, dict[str, Any], DeviceRecord], None]
-#: Compare-and-set rounds before a twin write gives up with 503 (only other nodes race).
-_CAS_ATTEMPTS = 50
+#: Seconds a twin write keeps retrying a lost compare-and-set before it gives up with 503
+#: (only other nodes race; a bounded time, not a count: a busy node's queue of writers to the
+#: same twin can win many rounds in a row).
+_CAS_SECONDS = 10.0
 
 
 _R = TypeVar("_R")
@@ -183,9 +186,12 @@ class TwinService:
         so a retry happens only when another node won the race.
 
         Raises:
-            ServiceUnavailableError: the twin kept changing for ``_CAS_ATTEMPTS`` rounds (503, retryable).
+            ServiceUnavailableError: the twin kept changing for ``_CAS_SECONDS`` (503, retryable).
         """
-        for _ in range(_CAS_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CAS_SECONDS
+        attempt = 0
+        while True:
             record = await self._load(device_id)
             new = build(record)
             if new is None:
@@ -194,6 +200,10 @@ class TwinService:
             new.twin_etag = new_etag()
             if await self._store.update_twin(new, expected_version=record.twin_version):
                 return record, new
+            if loop.time() >= deadline:
+                break
+            attempt += 1  # lost to another node: a short jittered pause lets the two interleave
+            await asyncio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
         raise ServiceUnavailableError(f"The twin of {device_id} kept changing under concurrent writes; retry.")
 
     def _notify_desired(self, record: DeviceRecord, notification: dict[str, Any]) -> None:

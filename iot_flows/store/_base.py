@@ -60,6 +60,11 @@ class HubStore(ABC):
     async def set_meta(self, key: str, value: str) -> None:
         """Set a hub-wide value."""
 
+    @abstractmethod
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless ``key`` has one; return the value stored now (the first
+        writer's when several nodes start at once on a new database)."""
+
     # ---- registry and twins ----------------------------------------------------------
     @abstractmethod
     async def get(self, device_id: str) -> DeviceRecord | None:

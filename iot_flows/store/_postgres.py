@@ -168,6 +168,12 @@ class PostgresStore(PostgresJobs):
             key, value,
         )  # fmt: skip
 
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        await self._execute("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value)
+        stored = await self.get_meta(key)
+        assert stored is not None
+        return stored
+
     # ---- group commit -------------------------------------------------------------
     async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
         rows = await self._fetch(f"{_SELECT} WHERE device_id = ANY($1::text[])", device_ids)

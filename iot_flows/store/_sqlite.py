@@ -168,6 +168,12 @@ class SqliteStore(SqliteJobs):
             (key, value),
         )
 
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        self._conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, value))
+        stored = await self.get_meta(key)
+        assert stored is not None
+        return stored
+
     # ---- devices ----------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()

@@ -148,3 +148,20 @@ def test_reported_writes_are_durable_and_readable_at_once(embedded_hub: Embedded
         got = service.request("POST", "/devices/query", json_body={
             "query": f"SELECT * FROM devices WHERE deviceId = '{dev.device_id}' AND properties.reported.n = {i}"}).json()
         assert [t["deviceId"] for t in got] == [dev.device_id]
+
+
+async def test_nodes_starting_together_on_a_new_database_agree_on_the_policy_keys(make_db: Any, backend: str) -> None:
+    # Found by CI: two nodes started at once on an empty PostgreSQL each stored its own
+    # policy keys (last writer won) and kept its own in memory: 401002 through the balancer.
+    db = make_db()
+    stores = [await open_store(db), await open_store(db)]
+    try:
+        first, second = await asyncio.gather(
+            stores[0].set_meta_if_absent("policy_keys", "from-a"), stores[1].set_meta_if_absent("policy_keys", "from-b")
+        )
+        assert first == second and first in ("from-a", "from-b")
+        assert await stores[0].set_meta_if_absent("policy_keys", "later") == first
+        assert await stores[1].get_meta("policy_keys") == first
+    finally:
+        for store in stores:
+            await store.close()
