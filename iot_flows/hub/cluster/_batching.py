@@ -30,7 +30,7 @@ from iot_flows._tasks import BackgroundTasks
 from iot_flows._types import MethodResult
 from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.hub.cluster._routing import MethodRouter, call_body, decode_outcome, invoke_here
-from iot_flows.store import ClusterStore
+from iot_flows.store import ClusterStore, GroupCommit
 
 if TYPE_CHECKING:
     from iot_flows.hub import Hub
@@ -42,43 +42,25 @@ _BUS_MARGIN = 5.0  #: seconds a batch may take on the bus beyond its slowest cal
 
 
 class PresenceLookup:
-    """Coalesces ``holder(device_id)`` calls of one loop tick into one ``holders`` query."""
+    """Coalesces ``holder(device_id)`` calls of one loop tick into one ``holders`` query
+    (the store's :class:`~iot_flows.store.GroupCommit`, over reads)."""
 
     def __init__(self, store: ClusterStore) -> None:
         self._store = store
-        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
-        self._scheduled = False
-        self._tasks = BackgroundTasks("presence look-up")
-        self.queries = 0  #: store queries made (for tests and benchmarks)
+        self._batches: GroupCommit[str, str | None] = GroupCommit(self._query)
+
+    @property
+    def queries(self) -> int:
+        """Store queries made (for tests and benchmarks)."""
+        return self._batches.batches
 
     async def holder(self, device_id: str) -> str | None:
         """The live node holding ``device_id`` now, or None; raises what the store raised."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(device_id, []).append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
-        return await future
+        return await self._batches.submit(object(), device_id)  # a fresh key: asks for one device share a batch
 
-    def _start(self) -> None:
-        self._scheduled = False
-        waiting, self._waiting = self._waiting, {}
-        self._tasks.spawn(self._query(waiting), name="presence-lookup")
-
-    async def _query(self, waiting: dict[str, list[asyncio.Future[str | None]]]) -> None:
-        self.queries += 1
-        try:
-            found = await self._store.holders(list(waiting))
-        except Exception as exc:
-            for futures in waiting.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
-            return
-        for device_id, futures in waiting.items():
-            for future in futures:
-                if not future.done():
-                    future.set_result(found.get(device_id))
+    async def _query(self, device_ids: list[str]) -> list[str | None | BaseException]:
+        found = await self._store.holders(list(dict.fromkeys(device_ids)))
+        return [found.get(device_id) for device_id in device_ids]
 
 
 class JobCallBatcher:
