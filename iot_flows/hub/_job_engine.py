@@ -60,6 +60,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _never() -> bool:
+    return False
+
+
 class JobEngine(JobRunner):
     """Creates, runs, resumes and cancels jobs."""
 
@@ -77,6 +81,11 @@ class JobEngine(JobRunner):
         self._twins = twins
         self._methods = methods
         self._invoke_method = methods.invoke  # once: a Paced wrapper builds it on each access
+        #: ``MethodInvoker.start`` (a call without a task) and whether a --quota paces calls now.
+        self._start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None = getattr(
+            methods, "start", None
+        )
+        self._pacing: Callable[[], bool] = getattr(methods, "pacing", _never)
         self._sessions = sessions
         self._compile = compile_condition
         self.settings = settings or JobSettings()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError
 from iot_flows._settings import JobSettings
@@ -69,6 +69,30 @@ def _stamp() -> str:
     return _stamp_cache[1]
 
 
+_TIMED_OUT_IN_CALL = {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"}
+
+
+def _result_outcome(device_id: str, started: str, result: MethodResult) -> DeviceOutcome:
+    """A device's record for the device's answer (a non-2xx status fails the device)."""
+    outcome = {"deviceMethodResponse": result.to_json()}
+    if result.succeeded:
+        return device_id, _D.COMPLETED, started, _stamp(), outcome, None
+    error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
+    return device_id, _D.FAILED, started, _stamp(), outcome, error
+
+
+def _call_outcome(device_id: str, started: str, future: asyncio.Future[MethodResult]) -> DeviceOutcome:
+    """A device's record once a call made by ``MethodInvoker.start`` ended."""
+    if future.cancelled():
+        return device_id, _D.FAILED, started, _stamp(), None, _TIMED_OUT_IN_CALL
+    exc = future.exception()
+    if exc is None:
+        return _result_outcome(device_id, started, future.result())
+    if isinstance(exc, HubError):  # 504101: no answer within responseTimeoutInSeconds
+        return device_id, _D.FAILED, started, _stamp(), None, {"code": exc.error_name, "description": exc.message}
+    return device_id, _D.FAILED, started, _stamp(), None, {"code": "InternalError", "description": repr(exc)}
+
+
 class _Run:
     """In-memory state of one running job."""
 
@@ -90,6 +114,8 @@ class JobRunner:
     _twins: TwinService
     _sessions: SessionRegistry
     _invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]]
+    _start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None
+    _pacing: Callable[[], bool]
 
     def _fence(self) -> None:
         """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
@@ -127,6 +153,8 @@ class JobRunner:
         sem = asyncio.Semaphore(self.settings.device_concurrency)
         tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
+        # Calls sent without a task (MethodInvoker.start): future -> device id.
+        calls: dict[asyncio.Future[MethodResult], tuple[str, str]] = {}
 
         async def flusher() -> None:
             while not flusher_stop.is_set():
@@ -144,6 +172,15 @@ class JobRunner:
             finally:
                 sem.release()
 
+        def answered(future: asyncio.Future[MethodResult]) -> None:
+            entry = calls.pop(future, None)
+            if entry is None:
+                return  # given up at the deadline (recorded there) or the job stopped here
+            sem.release()
+            outcomes.append(_call_outcome(entry[0], entry[1], future))
+
+        call = request.method
+        start_call = self._start_method
         flusher_task = loop.create_task(flusher())
         timed_out = False
         try:
@@ -166,21 +203,34 @@ class JobRunner:
                     group.append(pending[index])
                     index += 1
                 self._fence()
+                started = _stamp()
                 async with self._store.transaction():
-                    await self._repo.mark_running(job_id, group, _stamp())
+                    await self._repo.mark_running(job_id, group, started)
+                # A device subscribed here is called at once, without a task; the others
+                # (offline, another node, a --quota pacing calls) take _invoke.
+                direct = start_call is not None and call is not None and not self._pacing()
                 for device_id in group:
-                    tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
+                    future = start_call(device_id, call) if direct else None  # type: ignore[misc,arg-type]
+                    if future is None:
+                        tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
+                    else:
+                        calls[future] = (device_id, started)
+                        future.add_done_callback(answered)
             if index < len(pending):
                 status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
                 err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
                 outcomes.extend((d, status, None, _stamp(), None, err) for d in pending[index:])
-            if tasks:
-                _, still = await asyncio.wait(tasks.tasks, timeout=max(deadline - loop.time(), 0))
-                for task in still:
-                    task.cancel()
+            waiting: set[asyncio.Future[Any]] = {*tasks.tasks, *calls}
+            if waiting:
+                _, still = await asyncio.wait(waiting, timeout=max(deadline - loop.time(), 0))
                 if still:
-                    await asyncio.wait(still)
                     timed_out = True
+                    for future in still:
+                        entry = calls.pop(future, None)
+                        if entry is not None:
+                            outcomes.append((entry[0], _D.FAILED, entry[1], _stamp(), None, _TIMED_OUT_IN_CALL))
+                        future.cancel()
+                    await asyncio.wait(still)
             timed_out = timed_out or loop.time() > deadline
         finally:
             flusher_stop.set()
@@ -188,6 +238,9 @@ class JobRunner:
             await flush()
             # Hub stopping mid-job: cancel the requests still in flight and await them; their
             # devices stay "running" in the store and become failed (HubRestarted) on resume.
+            for future in list(calls):
+                del calls[future]
+                future.cancel()
             await tasks.close()
         return timed_out
 
@@ -217,16 +270,11 @@ class JobRunner:
             self._fence()
             result = await (self.invoke_method or self._invoke_method)(device_id, call)
         except asyncio.CancelledError:
-            return (device_id, _D.FAILED, started, _stamp(), None,
-                    {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
+            return device_id, _D.FAILED, started, _stamp(), None, _TIMED_OUT_IN_CALL
         except (DeviceNotOnlineError, GatewayTimeoutError) as exc:
             return (device_id, _D.FAILED, started, _stamp(), None,
                     {"code": exc.error_name, "description": exc.message})  # fmt: skip
-        outcome = {"deviceMethodResponse": result.to_json()}
-        if result.succeeded:
-            return device_id, _D.COMPLETED, started, _stamp(), outcome, None
-        error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
-        return device_id, _D.FAILED, started, _stamp(), outcome, error
+        return _result_outcome(device_id, started, result)
 
     async def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
         assert request.update_twin is not None

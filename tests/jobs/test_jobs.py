@@ -129,6 +129,24 @@ def test_failures_and_offline_devices_are_recorded(svc, fleet):
     assert records[offline.device_id]["error"]["code"] == "DeviceNotOnline"
 
 
+def test_unanswered_call_fails_the_device_with_gateway_timeout(svc, fleet):
+    tag = uuid.uuid4().hex[:6]
+    mute = fleet(1, {"u": tag}, handler=lambda n, p: (time.sleep(7), (200, None))[1])[0]
+    quick = fleet(1, {"u": tag})[0]
+    job_id = _job_id()
+    svc.request("PUT", f"/jobs/v2/{job_id}", json_body={
+        "type": "scheduleDeviceMethod", "queryCondition": f"tags.u = '{tag}'",
+        "cloudToDeviceMethod": {"methodName": "reboot", "responseTimeoutInSeconds": 5}})
+    job = _wait_job(svc, job_id, timeout=20)
+    assert job["status"] == "completed", job
+    assert job["deviceJobStatistics"]["failedCount"] == 1 and job["deviceJobStatistics"]["succeededCount"] == 1
+    records = _device_jobs(svc, job_id)
+    assert records[mute.device_id]["status"] == "failed" and records[mute.device_id]["outcome"] is None
+    assert records[mute.device_id]["error"] == {
+        "code": "GatewayTimeout", "description": "Timed out waiting for the response from device."}
+    assert records[quick.device_id]["status"] == "completed"
+
+
 def test_twin_update_job_changes_exactly_matching_devices_and_pushes_patch(svc, fleet):
     tag = uuid.uuid4().hex[:6]
     inside = fleet(3, {"site": tag})
