@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -69,6 +69,7 @@ def _stamp() -> str:
     return _stamp_cache[1]
 
 
+_PENDING, _RUNNING = _D.PENDING.value, _D.RUNNING.value
 _TIMED_OUT_IN_CALL = {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"}
 
 
@@ -116,12 +117,26 @@ class JobRunner:
     _invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]]
     _start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None
     _pacing: Callable[[], bool]
+    #: Record counts by status of the method jobs fanning out here, kept equal to what is
+    #: committed (updated after each commit): a running job's statistics without a
+    #: ``GROUP BY`` over its records on every ``GET /jobs/v2/{id}``.
+    _tallies: dict[str, dict[str, int]]
 
     def _fence(self) -> None:
         """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
         if self.lease is not None and not self.lease.valid():
             raise _LeaseLost
 
+    def _tally(self, job_id: str, moves: Iterable[tuple[str, str]]) -> None:
+        """Apply committed record moves ``(from status, to status)`` to the job's tally."""
+        tally = self._tallies.get(job_id)
+        if tally is None:
+            return  # dropped (cancelled here or by another node): the store answers
+        for old, new in moves:
+            tally[old] = tally.get(old, 0) - 1
+            tally[new] = tally.get(new, 0) + 1
+        if any(n < 0 for n in tally.values()):  # never expected: fall back to the store's counts
+            del self._tallies[job_id]
 
     async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
         """Run every pending device; return True if the deadline cut the job short."""
@@ -137,6 +152,8 @@ class JobRunner:
                 outcomes.clear()
                 async with self._store.transaction():
                     await self._repo.record(job_id, done, _stamp())
+                # devices never sent (no start time) were pending; the others running
+                self._tally(job_id, ((_RUNNING if o[2] is not None else _PENDING, o[1].value) for o in done))
 
         if request.type is JobType.SCHEDULE_UPDATE_TWIN:
             for start in range(0, len(pending), batch):
@@ -150,6 +167,9 @@ class JobRunner:
                 await asyncio.sleep(0)  # let device traffic through between chunks
             return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
+        counts = await self._repo.counts(job_id)
+        if not run.cancelled.is_set():
+            self._tallies[job_id] = counts
         sem = asyncio.Semaphore(self.settings.device_concurrency)
         tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
@@ -206,6 +226,7 @@ class JobRunner:
                 started = _stamp()
                 async with self._store.transaction():
                     await self._repo.mark_running(job_id, group, started)
+                self._tally(job_id, [(_PENDING, _RUNNING)] * len(group))
                 # A device subscribed here is called at once, without a task; the others
                 # (offline, another node, a --quota pacing calls) take _invoke.
                 direct = start_call is not None and call is not None and not self._pacing()
@@ -242,6 +263,7 @@ class JobRunner:
                 del calls[future]
                 future.cancel()
             await tasks.close()
+            self._tallies.pop(job_id, None)
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
