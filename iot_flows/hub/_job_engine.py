@@ -33,7 +33,7 @@ from iot_flows._types import MethodResult
 from iot_flows.hub._job_repository import JobRepository
 from iot_flows.hub._job_requests import format_time, parse_job_request, parse_time
 from iot_flows.hub._job_runner import JobLease, JobRunner, _LeaseLost, _Run
-from iot_flows.hub._methods import MethodCall, MethodInvoker
+from iot_flows.hub._methods import MethodCall, MethodInvoker, RawReply
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import (
@@ -82,7 +82,7 @@ class JobEngine(JobRunner):
         self._methods = methods
         self._invoke_method = methods.invoke  # once: a Paced wrapper builds it on each access
         #: ``MethodInvoker.start`` (a call without a task) and whether a --quota paces calls now.
-        self._start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None = getattr(
+        self._start_method: Callable[[str, MethodCall], asyncio.Future[RawReply] | None] | None = getattr(
             methods, "start", None
         )
         self._pacing: Callable[[], bool] = getattr(methods, "pacing", _never)

@@ -17,16 +17,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError
+from iot_flows._json import dumps
 from iot_flows._settings import JobSettings
 from iot_flows._tasks import BackgroundTasks
 from iot_flows._types import MethodResult
 from iot_flows.hub._job_repository import DeviceOutcome, JobRepository
 from iot_flows.hub._job_requests import JobRequest, format_time
-from iot_flows.hub._methods import MethodCall
+from iot_flows.hub._methods import MethodCall, RawReply, decode_reply
 from iot_flows.hub._sessions import SessionRegistry, Subscription
 from iot_flows.hub._twins import TwinService
 from iot_flows.jobs import DeviceJobStatus, JobType
-from iot_flows.store import HubStore
+from iot_flows.store import HubStore, JsonText
 
 __all__ = ["JobLease", "JobRunner"]
 
@@ -82,13 +83,28 @@ def _result_outcome(device_id: str, started: str, result: MethodResult) -> Devic
     return device_id, _D.FAILED, started, _stamp(), outcome, error
 
 
-def _call_outcome(device_id: str, started: str, future: asyncio.Future[MethodResult]) -> DeviceOutcome:
-    """A device's record once a call made by ``MethodInvoker.start`` ended."""
+#: (status, raw payload) -> (device status, outcome JSON, error) of that answer, per fan-out
+_Answers = dict[RawReply, tuple[DeviceJobStatus, JsonText, Any]]
+
+
+def _call_outcome(device_id: str, started: str, future: asyncio.Future[RawReply], answers: _Answers) -> DeviceOutcome:
+    """A device's record once a call made by ``MethodInvoker.start`` ended.
+
+    The stored outcome of an answer is encoded once per distinct answer (``answers``).
+    """
     if future.cancelled():
         return device_id, _D.FAILED, started, _stamp(), None, _TIMED_OUT_IN_CALL
     exc = future.exception()
     if exc is None:
-        return _result_outcome(device_id, started, future.result())
+        reply = future.result()
+        known = answers.get(reply)
+        if known is None:
+            _, status, _, _, outcome, error = _result_outcome(
+                device_id, started, MethodResult(status=reply[0], payload=decode_reply(reply[1])))
+            if len(answers) >= 256:
+                answers.clear()
+            known = answers[reply] = (status, JsonText(dumps(outcome)), error)
+        return device_id, known[0], started, _stamp(), known[1], known[2]
     if isinstance(exc, HubError):  # 504101: no answer within responseTimeoutInSeconds
         return device_id, _D.FAILED, started, _stamp(), None, {"code": exc.error_name, "description": exc.message}
     return device_id, _D.FAILED, started, _stamp(), None, {"code": "InternalError", "description": repr(exc)}
@@ -115,7 +131,7 @@ class JobRunner:
     _twins: TwinService
     _sessions: SessionRegistry
     _invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]]
-    _start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None
+    _start_method: Callable[[str, MethodCall], asyncio.Future[RawReply] | None] | None
     _pacing: Callable[[], bool]
     #: Record counts by status of the method jobs fanning out here, kept equal to what is
     #: committed (updated after each commit): a running job's statistics without a
@@ -174,7 +190,8 @@ class JobRunner:
         tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
         # Calls sent without a task (MethodInvoker.start): future -> device id.
-        calls: dict[asyncio.Future[MethodResult], tuple[str, str]] = {}
+        calls: dict[asyncio.Future[RawReply], tuple[str, str]] = {}
+        answers: _Answers = {}
 
         async def flusher() -> None:
             while not flusher_stop.is_set():
@@ -192,12 +209,12 @@ class JobRunner:
             finally:
                 sem.release()
 
-        def answered(future: asyncio.Future[MethodResult]) -> None:
+        def answered(future: asyncio.Future[RawReply]) -> None:
             entry = calls.pop(future, None)
             if entry is None:
                 return  # given up at the deadline (recorded there) or the job stopped here
             sem.release()
-            outcomes.append(_call_outcome(entry[0], entry[1], future))
+            outcomes.append(_call_outcome(entry[0], entry[1], future, answers))
 
         call = request.method
         start_call = self._start_method

@@ -27,7 +27,7 @@ from iot_flows._json import dumps
 from iot_flows._types import MethodResult
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 
-__all__ = ["MethodCall", "MethodInvoker", "MethodResult", "parse_method_call"]
+__all__ = ["MethodCall", "MethodInvoker", "MethodResult", "RawReply", "decode_reply", "parse_method_call"]
 
 MAX_PAYLOAD_BYTES = 128 * 1024
 #: Response timeouts are checked in buckets of this many seconds (one timer per bucket,
@@ -81,7 +81,12 @@ def parse_method_call(body: Any) -> MethodCall:
     )
 
 
-def _decode_reply(payload: bytes) -> Any:
+#: A device's answer as it arrived: (status, payload bytes), see :meth:`MethodInvoker.start`.
+RawReply = tuple[int, bytes]
+
+
+def decode_reply(payload: bytes) -> Any:
+    """A method reply's payload as the REST answer relays it: JSON, None when empty, else text."""
     if not payload.strip():
         return None
     try:
@@ -100,8 +105,9 @@ class MethodInvoker:
 
     def __init__(self, sessions: SessionRegistry) -> None:
         self._sessions = sessions
-        #: rid -> (device id, future); rids are unique per hub process.
-        self._pending: dict[str, tuple[str, asyncio.Future[MethodResult]]] = {}
+        #: rid -> (device id, future, raw): a raw future gets a RawReply, else a MethodResult.
+        #: rids are unique per hub process.
+        self._pending: dict[str, tuple[str, asyncio.Future[Any], bool]] = {}
         self._ids = itertools.count(1)
         self._expiry: dict[int, list[str]] = {}
         self._encoded: tuple[Any, bytes] = (object(), b"")
@@ -136,16 +142,17 @@ class MethodInvoker:
                 "Timed out waiting for device to connect." if call.connect_timeout else "Device is not online.",
                 info=info,
             )
-        rid, future = self._send(link, device_id, call)
+        rid, future = self._send(link, device_id, call, False)
         try:
-            return await future
+            return await future  # type: ignore[no-any-return]
         finally:
             self._pending.pop(rid, None)
 
-    def start(self, device_id: str, call: MethodCall) -> asyncio.Future[MethodResult] | None:
+    def start(self, device_id: str, call: MethodCall) -> asyncio.Future[RawReply] | None:
         """Send ``call`` now when the device is subscribed to methods on this process; else None.
 
-        The returned future ends with the device's :class:`MethodResult` or
+        The returned future ends with the device's answer as it arrived (:data:`RawReply`,
+        undecoded: a job stores it, :func:`decode_reply` gives the REST form) or
         ``GatewayTimeoutError`` (504101) after ``responseTimeoutInSeconds``; cancelling it
         abandons the call. A job's hot path: no task and no coroutine per call. ``None``
         means the caller takes :meth:`invoke` (waiting for the device, another node).
@@ -153,13 +160,13 @@ class MethodInvoker:
         link = self._sessions.subscribed_link(device_id, Subscription.METHODS)
         if link is None:
             return None
-        return self._send(link, device_id, call)[1]
+        return self._send(link, device_id, call, True)[1]
 
-    def _send(self, link: DeviceLink, device_id: str, call: MethodCall) -> tuple[str, asyncio.Future[MethodResult]]:
+    def _send(self, link: DeviceLink, device_id: str, call: MethodCall, raw: bool) -> tuple[str, asyncio.Future[Any]]:
         rid = format(next(self._ids), "x")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[MethodResult] = loop.create_future()
-        self._pending[rid] = (device_id, future)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending[rid] = (device_id, future, raw)
         bucket = math.ceil((loop.time() + call.response_timeout) / TIMEOUT_GRAIN)
         expiring = self._expiry.get(bucket)
         if expiring is None:
@@ -187,7 +194,7 @@ class MethodInvoker:
         future = entry[1]
         if future.done():
             return False
-        future.set_result(MethodResult(status=status, payload=_decode_reply(payload)))
+        future.set_result((status, payload) if entry[2] else MethodResult(status=status, payload=decode_reply(payload)))
         return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from urllib.parse import urlsplit
 
-from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows.store._base import DeviceOutcome, HubStore, JsonText
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._cluster import ClusterStore, open_cluster_store
 from iot_flows.store._errors import STORAGE_ERRORS, StorageUnavailableError, storage_unavailable
@@ -17,7 +17,7 @@ from iot_flows.store._records import NEVER, DeviceRecord, new_etag
 
 __all__ = [
     "NEVER", "STORAGE_ERRORS", "ClusterStore", "DeviceOutcome", "DeviceRecord", "GroupCommit", "HubStore",
-    "StorageUnavailableError",
+    "JsonText", "StorageUnavailableError",
     "StoreConfigError", "new_etag", "open_cluster_store", "open_store", "storage_unavailable",
 ]  # fmt: skip
 

@@ -28,10 +28,17 @@ from typing import Any
 from iot_flows.query import CompiledQuery
 from iot_flows.store._records import DeviceRecord
 
-__all__ = ["DeviceOutcome", "HubStore"]
+__all__ = ["DeviceOutcome", "HubStore", "JsonText"]
 
 #: (device_id, status, start_time_utc, end_time_utc, outcome JSON | None, error JSON | None)
 DeviceOutcome = tuple[str, str, str | None, str | None, Any, Any]
+
+
+class JsonText(str):
+    """A record's outcome or error already encoded as compact JSON: stored as is.
+
+    A job whose devices all give the same answer encodes it once, not once per device.
+    """
 
 
 class HubStore(ABC):

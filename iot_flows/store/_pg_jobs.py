@@ -13,7 +13,7 @@ from typing import Any
 
 from iot_flows._exceptions import JobAlreadyExistsError
 from iot_flows.query import POSTGRES, compile_condition
-from iot_flows.store._base import DeviceOutcome
+from iot_flows.store._base import DeviceOutcome, JsonText
 from iot_flows.store._pg_pool import PostgresConnections, _rowcount
 from iot_flows.store._rows import dumps
 
@@ -21,6 +21,13 @@ __all__ = ["PostgresJobs"]
 
 _ACTIVE = "('queued', 'scheduled', 'running')"
 
+
+
+def _json(value: Any) -> str | None:
+    """A record's outcome/error column: None, the given JsonText, or ``value`` encoded."""
+    if value is None:
+        return None
+    return value if value.__class__ is JsonText else dumps(value)
 
 class PostgresJobs(PostgresConnections):
     """Job documents and per-device job rows (``jobs``, ``device_jobs``) in PostgreSQL."""
@@ -105,8 +112,8 @@ class PostgresJobs(PostgresConnections):
                     status,
                     start,
                     end,
-                    dumps(outcome) if outcome is not None else None,
-                    dumps(error) if error is not None else None,
+                    _json(outcome),
+                    _json(error),
                     now,
                 )
                 for device_id, status, start, end, outcome, error in outcomes

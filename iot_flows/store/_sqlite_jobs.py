@@ -15,13 +15,20 @@ from typing import Any
 
 from iot_flows._exceptions import JobAlreadyExistsError
 from iot_flows.query import compile_condition
-from iot_flows.store._base import DeviceOutcome, HubStore
+from iot_flows.store._base import DeviceOutcome, HubStore, JsonText
 from iot_flows.store._rows import dumps
 
 __all__ = ["SqliteJobs"]
 
 _ACTIVE = "('queued', 'scheduled', 'running')"
 
+
+
+def _json(value: Any) -> str | None:
+    """A record's outcome/error column: None, the given JsonText, or ``value`` encoded."""
+    if value is None:
+        return None
+    return value if value.__class__ is JsonText else dumps(value)
 
 class SqliteJobs(HubStore):
     """Job documents and per-device job rows (``jobs``, ``device_jobs``) in SQLite."""
@@ -101,8 +108,8 @@ class SqliteJobs(HubStore):
                     status,
                     start,
                     end,
-                    dumps(outcome) if outcome is not None else None,
-                    dumps(error) if error is not None else None,
+                    _json(outcome),
+                    _json(error),
                     now,
                     job_id,
                     device_id,
