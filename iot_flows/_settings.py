@@ -200,6 +200,11 @@ class ClientSettings(BaseSettings):
         description="Service REST base URL; default: the profile's when its HostName matches, else https://HostName.",
     )
     profile: str = Field(default=str(DEFAULT_PROFILE), description="The connection profile `hub serve` wrote.")
+    ca_file: Annotated[str | None, Cli(hidden=True)] = Field(
+        default=None,
+        description="CA certificate (PEM) to verify the hub's HTTPS; default: the profile's for a self-signed"
+        " --tls-cert, else the system's.",
+    )
     connection: Annotated[str | None, Cli(hidden=True)] = Field(
         default=None, description="Name of a saved HubConnection block the flows use when none is passed."
     )
