@@ -54,16 +54,15 @@ def device_job_item(row: Any) -> dict[str, Any]:
 
 
 _AT = {c: i for i, c in enumerate(COLUMNS)}
-_RESERVED = ('"$metadata"', '"$version"')
 
 
 def _section_text(section: str, meta: str, version: int) -> str:
     """``{**section, "$metadata": meta, "$version": version}`` as JSON text, from JSON texts."""
     body = section.strip()
-    if not body.startswith("{") or any(key in body for key in _RESERVED):  # never stored; stay exact anyway
+    if body[:1] != "{" or '"$metadata"' in body or '"$version"' in body:  # never stored; stay exact anyway
         return dumps({**json.loads(section), "$metadata": json.loads(meta), "$version": version})
-    inner = body[1:-1].strip()
-    return f'{{{inner}{"," if inner else ""}"$metadata":{meta},"$version":{int(version)}}}'
+    start = body[:-1].rstrip()  # "{" for an empty object
+    return f'{start}{"," if len(start) > 1 else ""}"$metadata":{meta},"$version":{version:d}}}'
 
 
 def twin_json_text(row: Any) -> str:

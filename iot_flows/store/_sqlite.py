@@ -286,8 +286,10 @@ class SqliteStore(SqliteJobs):
         return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
 
     async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
-        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, after=after, limit=limit))
-        return [(r[0], twin_json_text(r)) for r in rows]
+        return await asyncio.to_thread(self._read_twins, *self.page_statement(compiled, after=after, limit=limit))
+
+    def _read_twins(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
+        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int

@@ -44,3 +44,11 @@ def test_same_document_and_member_order_as_twin_json():
 def test_a_section_holding_reserved_names_falls_back_to_the_exact_merge():
     record = _record(desired={"x": "$version", "$version": 99})  # never stored by the hub; still exact
     assert json.loads(twin_json_text(_row(record))) == record.twin_json()
+
+
+def test_empty_sections_spelled_with_spaces():
+    record = _record()
+    row = list(_row(record))
+    for column in ("desired", "reported", "desired_meta"):
+        row[COLUMNS.index(column)] = " { } "
+    assert json.loads(twin_json_text(row)) == record.twin_json()
