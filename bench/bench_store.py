@@ -63,15 +63,6 @@ UNINDEXED = (
 QUERIES = {"filter_first_page": (FILTER, 100), "group_by": (GROUP, 1000), "unindexed_filter": (UNINDEXED, 100)}
 
 
-def median_ms(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 3)
-
-
 _SEED_COLUMNS = (
     "device_id", "generation_id", "device_etag", "status_updated_time", "connection_state_updated_time",
     "last_activity_time", "tags", "desired", "reported", "twin_etag",
@@ -211,33 +202,41 @@ async def sqlite_commit_sharing(path: str, devices: int = 1000) -> dict[str, flo
 def queries(backend: str, db: str, repeat: int) -> dict[str, Any]:
     """Query latencies through ``POST /devices/query`` and, as the baseline, the very statement
     the store runs for that first page (``HubStore.page_statement``, same arguments), run
-    directly on the same database (``raw_*``; the statements are in ``sql``)."""
+    directly on the same database (``raw_*``; the statements are in ``sql``). The two
+    alternate run by run, so a busy machine weighs on both alike."""
     out: dict[str, Any] = {}
-    statements: dict[str, tuple[str, tuple[Any, ...]]] = {}
     with EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=db)) as hub:
         store = hub.hub.store
-        for name, (text, size) in QUERIES.items():
-            # the hub asks one row more than the page to know whether another page follows
-            statements[name] = store.page_statement(store.compile_query(text), limit=size + 1)
         svc = Service(hub.base_url, hub.connection_string())
+        run, close = _raw_runner(backend, db)
 
         def rest(text: str, size: int) -> list[Any]:
             r = svc.request("POST", "/devices/query", json_body={"query": text}, headers={"x-ms-max-item-count": str(size)})
             assert r.status_code == 200, r.text
             return r.json()  # type: ignore[no-any-return]
 
-        for name, (text, size) in QUERIES.items():
-            out[f"{name}_items"] = len(rest(text, size))
-            out[name] = median_ms(lambda: rest(text, size), repeat)  # noqa: B023
-        svc.close()
-    out["sql"] = {name: sql for name, (sql, _) in statements.items()}
-    run, close = _raw_runner(backend, db)
-    try:
-        for name, (sql, args) in statements.items():
-            out[f"raw_{name}_rows"] = len(run(sql, args))
-            out[f"raw_{name}"] = median_ms(lambda: run(sql, args), repeat)  # noqa: B023
-    finally:
-        close()
+        def timed(fn: Callable[[], Any]) -> float:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        out["sql"] = {}
+        try:
+            for name, (text, size) in QUERIES.items():
+                # the hub asks one row more than the page to know whether another page follows
+                sql, args = store.page_statement(store.compile_query(text), limit=size + 1)
+                out["sql"][name] = sql
+                out[f"{name}_items"] = len(rest(text, size))  # also warms caches for both
+                out[f"raw_{name}_rows"] = len(run(sql, args))
+                times: dict[str, list[float]] = {name: [], f"raw_{name}": []}
+                for _ in range(repeat):
+                    times[name].append(timed(lambda: rest(text, size)))  # noqa: B023
+                    times[f"raw_{name}"].append(timed(lambda: run(sql, args)))  # noqa: B023
+                for key, values in times.items():
+                    out[key] = round(statistics.median(values) * 1000, 3)
+        finally:
+            close()
+            svc.close()
     return out
 
 
