@@ -37,6 +37,7 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    twin_json_text,
 )
 
 __all__ = ["PostgresStore"]
@@ -304,13 +305,19 @@ class PostgresStore(PostgresJobs, PostgresSessions):
     def compile_query(self, text: str) -> CompiledQuery:
         return compile_query(text, POSTGRES)
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
         n = len(compiled.params)
-        rows = await self._fetch(
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}",
-            *compiled.params, after, limit,
-        )  # fmt: skip
-        return [_from_row(r) for r in rows]
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        sql, args = self.page_statement(compiled, after=after, limit=limit)
+        rows = await self._fetch(sql, *args)
+        return [(r[0], twin_json_text(r)) for r in rows]
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -324,8 +331,6 @@ class PostgresStore(PostgresJobs, PostgresSessions):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        n = len(compiled.params)
-        rows = await self._fetch(
-            f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", *compiled.params, limit, offset
-        )
+        sql, args = self.page_statement(compiled, offset=offset, limit=limit)
+        rows = await self._fetch(sql, *args)
         return [row_to_item(compiled, [_plain(v) for v in r]) for r in rows]

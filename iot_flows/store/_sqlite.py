@@ -32,6 +32,7 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
@@ -276,13 +277,19 @@ class SqliteStore(SqliteJobs):
         finally:
             conn.execute("COMMIT")
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?",
-            (*compiled.params, after, limit),
-        )
-        return [_from_row(r) for r in rows]
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        return await asyncio.to_thread(self._read_twins, *self.page_statement(compiled, after=after, limit=limit))
+
+    def _read_twins(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
+        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -296,7 +303,5 @@ class SqliteStore(SqliteJobs):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read, f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-        )
+        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
         return [row_to_item(compiled, r) for r in rows]
