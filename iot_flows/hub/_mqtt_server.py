@@ -184,11 +184,14 @@ class MqttServer:
         while True:
             await asyncio.sleep(0.5)
             now = self.clock()
+            limits: dict[float, float] = {}  # keep-alive -> idle limit (fleets share a few values)
             for conn in list(self._connections):
                 if not conn.authenticated:
                     limit = self.connect_timeout
                 else:
-                    limit = idle_limit(conn.keep_alive, self.max_keep_alive)
+                    limit = limits.get(conn.keep_alive, -1.0)
+                    if limit < 0:
+                        limit = limits[conn.keep_alive] = idle_limit(conn.keep_alive, self.max_keep_alive)
                 if now - conn.last_seen > limit:
                     log.info("closing %s: keep-alive expired", conn.device_id or "unauthenticated client")
                     conn.close("keep-alive expired")
