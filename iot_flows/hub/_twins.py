@@ -236,7 +236,9 @@ class TwinService:
                 raise PreconditionFailedError(
                     f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
                 )
-            new = copy.deepcopy(record)
+            # only the reported sections change: a shallow copy shares the rest (never mutated)
+            new = copy.copy(record)
+            new.reported, new.reported_meta = copy.deepcopy(record.reported), copy.deepcopy(record.reported_meta)
             apply_patch(new.reported, new.reported_meta, patch, utc_now(), None)
             validate_section_size("reported", new.reported)
             new.reported_version += 1

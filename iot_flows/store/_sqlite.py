@@ -4,7 +4,10 @@ Writes run synchronously on the hub's event loop inside the async methods: each 
 short transaction in WAL mode, committed before the method returns and so before the
 hub acknowledges the operation; an acknowledged write survives ``kill -9``
 (``synchronous=NORMAL`` loses nothing on a process crash; only an OS crash could lose
-the last transactions). Long reads (queries over many twins) use a read-only
+the last transactions). Twin compare-and-set writes (a device's reported PATCH, a
+service twin update) go through a :class:`~iot_flows.store._batch.GroupCommit`: the
+writes of one event-loop tick share one transaction, and each caller returns only
+after its COMMIT. Long reads (queries over many twins) use a read-only
 connection per worker thread: WAL readers see a consistent snapshot that includes
 every committed write, and never block the writer. The job tables are in :mod:`._sqlite_jobs`.
 """
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
+from iot_flows.store._batch import GroupCommit
+from iot_flows.store._errors import storage_unavailable
 from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -39,6 +44,7 @@ from iot_flows.store._sqlite_jobs import SqliteJobs
 __all__ = ["SqliteStore"]
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+_CAS_TWIN = f"UPDATE devices SET {', '.join(f'{c} = ?' for c in TWIN_COLUMNS)} WHERE device_id = ? AND twin_version = ?"
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
@@ -108,6 +114,10 @@ class SqliteStore(SqliteJobs):
         self._readers: builtins.list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._depth = 0
+        #: Group commit of twin compare-and-set writes (one writer connection: one batch at a time).
+        self.twin_writes: GroupCommit[tuple[DeviceRecord, int], bool] = GroupCommit(
+            self._write_twins, max_batch=1000, max_inflight=1
+        )
 
     # ---- plumbing ---------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -209,13 +219,51 @@ class SqliteStore(SqliteJobs):
         )
 
     async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
-        sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
-        params: builtins.list[str | int]
-        where, params = "device_id = ?", [record.device_id]
-        if expected_version is not None:
-            where, params = "device_id = ? AND twin_version = ?", [record.device_id, expected_version]
-        cur = self._conn.execute(f"UPDATE devices SET {sets} WHERE {where}", [*_to_row(record, TWIN_COLUMNS), *params])
-        return cur.rowcount > 0
+        if expected_version is None:
+            sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
+            cur = self._conn.execute(
+                f"UPDATE devices SET {sets} WHERE device_id = ?", [*_to_row(record, TWIN_COLUMNS), record.device_id]
+            )
+            return cur.rowcount > 0
+        if self._depth:  # inside transaction(): part of the caller's commit
+            return self._cas_twin(record, expected_version)
+        return await self.twin_writes.submit(record.device_id, (record, expected_version))
+
+    def _cas_twin(self, record: DeviceRecord, expected_version: int) -> bool:
+        params = [*_to_row(record, TWIN_COLUMNS), record.device_id, expected_version]
+        return self._conn.execute(_CAS_TWIN, params).rowcount > 0
+
+    async def _write_twins(self, items: builtins.list[tuple[DeviceRecord, int]]) -> builtins.list[bool | BaseException]:
+        """One transaction of compare-and-set twin writes; True per item that was written.
+
+        Returns only after COMMIT. Degraded storage (locked file, full disk) fails the whole
+        batch (503 to every writer, nothing acknowledged); any other error re-runs each
+        item in its own transaction, so only the item at fault fails.
+        """
+        if self._depth:  # a transaction() of another task is open (cannot happen: it never suspends)
+            return await self._write_twins_singly(items)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            results: builtins.list[bool | BaseException] = [self._cas_twin(r, v) for r, v in items]
+            self._conn.execute("COMMIT")
+        except Exception as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            if len(items) == 1 or storage_unavailable(exc) is not None:
+                raise
+            return await self._write_twins_singly(items)
+        return results
+
+    async def _write_twins_singly(
+        self, items: builtins.list[tuple[DeviceRecord, int]]
+    ) -> builtins.list[bool | BaseException]:
+        out: builtins.list[bool | BaseException] = []
+        for record, expected in items:
+            try:
+                out.append(self._cas_twin(record, expected))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
