@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
+from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._errors import storage_unavailable
-from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,
@@ -37,14 +37,34 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    loads_column,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
 
 __all__ = ["SqliteStore"]
 
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
-_CAS_TWIN = f"UPDATE devices SET {', '.join(f'{c} = ?' for c in TWIN_COLUMNS)} WHERE device_id = ? AND twin_version = ?"
+#: The device columns in DeviceRecord's field order (a row becomes a record positionally).
+_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRecord))
+assert sorted(_FIELDS) == sorted(COLUMNS)
+_JSON_AT = tuple(i for i, c in enumerate(_FIELDS) if c in JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(_FIELDS)} FROM devices"
+
+
+def _cas_sql(columns: tuple[str, ...]) -> str:
+    return f"UPDATE devices SET {', '.join(f'{c} = ?' for c in columns)} WHERE device_id = ? AND twin_version = ?"
+
+
+#: Columns a compare-and-set writes when only these sections changed (always the versions and etag).
+_SECTION_COLUMNS: dict[tuple[str, ...] | None, tuple[str, ...]] = {None: TWIN_COLUMNS}
+for _sections in (("reported",), ("desired",), ("tags",), ("tags", "desired")):
+    _SECTION_COLUMNS[_sections] = (
+        *(c for name in _sections for c in (name, f"{name}_meta")),
+        *(c for c in TWIN_COLUMNS if c.endswith("version") or c == "twin_etag"),
+    )
+#: One queued compare-and-set: (record, expected twin version, (columns, UPDATE statement)).
+_TwinWrite = tuple[DeviceRecord, int, tuple[tuple[str, ...], str]]
+_CAS_TWIN = {sections: (columns, _cas_sql(columns)) for sections, columns in _SECTION_COLUMNS.items()}
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
@@ -56,10 +76,10 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = dict(zip(COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
-    return DeviceRecord(**values)
+    values = list(row)  # _FIELDS order: DeviceRecord's own
+    for i in _JSON_AT:
+        values[i] = loads_column(values[i])
+    return DeviceRecord(*values)
 
 
 #: How long a write waits for a lock another process holds before it fails (SQLITE_BUSY ->
@@ -115,7 +135,7 @@ class SqliteStore(SqliteJobs):
         self._readers_lock = threading.Lock()
         self._depth = 0
         #: Group commit of twin compare-and-set writes (one writer connection: one batch at a time).
-        self.twin_writes: GroupCommit[tuple[DeviceRecord, int], bool] = GroupCommit(
+        self.twin_writes: GroupCommit[_TwinWrite, bool] = GroupCommit(
             self._write_twins, max_batch=1000, max_inflight=1
         )
 
@@ -218,22 +238,25 @@ class SqliteStore(SqliteJobs):
             [*_to_row(record, IDENTITY_COLUMNS), record.device_id],
         )
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         if expected_version is None:
             sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
             cur = self._conn.execute(
                 f"UPDATE devices SET {sets} WHERE device_id = ?", [*_to_row(record, TWIN_COLUMNS), record.device_id]
             )
             return cur.rowcount > 0
+        columns_sql = _CAS_TWIN.get(sections) or _CAS_TWIN[None]
         if self._depth:  # inside transaction(): part of the caller's commit
-            return self._cas_twin(record, expected_version)
-        return await self.twin_writes.submit(record.device_id, (record, expected_version))
+            return self._cas_twin(record, expected_version, columns_sql)
+        return await self.twin_writes.submit(record.device_id, (record, expected_version, columns_sql))
 
-    def _cas_twin(self, record: DeviceRecord, expected_version: int) -> bool:
-        params = [*_to_row(record, TWIN_COLUMNS), record.device_id, expected_version]
-        return self._conn.execute(_CAS_TWIN, params).rowcount > 0
+    def _cas_twin(self, record: DeviceRecord, expected_version: int, columns_sql: tuple[tuple[str, ...], str]) -> bool:
+        columns, sql = columns_sql
+        return self._conn.execute(sql, [*_to_row(record, columns), record.device_id, expected_version]).rowcount > 0
 
-    async def _write_twins(self, items: builtins.list[tuple[DeviceRecord, int]]) -> builtins.list[bool | BaseException]:
+    async def _write_twins(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
         """One transaction of compare-and-set twin writes; True per item that was written.
 
         Returns only after COMMIT. Degraded storage (locked file, full disk) fails the whole
@@ -244,7 +267,7 @@ class SqliteStore(SqliteJobs):
             return await self._write_twins_singly(items)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            results: builtins.list[bool | BaseException] = [self._cas_twin(r, v) for r, v in items]
+            results: builtins.list[bool | BaseException] = [self._cas_twin(*item) for item in items]
             self._conn.execute("COMMIT")
         except Exception as exc:
             if self._conn.in_transaction:
@@ -254,13 +277,11 @@ class SqliteStore(SqliteJobs):
             return await self._write_twins_singly(items)
         return results
 
-    async def _write_twins_singly(
-        self, items: builtins.list[tuple[DeviceRecord, int]]
-    ) -> builtins.list[bool | BaseException]:
+    async def _write_twins_singly(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
         out: builtins.list[bool | BaseException] = []
-        for record, expected in items:
+        for item in items:
             try:
-                out.append(self._cas_twin(record, expected))
+                out.append(self._cas_twin(*item))
             except Exception as exc:
                 out.append(exc)
         return out
