@@ -19,10 +19,10 @@ import builtins
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
 from iot_flows.query import CompiledQuery, compile_query, row_to_item
@@ -62,6 +62,8 @@ for _sections in (("reported",), ("desired",), ("tags",), ("tags", "desired")):
         *(c for name in _sections for c in (name, f"{name}_meta")),
         *(c for c in TWIN_COLUMNS if c.endswith("version") or c == "twin_etag"),
     )
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 #: One queued compare-and-set: (record, expected twin version, (columns, UPDATE statement)).
 _TwinWrite = tuple[DeviceRecord, int, tuple[tuple[str, ...], str]]
 _CAS_TWIN = {sections: (columns, _cas_sql(columns)) for sections, columns in _SECTION_COLUMNS.items()}
@@ -138,6 +140,14 @@ class SqliteStore(SqliteJobs):
         self.twin_writes: GroupCommit[_TwinWrite, bool] = GroupCommit(
             self._write_twins, max_batch=1000, max_inflight=1
         )
+        #: Group reads of single twins (a connect or PATCH storm): one SELECT per tick.
+        self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(
+            self._read_twins, max_batch=500, max_inflight=1
+        )
+        #: Group commit of per-connection bookkeeping (connection state, stored session).
+        self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
+            self._write_small, max_batch=1000, max_inflight=1
+        )
 
     # ---- plumbing ---------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -206,8 +216,17 @@ class SqliteStore(SqliteJobs):
 
     # ---- devices ----------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
+        if not self._depth:
+            return await self.twin_reads.submit(device_id, device_id)
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()
         return _from_row(row) if row else None
+
+    async def _small_write(self, kind: str, device_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        """Run ``sql`` now inside a transaction(), else in the tick's shared transaction."""
+        if self._depth:
+            self._conn.execute(sql, params)
+        else:
+            await self.small_writes.submit((kind, device_id), (sql, params))
 
     async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
         out: builtins.list[DeviceRecord] = []
@@ -263,28 +282,42 @@ class SqliteStore(SqliteJobs):
         batch (503 to every writer, nothing acknowledged); any other error re-runs each
         item in its own transaction, so only the item at fault fails.
         """
-        if self._depth:  # a transaction() of another task is open (cannot happen: it never suspends)
-            return await self._write_twins_singly(items)
+        return await self._batch(items, lambda item: self._cas_twin(*item))
+
+    async def _batch(self, items: builtins.list[_T], write: Callable[[_T], _R]) -> builtins.list[_R | BaseException]:
+        """``write`` each item in one ``BEGIN IMMEDIATE`` ... ``COMMIT``; see :meth:`_write_twins`."""
+        while self._depth:  # another task's transaction() is open (its body should never suspend)
+            await asyncio.sleep(0.001)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            results: builtins.list[bool | BaseException] = [self._cas_twin(*item) for item in items]
+            results: builtins.list[_R | BaseException] = [write(item) for item in items]
             self._conn.execute("COMMIT")
         except Exception as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             if len(items) == 1 or storage_unavailable(exc) is not None:
                 raise
-            return await self._write_twins_singly(items)
+            results = []
+            for item in items:  # each alone, in its own (autocommit) transaction
+                try:
+                    results.append(write(item))
+                except Exception as item_exc:
+                    results.append(item_exc)
         return results
 
-    async def _write_twins_singly(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
-        out: builtins.list[bool | BaseException] = []
-        for item in items:
-            try:
-                out.append(self._cas_twin(*item))
-            except Exception as exc:
-                out.append(exc)
-        return out
+    async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
+        """Records of one tick's :meth:`get` calls, read by one statement."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._conn.execute(f"{_SELECT} WHERE device_id IN ({marks})", device_ids).fetchall()
+        found = {r[0]: r for r in rows}
+        return [_from_row(found[d]) if d in found else None for d in device_ids]
+
+    async def _write_small(self, items: builtins.list[tuple[str, tuple[Any, ...]]]) -> builtins.list[None | BaseException]:
+        """One tick's connection-state / session / model-id updates in one transaction."""
+        def write(item: tuple[str, tuple[Any, ...]]) -> None:
+            self._conn.execute(*item)
+
+        return await self._batch(items, write)
 
     async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
@@ -301,20 +334,25 @@ class SqliteStore(SqliteJobs):
 
     async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
         if state == "Connected":
-            self._conn.execute(
+            await self._small_write(
+                "state",
+                device_id,
                 "UPDATE devices SET connection_state = ?, connection_state_updated_time = ?, "
                 "last_activity_time = ? WHERE device_id = ?",
                 (state, when, when, device_id),
             )
         else:
-            self._conn.execute(
-                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? "
-                "WHERE device_id = ?",
+            await self._small_write(
+                "state",
+                device_id,
+                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? WHERE device_id = ?",
                 (state, when, device_id),
             )
 
     async def set_model_id(self, device_id: str, model_id: str) -> None:
-        self._conn.execute("UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id))
+        await self._small_write(
+            "model", device_id, "UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id)
+        )
 
     async def reset_connection_states(self, when: str) -> None:
         self._conn.execute(
@@ -329,8 +367,11 @@ class SqliteStore(SqliteJobs):
         return [s for s in row[0].split("\n") if s] if row else []
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        self._conn.execute(
-            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
+        await self._small_write(
+            "session",
+            device_id,
+            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?",
+            ("\n".join(sorted(filters)), device_id),
         )
 
     # ---- queries (worker thread, read-only connection) ----------------------------
