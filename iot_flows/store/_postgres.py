@@ -12,7 +12,6 @@ the job tables in :mod:`._pg_jobs`, connection states and stored sessions in :mo
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -37,6 +36,7 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    loads_column,
     twin_json_text,
 )
 
@@ -75,7 +75,7 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 def _from_row(row: Any) -> DeviceRecord:
     values = dict(zip(COLUMNS, tuple(row), strict=True))
     for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
+        values[column] = loads_column(values[column])
     return DeviceRecord(**values)
 
 
@@ -263,7 +263,9 @@ class PostgresStore(PostgresJobs, PostgresSessions):
     async def update_identity(self, record: DeviceRecord) -> None:
         await self._update(record, IDENTITY_COLUMNS)
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         if expected_version is None:
             await self._update(record, TWIN_COLUMNS)
             return True

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from iot_flows._json import dumps
 
 __all__ = [
     "COLUMNS", "IDENTITY_COLUMNS", "JOB_COLUMNS", "JSON_COLUMNS", "TWIN_COLUMNS", "device_job_item", "dumps",
-    "twin_json_text",
+    "loads_column", "twin_json_text",
 ]  # fmt: skip
 
 JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
@@ -32,6 +34,20 @@ JOB_COLUMNS = (
     "job_id", "device_id", "job_type", "status", "start_time_utc", "end_time_utc",
     "created_date_time_utc", "last_updated_date_time_utc", "outcome", "error",
 )  # fmt: skip
+
+
+def loads_column(text: str) -> Any:
+    """A JSON column's value (orjson: a twin read parses seven columns; 3-20x faster than ``json``).
+
+    Falls back to :func:`json.loads` for what orjson refuses and ``json`` accepts
+    (``NaN``, integers beyond 64 bits), so every stored document reads back as before.
+    """
+    if text == "{}":
+        return {}
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def device_job_item(row: Any) -> dict[str, Any]:
