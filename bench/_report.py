@@ -94,12 +94,10 @@ def table(result: dict[str, Any]) -> str:
     if q and "error" not in q:
         for backend in ("sqlite", "postgresql"):
             b = q.get(backend, {})
-            for name in ("filter_first_page", "group_by"):
+            for name in ("filter_first_page", "group_by", "unindexed_filter"):
                 if name in b:
                     row(f"{backend}: {name} via POST /devices/query, ms (baseline: raw SQL)", q.get("devices"),
                         b[name], b.get(f"raw_{name}"), q.get("rest_over_raw", {}).get(backend, {}).get(name))
-            if "unindexed_filter" in b:
-                row(f"{backend}: unindexed filter, ms", q.get("devices"), b["unindexed_filter"], None)
     elif q:
         rows.append(f"\nqueries: {q['error']}")
     sl = {k: v for k, v in result.get("slopes_per_1000_devices", {}).items() if v is not None}

@@ -90,12 +90,17 @@ class HubStore(ABC):
         """Store the identity fields (status, keys, thumbprints, capabilities, etag)."""
 
     @abstractmethod
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         """Store the twin fields (sections, metadata, versions, etag); True when written.
 
         With ``expected_version`` the write is a compare-and-set: it happens only while the
         stored twin ``version`` still equals it, so read-modify-writes by several hub nodes
-        on one database never lose each other's changes (the loser reads again)."""
+        on one database never lose each other's changes (the loser reads again).
+        ``sections`` (with ``expected_version``): the only sections that changed, of
+        ``"tags"``, ``"desired"``, ``"reported"``; a backend may then write just those
+        (the compare-and-set guarantees the others are as stored). None: all of them."""
 
     @abstractmethod
     async def delete(self, device_id: str) -> bool:
@@ -138,8 +143,19 @@ class HubStore(ABC):
         """Parse and compile query text to this backend's SQL; raises QuerySyntaxError."""
 
     @abstractmethod
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
-        """Devices matching a ``SELECT * FROM devices`` query, id > ``after``, in id order."""
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The SQL text and arguments :meth:`query_twins` (twin queries, keyset ``after``) or
+        :meth:`query_raw` (projections and aggregates, ``offset``) runs for one page: for
+        EXPLAIN and for benchmarks that compare with the same SQL run directly."""
+
+    @abstractmethod
+    async def query_twins(
+        self, compiled: CompiledQuery, *, after: str, limit: int
+    ) -> builtins.list[tuple[str, str]]:
+        """Devices matching a ``SELECT * FROM devices`` query, id > ``after``, in id order:
+        ``(device_id, Twin document as JSON text)`` (``DeviceRecord.twin_json`` once parsed)."""
 
     @abstractmethod
     async def query_device_jobs(

@@ -6,13 +6,12 @@ durable writes. Reads run on pooled connections after the request arrived, so th
 see every acknowledged write (read-your-writes). A lost or unreachable server is a
 :class:`~iot_flows._exceptions.ServiceUnavailableError` (503, retryable); the pool
 reconnects by itself once the server is back. Connection plumbing is in :mod:`._pg_pool`,
-the job tables in :mod:`._pg_jobs`.
+the job tables in :mod:`._pg_jobs`, connection states and stored sessions in :mod:`._pg_sessions`.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -26,6 +25,7 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pg_jobs import PostgresJobs
 from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
+from iot_flows.store._pg_sessions import PostgresSessions
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -36,6 +36,8 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    loads_column,
+    twin_json_text,
 )
 
 __all__ = ["PostgresStore"]
@@ -73,7 +75,7 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 def _from_row(row: Any) -> DeviceRecord:
     values = dict(zip(COLUMNS, tuple(row), strict=True))
     for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
+        values[column] = loads_column(values[column])
     return DeviceRecord(**values)
 
 
@@ -83,7 +85,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PostgresStore(PostgresJobs):
+class PostgresStore(PostgresJobs, PostgresSessions):
     """Registry, twins, meta values, sessions and jobs in one PostgreSQL database."""
 
     dialect = "postgresql"
@@ -102,6 +104,9 @@ class PostgresStore(PostgresJobs):
             self._write_twins, max_inflight=inflight
         )
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
+        # Connection states and stored sessions (every CONNECT, SUBSCRIBE, disconnect): an
+        # eighth of the pool each, so that a fleet reconnecting at once never starves the rest.
+        self._init_session_batches(max(1, pool_size // 8))
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> PostgresStore:
@@ -258,7 +263,9 @@ class PostgresStore(PostgresJobs):
     async def update_identity(self, record: DeviceRecord) -> None:
         await self._update(record, IDENTITY_COLUMNS)
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         if expected_version is None:
             await self._update(record, TWIN_COLUMNS)
             return True
@@ -286,19 +293,6 @@ class PostgresStore(PostgresJobs):
         row = await self._fetchrow("SELECT COUNT(*) FROM devices")
         return int(row[0])
 
-    async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
-        if state == "Connected":
-            await self._execute(
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3,"
-                " last_activity_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-        else:
-            await self._execute(
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-
     async def set_model_id(self, device_id: str, model_id: str) -> None:
         await self._execute("UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
 
@@ -309,27 +303,23 @@ class PostgresStore(PostgresJobs):
             when,
         )
 
-    # ---- sessions -------------------------------------------------------------------
-    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
-        row = await self._fetchrow("SELECT mqtt_subscriptions FROM devices WHERE device_id = $1", device_id)
-        return [s for s in row[0].split("\n") if s] if row else []
-
-    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        await self._execute(
-            "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
-        )
-
     # ---- queries --------------------------------------------------------------------
     def compile_query(self, text: str) -> CompiledQuery:
         return compile_query(text, POSTGRES)
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
         n = len(compiled.params)
-        rows = await self._fetch(
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}",
-            *compiled.params, after, limit,
-        )  # fmt: skip
-        return [_from_row(r) for r in rows]
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        sql, args = self.page_statement(compiled, after=after, limit=limit)
+        rows = await self._fetch(sql, *args)
+        return [(r[0], twin_json_text(r)) for r in rows]
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -343,8 +333,6 @@ class PostgresStore(PostgresJobs):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        n = len(compiled.params)
-        rows = await self._fetch(
-            f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", *compiled.params, limit, offset
-        )
+        sql, args = self.page_statement(compiled, offset=offset, limit=limit)
+        rows = await self._fetch(sql, *args)
         return [row_to_item(compiled, [_plain(v) for v in r]) for r in rows]

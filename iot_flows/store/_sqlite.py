@@ -4,7 +4,10 @@ Writes run synchronously on the hub's event loop inside the async methods: each 
 short transaction in WAL mode, committed before the method returns and so before the
 hub acknowledges the operation; an acknowledged write survives ``kill -9``
 (``synchronous=NORMAL`` loses nothing on a process crash; only an OS crash could lose
-the last transactions). Long reads (queries over many twins) use a read-only
+the last transactions). Twin compare-and-set writes (a device's reported PATCH, a
+service twin update) go through a :class:`~iot_flows.store._batch.GroupCommit`: the
+writes of one event-loop tick share one transaction, and each caller returns only
+after its COMMIT. Long reads (queries over many twins) use a read-only
 connection per worker thread: WAL readers see a consistent snapshot that includes
 every committed write, and never block the writer. The job tables are in :mod:`._sqlite_jobs`.
 """
@@ -13,16 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
+import dataclasses
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
 from iot_flows.query import CompiledQuery, compile_query, row_to_item
+from iot_flows.store._batch import GroupCommit
+from iot_flows.store._errors import storage_unavailable
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,
@@ -32,13 +37,37 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    loads_column,
+    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
 
 __all__ = ["SqliteStore"]
 
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+#: The device columns in DeviceRecord's field order (a row becomes a record positionally).
+_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRecord))
+assert sorted(_FIELDS) == sorted(COLUMNS)
+_JSON_AT = tuple(i for i, c in enumerate(_FIELDS) if c in JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(_FIELDS)} FROM devices"
+
+
+def _cas_sql(columns: tuple[str, ...]) -> str:
+    return f"UPDATE devices SET {', '.join(f'{c} = ?' for c in columns)} WHERE device_id = ? AND twin_version = ?"
+
+
+#: Columns a compare-and-set writes when only these sections changed (always the versions and etag).
+_SECTION_COLUMNS: dict[tuple[str, ...] | None, tuple[str, ...]] = {None: TWIN_COLUMNS}
+for _sections in (("reported",), ("desired",), ("tags",), ("tags", "desired")):
+    _SECTION_COLUMNS[_sections] = (
+        *(c for name in _sections for c in (name, f"{name}_meta")),
+        *(c for c in TWIN_COLUMNS if c.endswith("version") or c == "twin_etag"),
+    )
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+#: One queued compare-and-set: (record, expected twin version, (columns, UPDATE statement)).
+_TwinWrite = tuple[DeviceRecord, int, tuple[tuple[str, ...], str]]
+_CAS_TWIN = {sections: (columns, _cas_sql(columns)) for sections, columns in _SECTION_COLUMNS.items()}
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
@@ -50,10 +79,10 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = dict(zip(COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
-    return DeviceRecord(**values)
+    values = list(row)  # _FIELDS order: DeviceRecord's own
+    for i in _JSON_AT:
+        values[i] = loads_column(values[i])
+    return DeviceRecord(*values)
 
 
 #: How long a write waits for a lock another process holds before it fails (SQLITE_BUSY ->
@@ -108,6 +137,18 @@ class SqliteStore(SqliteJobs):
         self._readers: builtins.list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._depth = 0
+        #: Group commit of twin compare-and-set writes (one writer connection: one batch at a time).
+        self.twin_writes: GroupCommit[_TwinWrite, bool] = GroupCommit(
+            self._write_twins, max_batch=1000, max_inflight=1
+        )
+        #: Group reads of single twins (a connect or PATCH storm): one SELECT per tick.
+        self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(
+            self._read_twins, max_batch=500, max_inflight=1
+        )
+        #: Group commit of per-connection bookkeeping (connection state, stored session).
+        self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
+            self._write_small, max_batch=1000, max_inflight=1
+        )
 
     # ---- plumbing ---------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -176,8 +217,17 @@ class SqliteStore(SqliteJobs):
 
     # ---- devices ----------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
+        if not self._depth:
+            return await self.twin_reads.submit(device_id, device_id)
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()
         return _from_row(row) if row else None
+
+    async def _small_write(self, kind: str, device_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        """Run ``sql`` now inside a transaction(), else in the tick's shared transaction."""
+        if self._depth:
+            self._conn.execute(sql, params)
+        else:
+            await self.small_writes.submit((kind, device_id), (sql, params))
 
     async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
         out: builtins.list[DeviceRecord] = []
@@ -208,14 +258,67 @@ class SqliteStore(SqliteJobs):
             [*_to_row(record, IDENTITY_COLUMNS), record.device_id],
         )
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
-        sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
-        params: builtins.list[str | int]
-        where, params = "device_id = ?", [record.device_id]
-        if expected_version is not None:
-            where, params = "device_id = ? AND twin_version = ?", [record.device_id, expected_version]
-        cur = self._conn.execute(f"UPDATE devices SET {sets} WHERE {where}", [*_to_row(record, TWIN_COLUMNS), *params])
-        return cur.rowcount > 0
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
+        if expected_version is None:
+            sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
+            cur = self._conn.execute(
+                f"UPDATE devices SET {sets} WHERE device_id = ?", [*_to_row(record, TWIN_COLUMNS), record.device_id]
+            )
+            return cur.rowcount > 0
+        columns_sql = _CAS_TWIN.get(sections) or _CAS_TWIN[None]
+        if self._depth:  # inside transaction(): part of the caller's commit
+            return self._cas_twin(record, expected_version, columns_sql)
+        return await self.twin_writes.submit(record.device_id, (record, expected_version, columns_sql))
+
+    def _cas_twin(self, record: DeviceRecord, expected_version: int, columns_sql: tuple[tuple[str, ...], str]) -> bool:
+        columns, sql = columns_sql
+        return self._conn.execute(sql, [*_to_row(record, columns), record.device_id, expected_version]).rowcount > 0
+
+    async def _write_twins(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
+        """One transaction of compare-and-set twin writes; True per item that was written.
+
+        Returns only after COMMIT. Degraded storage (locked file, full disk) fails the whole
+        batch (503 to every writer, nothing acknowledged); any other error re-runs each
+        item in its own transaction, so only the item at fault fails.
+        """
+        return await self._batch(items, lambda item: self._cas_twin(*item))
+
+    async def _batch(self, items: builtins.list[_T], write: Callable[[_T], _R]) -> builtins.list[_R | BaseException]:
+        """``write`` each item in one ``BEGIN IMMEDIATE`` ... ``COMMIT``; see :meth:`_write_twins`."""
+        while self._depth:  # another task's transaction() is open (its body should never suspend)
+            await asyncio.sleep(0.001)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            results: builtins.list[_R | BaseException] = [write(item) for item in items]
+            self._conn.execute("COMMIT")
+        except Exception as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            if len(items) == 1 or storage_unavailable(exc) is not None:
+                raise
+            results = []
+            for item in items:  # each alone, in its own (autocommit) transaction
+                try:
+                    results.append(write(item))
+                except Exception as item_exc:
+                    results.append(item_exc)
+        return results
+
+    async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
+        """Records of one tick's :meth:`get` calls, read by one statement."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._conn.execute(f"{_SELECT} WHERE device_id IN ({marks})", device_ids).fetchall()
+        found = {r[0]: r for r in rows}
+        return [_from_row(found[d]) if d in found else None for d in device_ids]
+
+    async def _write_small(self, items: builtins.list[tuple[str, tuple[Any, ...]]]) -> builtins.list[None | BaseException]:
+        """One tick's connection-state / session / model-id updates in one transaction."""
+        def write(item: tuple[str, tuple[Any, ...]]) -> None:
+            self._conn.execute(*item)
+
+        return await self._batch(items, write)
 
     async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
@@ -232,20 +335,25 @@ class SqliteStore(SqliteJobs):
 
     async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
         if state == "Connected":
-            self._conn.execute(
+            await self._small_write(
+                "state",
+                device_id,
                 "UPDATE devices SET connection_state = ?, connection_state_updated_time = ?, "
                 "last_activity_time = ? WHERE device_id = ?",
                 (state, when, when, device_id),
             )
         else:
-            self._conn.execute(
-                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? "
-                "WHERE device_id = ?",
+            await self._small_write(
+                "state",
+                device_id,
+                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? WHERE device_id = ?",
                 (state, when, device_id),
             )
 
     async def set_model_id(self, device_id: str, model_id: str) -> None:
-        self._conn.execute("UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id))
+        await self._small_write(
+            "model", device_id, "UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id)
+        )
 
     async def reset_connection_states(self, when: str) -> None:
         self._conn.execute(
@@ -260,8 +368,11 @@ class SqliteStore(SqliteJobs):
         return [s for s in row[0].split("\n") if s] if row else []
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        self._conn.execute(
-            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
+        await self._small_write(
+            "session",
+            device_id,
+            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?",
+            ("\n".join(sorted(filters)), device_id),
         )
 
     # ---- queries (worker thread, read-only connection) ----------------------------
@@ -276,13 +387,19 @@ class SqliteStore(SqliteJobs):
         finally:
             conn.execute("COMMIT")
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?",
-            (*compiled.params, after, limit),
-        )
-        return [_from_row(r) for r in rows]
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        return await asyncio.to_thread(self._page_twin_texts, *self.page_statement(compiled, after=after, limit=limit))
+
+    def _page_twin_texts(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
+        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -296,7 +413,5 @@ class SqliteStore(SqliteJobs):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read, f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-        )
+        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
         return [row_to_item(compiled, r) for r in rows]
