@@ -44,6 +44,7 @@ from iot_flows.mqtt import (
     Unsuback,
     Unsubscribe,
     encode,
+    encode_publish,
 )
 from iot_flows.store import storage_unavailable
 
@@ -159,8 +160,11 @@ class _Connection(asyncio.Protocol):
     def send(self, topic: str, payload: bytes, qos: int = 0) -> None:
         if self.closed or self.transport is None:
             return
-        packet_id = self.server._next_packet_id() if qos else None
-        data = encode(Publish(topic=topic, payload=payload, qos=qos, retain=False, dup=False, packet_id=packet_id))
+        if qos:
+            packet_id = self.server._next_packet_id()
+            data = encode(Publish(topic=topic, payload=payload, qos=qos, retain=False, dup=False, packet_id=packet_id))
+        else:
+            data = encode_publish(topic, payload)
         if self._held is not None:
             self._held.append(data)  # attached but CONNACK not written yet
             return

@@ -40,6 +40,10 @@ class DeviceTopic:
     version: str | None = None
 
 
+#: Characters that make a query string need the full parser (separators, escapes).
+_QUERY_SPECIAL = frozenset("&%+;")
+
+
 def _query(topic: str, prefix: str) -> dict[str, str] | None:
     rest = topic[len(prefix) :]
     if not rest.startswith("?"):
@@ -61,8 +65,8 @@ def parse_device_topic(topic: str, device_id: str) -> DeviceTopic | None:
         return DeviceTopic(TopicKind.TWIN_PATCH_REPORTED, rid=query["$rid"], version=query.get("$version"))
     if topic.startswith("$iothub/methods/res/"):
         status_text, sep, rest = topic[len("$iothub/methods/res/") :].partition("/")
-        if rest.startswith("?$rid=") and status_text.isascii() and status_text.isdigit() and not any(
-            c in rest for c in "&%+;"
+        if rest.startswith("?$rid=") and status_text.isascii() and status_text.isdigit() and _QUERY_SPECIAL.isdisjoint(
+            rest
         ):  # the common case, "{status}/?$rid={rid}", without a query parser
             return DeviceTopic(TopicKind.METHOD_RESPONSE, rid=rest[6:], status=int(status_text))
         if not sep or not rest.startswith("?"):

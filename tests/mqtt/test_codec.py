@@ -33,6 +33,7 @@ from iot_flows.mqtt import (
     decode_one,
     encode,
 )
+from iot_flows.mqtt import encode_publish
 from iot_flows.mqtt._wire import _decode_remaining_length, _encode_remaining_length
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -547,3 +548,16 @@ def test_paho_client_interop() -> None:
     assert Puback(1) in received
     assert any(isinstance(p, Pubrel) for p in received)
     assert received[-1] == Disconnect()
+
+
+@given(topic_names, st.binary(max_size=70_000))
+def test_encode_publish_is_encode_of_a_qos0_publish(topic: str, payload: bytes) -> None:
+    assert encode_publish(topic, payload) == encode(Publish(topic=topic, payload=payload))
+
+
+@pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b", "\ud800", "x" * 70_000])
+def test_encode_publish_refuses_what_encode_refuses(topic: str) -> None:
+    with pytest.raises(MqttCodecError):
+        encode(Publish(topic=topic, payload=b"x"))
+    with pytest.raises(MqttCodecError):
+        encode_publish(topic, b"x")
