@@ -9,6 +9,7 @@ must cover the operation, as in Azure (docs/iothub-reference.md §3.7, D-SAS).
 from __future__ import annotations
 
 import re
+import time
 import urllib.parse
 from collections.abc import Mapping
 from enum import Enum
@@ -115,6 +116,9 @@ class ServiceAuthenticator:
     def __init__(self, hostname: str, policy_keys: dict[str, str]) -> None:
         self.hostname = hostname
         self.policy_keys = dict(policy_keys)
+        #: header -> (policy, key it was verified with, expiry): a client sends the same
+        #: token on every call, so its signature is checked once while that key stands.
+        self._verified: dict[str, tuple[str, str, int]] = {}
 
     @staticmethod
     def generate_policy_keys(owner_key: str | None = None) -> dict[str, str]:
@@ -128,6 +132,9 @@ class ServiceAuthenticator:
         """Return the policy name if the token is valid and grants any of ``permissions``."""
         if not header:
             raise UnauthorizedError("Missing Authorization header.")
+        known = self._verified.get(header)
+        if known is not None and self.policy_keys.get(known[0]) == known[1] and time.time() <= known[2]:
+            return self._granted(known[0], permissions)
         try:
             token = parse_sas_token(header)
         except ValueError as exc:
@@ -141,6 +148,13 @@ class ServiceAuthenticator:
             raise UnauthorizedError("The SAS token is not valid for any shared access policy.")
         if token.is_expired():
             raise UnauthorizedError("The SAS token has expired.", error_code=401003)
+        if len(self._verified) >= 1024:
+            self._verified.clear()
+        self._verified[header] = (policy, key, token.expiry)
+        return self._granted(policy, permissions)
+
+    @staticmethod
+    def _granted(policy: str, permissions: tuple[Permission, ...]) -> str:
         granted = DEFAULT_POLICIES.get(policy, frozenset())
         if permissions and not granted.intersection(permissions):
             wanted = " or ".join(p.value for p in permissions)

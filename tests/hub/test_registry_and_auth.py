@@ -184,3 +184,29 @@ def test_python_sdk_style_signature_with_unencoded_slash(embedded_hub, service):
 def test_unknown_route_uses_iothub_error_format(service):
     r = service.request("GET", "/no/such/route")
     assert r.status_code == 404 and "Message" in r.json()
+
+
+def test_a_verified_service_token_is_reused_only_while_its_key_and_expiry_stand() -> None:
+    from iot_flows._exceptions import UnauthorizedError
+    from iot_flows._sas import generate_key
+    from iot_flows.hub._auth import Permission, ServiceAuthenticator
+
+    host = "cache.azure-devices.net"
+    old_key = generate_key()
+    auth = ServiceAuthenticator(host, {"iothubowner": old_key, "registryRead": generate_key()})
+    token = generate_sas_token(host, old_key, policy="iothubowner", expiry=int(time.time()) + 2)
+    assert auth.authorize(token, Permission.SERVICE_CONNECT) == "iothubowner"
+    assert auth.authorize(token, Permission.REGISTRY_WRITE) == "iothubowner"  # from the cache
+    reader = generate_sas_token(host, auth.policy_keys["registryRead"], policy="registryRead")
+    assert auth.authorize(reader, Permission.REGISTRY_READ) == "registryRead"
+    with pytest.raises(UnauthorizedError):  # permissions are checked on every call, cached or not
+        auth.authorize(reader, Permission.REGISTRY_WRITE)
+    auth.policy_keys["iothubowner"] = generate_key()  # key regenerated: the old token is refused at once
+    with pytest.raises(UnauthorizedError):
+        auth.authorize(token, Permission.SERVICE_CONNECT)
+    auth.policy_keys["iothubowner"] = old_key
+    assert auth.authorize(token, Permission.SERVICE_CONNECT) == "iothubowner"
+    time.sleep(3.1)
+    with pytest.raises(UnauthorizedError) as expired:  # the cached entry ends with the token
+        auth.authorize(token, Permission.SERVICE_CONNECT)
+    assert expired.value.error_code == 401003
