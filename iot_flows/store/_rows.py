@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import orjson
 
 from iot_flows._json import dumps
+from iot_flows.store._records import DeviceRecord
 
 __all__ = [
     "COLUMNS", "IDENTITY_COLUMNS", "JOB_COLUMNS", "JSON_COLUMNS", "TWIN_COLUMNS", "device_job_item", "dumps",
@@ -15,13 +17,10 @@ __all__ = [
 ]  # fmt: skip
 
 JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
-COLUMNS = (
-    "device_id", "generation_id", "device_etag", "status", "status_reason", "status_updated_time",
-    "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
-    "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
-    "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag", "model_id",
-)  # fmt: skip
+#: Every device column, in :class:`~iot_flows.store._records.DeviceRecord`'s field order: a
+#: row read with these columns becomes a record positionally, and :func:`twin_json_text`
+#: reads the same positions.
+COLUMNS = tuple(field.name for field in dataclasses.fields(DeviceRecord))
 IDENTITY_COLUMNS = (
     "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",
     "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint", "capabilities",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -45,11 +44,8 @@ from iot_flows.store._sqlite_jobs import SqliteJobs
 
 __all__ = ["SqliteStore"]
 
-#: The device columns in DeviceRecord's field order (a row becomes a record positionally).
-_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRecord))
-assert sorted(_FIELDS) == sorted(COLUMNS)
-_JSON_AT = tuple(i for i, c in enumerate(_FIELDS) if c in JSON_COLUMNS)
-_SELECT = f"SELECT {', '.join(_FIELDS)} FROM devices"
+_JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 
 
 def _cas_sql(columns: tuple[str, ...]) -> str:
@@ -79,7 +75,7 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = list(row)  # _FIELDS order: DeviceRecord's own
+    values = list(row)  # COLUMNS order: DeviceRecord's own
     for i in _JSON_AT:
         values[i] = loads_column(values[i])
     return DeviceRecord(*values)
