@@ -83,6 +83,8 @@ def _result_outcome(device_id: str, started: str, result: MethodResult) -> Devic
     return device_id, _D.FAILED, started, _stamp(), outcome, error
 
 
+#: Answers up to this many bytes have their stored outcome cached per fan-out.
+_ANSWER_CACHE_BYTES = 4096
 #: (status, raw payload) -> (device status, outcome JSON, error) of that answer, per fan-out
 _Answers = dict[RawReply, tuple[DeviceJobStatus, JsonText, Any]]
 
@@ -101,9 +103,11 @@ def _call_outcome(device_id: str, started: str, future: asyncio.Future[RawReply]
         if known is None:
             _, status, _, _, outcome, error = _result_outcome(
                 device_id, started, MethodResult(status=reply[0], payload=decode_reply(reply[1])))
-            if len(answers) >= 256:
-                answers.clear()
-            known = answers[reply] = (status, JsonText(dumps(outcome)), error)
+            known = (status, JsonText(dumps(outcome)), error)
+            if len(reply[1]) <= _ANSWER_CACHE_BYTES:  # small answers only: at most 256 x 4 KB held
+                if len(answers) >= 256:
+                    answers.clear()
+                answers[reply] = known
         return device_id, known[0], started, _stamp(), known[1], known[2]
     if isinstance(exc, HubError):  # 504101: no answer within responseTimeoutInSeconds
         return device_id, _D.FAILED, started, _stamp(), None, {"code": exc.error_name, "description": exc.message}
