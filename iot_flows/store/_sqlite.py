@@ -32,7 +32,6 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
-    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
@@ -40,6 +39,23 @@ from iot_flows.store._sqlite_jobs import SqliteJobs
 __all__ = ["SqliteStore"]
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+
+
+def _section_json(section: str) -> str:
+    return f"json_set({section}, '$.\"$metadata\"', json({section}_meta), '$.\"$version\"', {section}_version)"
+
+
+#: ``DeviceRecord.twin_json()`` built by SQLite itself (same members, same order): a query
+#: page's twins leave the database as JSON text, never parsed nor re-encoded in Python.
+_TWIN_DOC = (
+    "json_object('deviceId', device_id, 'etag', twin_etag, 'deviceEtag', device_etag, 'status', status,"
+    " 'statusReason', status_reason, 'statusUpdateTime', status_updated_time, 'connectionState', connection_state,"
+    " 'lastActivityTime', last_activity_time, 'cloudToDeviceMessageCount', c2d_message_count,"
+    " 'authenticationType', auth_type, 'x509Thumbprint', json_object('primaryThumbprint', primary_thumbprint,"
+    " 'secondaryThumbprint', secondary_thumbprint), 'modelId', model_id, 'version', twin_version,"
+    f" 'tags', json(tags), 'properties', json_object('desired', {_section_json('desired')},"
+    f" 'reported', {_section_json('reported')}), 'capabilities', json(capabilities))"
+)
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
@@ -281,15 +297,16 @@ class SqliteStore(SqliteJobs):
         self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
     ) -> tuple[str, tuple[Any, ...]]:
         if compiled.item_type == "twin":
-            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
+            sql = (
+                f"SELECT device_id, {_TWIN_DOC} FROM devices WHERE ({compiled.where_sql}) AND device_id > ?"
+                " ORDER BY device_id LIMIT ?"
+            )
             return sql, (*compiled.params, after, limit)
         return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
 
     async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
-        return await asyncio.to_thread(self._read_twins, *self.page_statement(compiled, after=after, limit=limit))
-
-    def _read_twins(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
-        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
+        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, after=after, limit=limit))
+        return [(r[0], r[1]) for r in rows]
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
