@@ -222,11 +222,18 @@ def queries(backend: str, db: str, repeat: int) -> dict[str, Any]:
         conn = http.client.HTTPConnection(urlsplit(hub.base_url).netloc, timeout=600)
         token = svc.cs.token()
 
-        def rest(text: str, size: int) -> bytes:
+        def rest(text: str, size: int, *, retry: bool = True) -> bytes:
             body = json.dumps({"query": text}).encode()
-            conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
-                "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
-            r = conn.getresponse()
+            try:
+                conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
+                    "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
+                r = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                # uvicorn closes a connection idle for 5 s (a slow raw statement in between)
+                conn.close()
+                if not retry:
+                    raise
+                return rest(text, size, retry=False)
             data = r.read()
             assert r.status == 200, data
             return data
