@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 
+from iot_flows._gc import tune_for_serving
 from iot_flows._limits import raise_open_files_limit
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
@@ -89,6 +90,7 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
         typer.echo(f"iot-flows hub: {exc}", err=True)
         raise typer.Exit(2) from None
+    tune_for_serving()  # this process is the hub: fewer collector passes (iot_flows._gc)
     profile = HubProfile.of(hub)
     profile_path = Path(settings.profile) if settings.profile else default_profile_path(settings.db)
     write_profile(profile_path, profile)

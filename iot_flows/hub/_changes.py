@@ -19,12 +19,26 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from iot_flows.store import DeviceRecord
 from iot_flows.twin import utc_now
 
 __all__ = ["ChangeFeed"]
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def _entry(change: dict[str, Any]) -> bytes:
+    """The change as compact JSON bytes. Twin and connection changes (one per reported
+    PATCH) go through orjson: their patches passed the twin rules (finite numbers within
+    2^52), so it writes what ``json`` would; anything else (job documents) through ``json``."""
+    if str(change.get("kind", "")).startswith(("twin.", "device.")):
+        try:
+            return bytes(memoryview(orjson.dumps(change)))  # an exact-size copy: orjson over-allocates
+        except TypeError:
+            pass
+    return _encode(change).encode()
 
 
 class ChangeFeed:
@@ -65,7 +79,7 @@ class ChangeFeed:
 
     def ingest(self, change: dict[str, Any]) -> None:
         """Append without publishing (a change another hub node made)."""
-        entry = _encode({"time": utc_now(), **change}).encode()
+        entry = _entry({"time": utc_now(), **change})
         self._ring[self._last % self.capacity] = entry  # slot of sequence s: (s - 1) % capacity
         self._last += 1
         waiters, self._waiters = self._waiters, []

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
+import operator
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -46,6 +48,8 @@ _CAS_SECONDS = 10.0
 
 
 _R = TypeVar("_R")
+#: A record's field values in constructor order (a cheap shallow copy: ``DeviceRecord(*...)``).
+_record_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(DeviceRecord)))
 
 
 def _one_writer_per_twin(
@@ -162,7 +166,8 @@ class TwinService:
                 validate_section_size("desired", new.desired)
             return new
 
-        record, new = await self._read_modify_write(device_id, build)
+        sections = tuple(name for name, has in (("tags", has_tags), ("desired", has_desired)) if has)
+        record, new = await self._read_modify_write(device_id, build, sections)
         if new is None:
             return record
         if notification is not None:
@@ -176,11 +181,15 @@ class TwinService:
         return new
 
     async def _read_modify_write(
-        self, device_id: str, build: Callable[[DeviceRecord], DeviceRecord | None]
+        self,
+        device_id: str,
+        build: Callable[[DeviceRecord], DeviceRecord | None],
+        sections: tuple[str, ...] | None = None,
     ) -> tuple[DeviceRecord, DeviceRecord | None]:
         """Load the twin, ``build`` its next state, store it if nobody wrote in between.
 
-        ``build`` returns None for "nothing to write" and raises for a refused write. The
+        ``build`` returns None for "nothing to write" and raises for a refused write;
+        ``sections``: the twin sections ``build`` may change (None: any). The
         store's compare-and-set on the twin ``version`` makes this safe when several hub
         nodes share one database; within one node the per-twin lock already orders writers,
         so a retry happens only when another node won the race.
@@ -198,7 +207,7 @@ class TwinService:
                 return record, None
             new.twin_version = record.twin_version + 1
             new.twin_etag = new_etag()
-            if await self._store.update_twin(new, expected_version=record.twin_version):
+            if await self._store.update_twin(new, expected_version=record.twin_version, sections=sections):
                 return record, new
             if loop.time() >= deadline:
                 break
@@ -236,13 +245,15 @@ class TwinService:
                 raise PreconditionFailedError(
                     f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
                 )
-            new = copy.deepcopy(record)
+            # only the reported sections change: the rest is shared with ``record`` (never mutated)
+            new = DeviceRecord(*_record_fields(record))
+            new.reported, new.reported_meta = copy.deepcopy(record.reported), copy.deepcopy(record.reported_meta)
             apply_patch(new.reported, new.reported_meta, patch, utc_now(), None)
             validate_section_size("reported", new.reported)
             new.reported_version += 1
             return new
 
-        _, new = await self._read_modify_write(device_id, build)
+        _, new = await self._read_modify_write(device_id, build, ("reported",))
         assert new is not None
         self._emit(device_id, "reported", patch, new)
         return new.reported_version

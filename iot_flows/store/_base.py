@@ -83,12 +83,17 @@ class HubStore(ABC):
         """Store the identity fields (status, keys, thumbprints, capabilities, etag)."""
 
     @abstractmethod
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         """Store the twin fields (sections, metadata, versions, etag); True when written.
 
         With ``expected_version`` the write is a compare-and-set: it happens only while the
         stored twin ``version`` still equals it, so read-modify-writes by several hub nodes
-        on one database never lose each other's changes (the loser reads again)."""
+        on one database never lose each other's changes (the loser reads again).
+        ``sections`` (with ``expected_version``): the only sections that changed, of
+        ``"tags"``, ``"desired"``, ``"reported"``; a backend may then write just those
+        (the compare-and-set guarantees the others are as stored). None: all of them."""
 
     @abstractmethod
     async def delete(self, device_id: str) -> bool:

@@ -6,13 +6,12 @@ durable writes. Reads run on pooled connections after the request arrived, so th
 see every acknowledged write (read-your-writes). A lost or unreachable server is a
 :class:`~iot_flows._exceptions.ServiceUnavailableError` (503, retryable); the pool
 reconnects by itself once the server is back. Connection plumbing is in :mod:`._pg_pool`,
-the job tables in :mod:`._pg_jobs`.
+the job tables in :mod:`._pg_jobs`, connection states and stored sessions in :mod:`._pg_sessions`.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -26,6 +25,7 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pg_jobs import PostgresJobs
 from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
+from iot_flows.store._pg_sessions import PostgresSessions
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -36,6 +36,7 @@ from iot_flows.store._rows import (
     TWIN_COLUMNS,
     device_job_item,
     dumps,
+    loads_column,
     twin_json_text,
 )
 
@@ -74,7 +75,7 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 def _from_row(row: Any) -> DeviceRecord:
     values = dict(zip(COLUMNS, tuple(row), strict=True))
     for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
+        values[column] = loads_column(values[column])
     return DeviceRecord(**values)
 
 
@@ -84,7 +85,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PostgresStore(PostgresJobs):
+class PostgresStore(PostgresJobs, PostgresSessions):
     """Registry, twins, meta values, sessions and jobs in one PostgreSQL database."""
 
     dialect = "postgresql"
@@ -103,6 +104,9 @@ class PostgresStore(PostgresJobs):
             self._write_twins, max_inflight=inflight
         )
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
+        # Connection states and stored sessions (every CONNECT, SUBSCRIBE, disconnect): an
+        # eighth of the pool each, so that a fleet reconnecting at once never starves the rest.
+        self._init_session_batches(max(1, pool_size // 8))
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> PostgresStore:
@@ -259,7 +263,9 @@ class PostgresStore(PostgresJobs):
     async def update_identity(self, record: DeviceRecord) -> None:
         await self._update(record, IDENTITY_COLUMNS)
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
         if expected_version is None:
             await self._update(record, TWIN_COLUMNS)
             return True
@@ -287,19 +293,6 @@ class PostgresStore(PostgresJobs):
         row = await self._fetchrow("SELECT COUNT(*) FROM devices")
         return int(row[0])
 
-    async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
-        if state == "Connected":
-            await self._execute(
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3,"
-                " last_activity_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-        else:
-            await self._execute(
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-
     async def set_model_id(self, device_id: str, model_id: str) -> None:
         await self._execute("UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
 
@@ -308,16 +301,6 @@ class PostgresStore(PostgresJobs):
             "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = $1"
             " WHERE connection_state <> 'Disconnected'",
             when,
-        )
-
-    # ---- sessions -------------------------------------------------------------------
-    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
-        row = await self._fetchrow("SELECT mqtt_subscriptions FROM devices WHERE device_id = $1", device_id)
-        return [s for s in row[0].split("\n") if s] if row else []
-
-    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        await self._execute(
-            "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
         )
 
     # ---- queries --------------------------------------------------------------------

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
+import orjson
+
 from iot_flows._json import dumps
+from iot_flows.store._records import DeviceRecord
 
 __all__ = [
     "COLUMNS", "IDENTITY_COLUMNS", "JOB_COLUMNS", "JSON_COLUMNS", "TWIN_COLUMNS", "device_job_item", "dumps",
-    "twin_json_text",
+    "loads_column", "twin_json_text",
 ]  # fmt: skip
 
 JSON_COLUMNS = ("capabilities", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta")
-COLUMNS = (
-    "device_id", "generation_id", "device_etag", "status", "status_reason", "status_updated_time",
-    "auth_type", "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint",
-    "capabilities", "connection_state", "connection_state_updated_time", "last_activity_time",
-    "c2d_message_count", "tags", "desired", "reported", "tags_meta", "desired_meta", "reported_meta",
-    "desired_version", "reported_version", "twin_version", "twin_etag", "model_id",
-)  # fmt: skip
+#: Every device column, in :class:`~iot_flows.store._records.DeviceRecord`'s field order: a
+#: row read with these columns becomes a record positionally, and :func:`twin_json_text`
+#: reads the same positions.
+COLUMNS = tuple(field.name for field in dataclasses.fields(DeviceRecord))
 IDENTITY_COLUMNS = (
     "generation_id", "device_etag", "status", "status_reason", "status_updated_time", "auth_type",
     "primary_key", "secondary_key", "primary_thumbprint", "secondary_thumbprint", "capabilities",
@@ -32,6 +33,20 @@ JOB_COLUMNS = (
     "job_id", "device_id", "job_type", "status", "start_time_utc", "end_time_utc",
     "created_date_time_utc", "last_updated_date_time_utc", "outcome", "error",
 )  # fmt: skip
+
+
+def loads_column(text: str) -> Any:
+    """A JSON column's value (orjson: a twin read parses seven columns; 3-20x faster than ``json``).
+
+    Falls back to :func:`json.loads` for what orjson refuses and ``json`` accepts
+    (``NaN``, integers beyond 64 bits), so every stored document reads back as before.
+    """
+    if text == "{}":
+        return {}
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def device_job_item(row: Any) -> dict[str, Any]:

@@ -4,7 +4,10 @@ Writes run synchronously on the hub's event loop inside the async methods: each 
 short transaction in WAL mode, committed before the method returns and so before the
 hub acknowledges the operation; an acknowledged write survives ``kill -9``
 (``synchronous=NORMAL`` loses nothing on a process crash; only an OS crash could lose
-the last transactions). Long reads (queries over many twins) use a read-only
+the last transactions). Twin compare-and-set writes (a device's reported PATCH, a
+service twin update) go through a :class:`~iot_flows.store._batch.GroupCommit`: the
+writes of one event-loop tick share one transaction, and each caller returns only
+after its COMMIT. Long reads (queries over many twins) use a read-only
 connection per worker thread: WAL readers see a consistent snapshot that includes
 every committed write, and never block the writer. The job tables are in :mod:`._sqlite_jobs`.
 """
@@ -13,49 +16,51 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
-from iot_flows.query import CompiledQuery, compile_query, row_to_item
+from iot_flows.store._batch import GroupCommit
+from iot_flows.store._errors import storage_unavailable
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,
     IDENTITY_COLUMNS,
-    JOB_COLUMNS,
     JSON_COLUMNS,
     TWIN_COLUMNS,
-    device_job_item,
     dumps,
+    loads_column,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
+from iot_flows.store._sqlite_query import SqliteQueries
 
 __all__ = ["SqliteStore"]
 
+_JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 
 
-def _section_json(section: str) -> str:
-    return f"json_set({section}, '$.\"$metadata\"', json({section}_meta), '$.\"$version\"', {section}_version)"
+def _cas_sql(columns: tuple[str, ...]) -> str:
+    return f"UPDATE devices SET {', '.join(f'{c} = ?' for c in columns)} WHERE device_id = ? AND twin_version = ?"
 
 
-#: ``DeviceRecord.twin_json()`` built by SQLite itself (same members, same order): a query
-#: page's twins leave the database as JSON text, never parsed nor re-encoded in Python.
-_TWIN_DOC = (
-    "json_object('deviceId', device_id, 'etag', twin_etag, 'deviceEtag', device_etag, 'status', status,"
-    " 'statusReason', status_reason, 'statusUpdateTime', status_updated_time, 'connectionState', connection_state,"
-    " 'lastActivityTime', last_activity_time, 'cloudToDeviceMessageCount', c2d_message_count,"
-    " 'authenticationType', auth_type, 'x509Thumbprint', json_object('primaryThumbprint', primary_thumbprint,"
-    " 'secondaryThumbprint', secondary_thumbprint), 'modelId', model_id, 'version', twin_version,"
-    f" 'tags', json(tags), 'properties', json_object('desired', {_section_json('desired')},"
-    f" 'reported', {_section_json('reported')}), 'capabilities', json(capabilities))"
-)
+#: Columns a compare-and-set writes when only these sections changed (always the versions and etag).
+_SECTION_COLUMNS: dict[tuple[str, ...] | None, tuple[str, ...]] = {None: TWIN_COLUMNS}
+for _sections in (("reported",), ("desired",), ("tags",), ("tags", "desired")):
+    _SECTION_COLUMNS[_sections] = (
+        *(c for name in _sections for c in (name, f"{name}_meta")),
+        *(c for c in TWIN_COLUMNS if c.endswith("version") or c == "twin_etag"),
+    )
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+#: One queued compare-and-set: (record, expected twin version, (columns, UPDATE statement)).
+_TwinWrite = tuple[DeviceRecord, int, tuple[tuple[str, ...], str]]
+_CAS_TWIN = {sections: (columns, _cas_sql(columns)) for sections, columns in _SECTION_COLUMNS.items()}
 
 
 def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
@@ -67,10 +72,10 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = dict(zip(COLUMNS, row, strict=True))
-    for column in JSON_COLUMNS:
-        values[column] = json.loads(values[column])
-    return DeviceRecord(**values)
+    values = list(row)  # COLUMNS order: DeviceRecord's own
+    for i in _JSON_AT:
+        values[i] = loads_column(values[i])
+    return DeviceRecord(*values)
 
 
 #: How long a write waits for a lock another process holds before it fails (SQLITE_BUSY ->
@@ -112,7 +117,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return current
 
 
-class SqliteStore(SqliteJobs):
+class SqliteStore(SqliteQueries, SqliteJobs):
     """Registry, twins, meta values, sessions and job tables in one SQLite file."""
 
     dialect = "sqlite"
@@ -125,6 +130,18 @@ class SqliteStore(SqliteJobs):
         self._readers: builtins.list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._depth = 0
+        #: Group commit of twin compare-and-set writes (one writer connection: one batch at a time).
+        self.twin_writes: GroupCommit[_TwinWrite, bool] = GroupCommit(
+            self._write_twins, max_batch=1000, max_inflight=1
+        )
+        #: Group reads of single twins (a connect or PATCH storm): one SELECT per tick.
+        self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(
+            self._read_twins, max_batch=500, max_inflight=1
+        )
+        #: Group commit of per-connection bookkeeping (connection state, stored session).
+        self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
+            self._write_small, max_batch=1000, max_inflight=1
+        )
 
     # ---- plumbing ---------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -193,8 +210,17 @@ class SqliteStore(SqliteJobs):
 
     # ---- devices ----------------------------------------------------------------
     async def get(self, device_id: str) -> DeviceRecord | None:
+        if not self._depth:
+            return await self.twin_reads.submit(device_id, device_id)
         row = self._conn.execute(f"{_SELECT} WHERE device_id = ?", (device_id,)).fetchone()
         return _from_row(row) if row else None
+
+    async def _small_write(self, kind: str, device_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        """Run ``sql`` now inside a transaction(), else in the tick's shared transaction."""
+        if self._depth:
+            self._conn.execute(sql, params)
+        else:
+            await self.small_writes.submit((kind, device_id), (sql, params))
 
     async def get_many(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord]:
         out: builtins.list[DeviceRecord] = []
@@ -225,14 +251,67 @@ class SqliteStore(SqliteJobs):
             [*_to_row(record, IDENTITY_COLUMNS), record.device_id],
         )
 
-    async def update_twin(self, record: DeviceRecord, *, expected_version: int | None = None) -> bool:
-        sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
-        params: builtins.list[str | int]
-        where, params = "device_id = ?", [record.device_id]
-        if expected_version is not None:
-            where, params = "device_id = ? AND twin_version = ?", [record.device_id, expected_version]
-        cur = self._conn.execute(f"UPDATE devices SET {sets} WHERE {where}", [*_to_row(record, TWIN_COLUMNS), *params])
-        return cur.rowcount > 0
+    async def update_twin(
+        self, record: DeviceRecord, *, expected_version: int | None = None, sections: tuple[str, ...] | None = None
+    ) -> bool:
+        if expected_version is None:
+            sets = ", ".join(f"{c} = ?" for c in TWIN_COLUMNS)
+            cur = self._conn.execute(
+                f"UPDATE devices SET {sets} WHERE device_id = ?", [*_to_row(record, TWIN_COLUMNS), record.device_id]
+            )
+            return cur.rowcount > 0
+        columns_sql = _CAS_TWIN.get(sections) or _CAS_TWIN[None]
+        if self._depth:  # inside transaction(): part of the caller's commit
+            return self._cas_twin(record, expected_version, columns_sql)
+        return await self.twin_writes.submit(record.device_id, (record, expected_version, columns_sql))
+
+    def _cas_twin(self, record: DeviceRecord, expected_version: int, columns_sql: tuple[tuple[str, ...], str]) -> bool:
+        columns, sql = columns_sql
+        return self._conn.execute(sql, [*_to_row(record, columns), record.device_id, expected_version]).rowcount > 0
+
+    async def _write_twins(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
+        """One transaction of compare-and-set twin writes; True per item that was written.
+
+        Returns only after COMMIT. Degraded storage (locked file, full disk) fails the whole
+        batch (503 to every writer, nothing acknowledged); any other error re-runs each
+        item in its own transaction, so only the item at fault fails.
+        """
+        return await self._batch(items, lambda item: self._cas_twin(*item))
+
+    async def _batch(self, items: builtins.list[_T], write: Callable[[_T], _R]) -> builtins.list[_R | BaseException]:
+        """``write`` each item in one ``BEGIN IMMEDIATE`` ... ``COMMIT``; see :meth:`_write_twins`."""
+        while self._depth:  # another task's transaction() is open (its body should never suspend)
+            await asyncio.sleep(0.001)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            results: builtins.list[_R | BaseException] = [write(item) for item in items]
+            self._conn.execute("COMMIT")
+        except Exception as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            if len(items) == 1 or storage_unavailable(exc) is not None:
+                raise
+            results = []
+            for item in items:  # each alone, in its own (autocommit) transaction
+                try:
+                    results.append(write(item))
+                except Exception as item_exc:
+                    results.append(item_exc)
+        return results
+
+    async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
+        """Records of one tick's :meth:`get` calls, read by one statement."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._conn.execute(f"{_SELECT} WHERE device_id IN ({marks})", device_ids).fetchall()
+        found = {r[0]: r for r in rows}
+        return [_from_row(found[d]) if d in found else None for d in device_ids]
+
+    async def _write_small(self, items: builtins.list[tuple[str, tuple[Any, ...]]]) -> builtins.list[None | BaseException]:
+        """One tick's connection-state / session / model-id updates in one transaction."""
+        def write(item: tuple[str, tuple[Any, ...]]) -> None:
+            self._conn.execute(*item)
+
+        return await self._batch(items, write)
 
     async def delete(self, device_id: str) -> bool:
         cur = self._conn.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
@@ -249,20 +328,25 @@ class SqliteStore(SqliteJobs):
 
     async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
         if state == "Connected":
-            self._conn.execute(
+            await self._small_write(
+                "state",
+                device_id,
                 "UPDATE devices SET connection_state = ?, connection_state_updated_time = ?, "
                 "last_activity_time = ? WHERE device_id = ?",
                 (state, when, when, device_id),
             )
         else:
-            self._conn.execute(
-                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? "
-                "WHERE device_id = ?",
+            await self._small_write(
+                "state",
+                device_id,
+                "UPDATE devices SET connection_state = ?, connection_state_updated_time = ? WHERE device_id = ?",
                 (state, when, device_id),
             )
 
     async def set_model_id(self, device_id: str, model_id: str) -> None:
-        self._conn.execute("UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id))
+        await self._small_write(
+            "model", device_id, "UPDATE devices SET model_id = ? WHERE device_id = ?", (model_id, device_id)
+        )
 
     async def reset_connection_states(self, when: str) -> None:
         self._conn.execute(
@@ -277,48 +361,9 @@ class SqliteStore(SqliteJobs):
         return [s for s in row[0].split("\n") if s] if row else []
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        self._conn.execute(
-            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?", ("\n".join(sorted(filters)), device_id)
+        await self._small_write(
+            "session",
+            device_id,
+            "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?",
+            ("\n".join(sorted(filters)), device_id),
         )
-
-    # ---- queries (worker thread, read-only connection) ----------------------------
-    def compile_query(self, text: str) -> CompiledQuery:
-        return compile_query(text)
-
-    def _read(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            return conn.execute(sql, tuple(params)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-
-    def page_statement(
-        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
-    ) -> tuple[str, tuple[Any, ...]]:
-        if compiled.item_type == "twin":
-            sql = (
-                f"SELECT device_id, {_TWIN_DOC} FROM devices WHERE ({compiled.where_sql}) AND device_id > ?"
-                " ORDER BY device_id LIMIT ?"
-            )
-            return sql, (*compiled.params, after, limit)
-        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
-        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, after=after, limit=limit))
-        return [(r[0], r[1]) for r in rows]
-
-    async def query_device_jobs(
-        self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"SELECT {', '.join(JOB_COLUMNS)} FROM device_jobs WHERE ({compiled.where_sql})"
-            " AND (job_id, device_id) > (?, ?) ORDER BY job_id, device_id LIMIT ?",
-            (*compiled.params, after[0], after[1], limit),
-        )
-        return [device_job_item(r) for r in rows]
-
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
-        return [row_to_item(compiled, r) for r in rows]
