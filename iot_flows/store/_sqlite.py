@@ -24,23 +24,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
-from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._errors import storage_unavailable
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,
     IDENTITY_COLUMNS,
-    JOB_COLUMNS,
     JSON_COLUMNS,
     TWIN_COLUMNS,
-    device_job_item,
     dumps,
     loads_column,
-    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
+from iot_flows.store._sqlite_query import SqliteQueries
 
 __all__ = ["SqliteStore"]
 
@@ -120,7 +117,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return current
 
 
-class SqliteStore(SqliteJobs):
+class SqliteStore(SqliteQueries, SqliteJobs):
     """Registry, twins, meta values, sessions and job tables in one SQLite file."""
 
     dialect = "sqlite"
@@ -370,44 +367,3 @@ class SqliteStore(SqliteJobs):
             "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?",
             ("\n".join(sorted(filters)), device_id),
         )
-
-    # ---- queries (worker thread, read-only connection) ----------------------------
-    def compile_query(self, text: str) -> CompiledQuery:
-        return compile_query(text)
-
-    def _read(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            return conn.execute(sql, tuple(params)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-
-    def page_statement(
-        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
-    ) -> tuple[str, tuple[Any, ...]]:
-        if compiled.item_type == "twin":
-            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
-            return sql, (*compiled.params, after, limit)
-        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
-        return await asyncio.to_thread(self._page_twin_texts, *self.page_statement(compiled, after=after, limit=limit))
-
-    def _page_twin_texts(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
-        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
-
-    async def query_device_jobs(
-        self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"SELECT {', '.join(JOB_COLUMNS)} FROM device_jobs WHERE ({compiled.where_sql})"
-            " AND (job_id, device_id) > (?, ?) ORDER BY job_id, device_id LIMIT ?",
-            (*compiled.params, after[0], after[1], limit),
-        )
-        return [device_job_item(r) for r in rows]
-
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
-        return [row_to_item(compiled, r) for r in rows]
