@@ -70,10 +70,10 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class Hub:
-    """``iot-flows hub serve`` on free ports with a temp SQLite file (optionally TLS)."""
+    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS)."""
 
     def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None,
-                 src: str | None = None) -> None:
+                 src: str | None = None, db: str | None = None) -> None:
         from iot_flows._sas import ConnectionString, generate_key
 
         self.owner_key = generate_key()
@@ -81,7 +81,7 @@ class Hub:
         self.tls = tls
         cmd = [sys.executable, "-c", "from iot_flows.cli._main import main; main()", "hub", "serve",
                "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port),
-               "--hostname", HOSTNAME, "--db", str(tmp / f"hub-{self.http_port}.db")]
+               "--hostname", HOSTNAME, "--db", db or str(tmp / f"hub-{self.http_port}.db")]
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
         full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
