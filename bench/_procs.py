@@ -145,13 +145,12 @@ class FleetProc:
     """``python -m bench._fleet_proc``: N lean devices in their own process."""
 
     def __init__(self, mode: str, port: int, count: int, *, key: str = DEVICE_KEY, tls_ca: str | None = None,
-                 prefix: str = "bench", uvloop: bool = False) -> None:
+                 prefix: str = "bench", loop: str = "auto") -> None:
         cmd = [sys.executable, "-m", "bench._fleet_proc", "--mode", mode, "--port", str(port), "--count", str(count),
                "--prefix", prefix, "--hostname", HOSTNAME, "--key", key]
         if tls_ca:
             cmd += ["--tls-ca", tls_ca]
-        if uvloop:
-            cmd += ["--uvloop"]
+        cmd += ["--loop", loop]
         self.cpu_start = 0.0
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]

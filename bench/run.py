@@ -159,12 +159,12 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
         hub.provision(n)
         time.sleep(0.5)
         rss0, cpu0 = proc_status(hub.proc.pid)["VmRSS"], cpu_seconds(hub.proc.pid)
-        fleets.append(FleetProc("hub", hub.device_port, n, uvloop=args.fleet_uvloop))
+        fleets.append(FleetProc("hub", hub.device_port, n, loop=args.fleet_loop))
         h: dict[str, Any] = _connect(fleets[0], hub.proc.pid, rss0, cpu0, n, "the hub")
         h["hub_kb_per_device"] = h.pop("kb_per_device")
         h["connect_hub_cpu_ms_per_device"] = h.pop("connect_cpu_ms_per_device")
         rss0, cpu0 = proc_status(broker.proc.pid)["VmRSS"], cpu_seconds(broker.proc.pid)
-        fleets.append(FleetProc("broker", broker.port, n, uvloop=args.fleet_uvloop))
+        fleets.append(FleetProc("broker", broker.port, n, loop=args.fleet_loop))
         m: dict[str, Any] = _connect(fleets[1], broker.proc.pid, rss0, cpu0, n, "mosquitto")
         m["broker_kb_per_device"] = m.pop("kb_per_device")
         h["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
@@ -270,7 +270,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hub-loop", default=None, help="IOT_FLOWS_HUB_LOOP for the hub (asyncio or uvloop)")
     parser.add_argument("--hub-src", default=None,
                         help="run the hub from this folder's iot_flows (another revision: before/after figures)")
-    parser.add_argument("--fleet-uvloop", action="store_true", help="run the lean fleet on uvloop")
+    parser.add_argument("--fleet-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="the lean fleets' event loop, the same for the hub and Mosquitto (auto: uvloop when installed)")
+    parser.add_argument("--fleet-uvloop", action="store_const", const="uvloop", dest="fleet_loop",
+                        help="same as --fleet-loop uvloop")
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the hub's store in the per-size runs (postgresql: a throw-away PostgreSQL 15 cluster)")
     parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sizes": sizes, "hub": {}, "mosquitto": {},
     }
     t_start = time.perf_counter()
-    result["store"] = args.store
+    result["store"], result["fleet_loop"] = args.store, args.fleet_loop
     args.pg = None
     if args.store == "postgresql":
         from tests.pgcluster import PgCluster
