@@ -116,6 +116,10 @@ class PostgresStore(PostgresJobs):
             self._write_twins, max_inflight=inflight
         )
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
+        #: connection state, stored session and model id of a connect storm: one commit per batch
+        self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
+            self._write_small, max_batch=1000, max_inflight=inflight
+        )
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> PostgresStore:
@@ -313,19 +317,56 @@ class PostgresStore(PostgresJobs):
 
     async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
         if state == "Connected":
-            await self._execute(
+            await self._small_write(
+                "state",
                 "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3,"
                 " last_activity_time = $3 WHERE device_id = $1",
                 device_id, state, when,
             )  # fmt: skip
         else:
-            await self._execute(
+            await self._small_write(
+                "state",
                 "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3 WHERE device_id = $1",
                 device_id, state, when,
             )  # fmt: skip
 
     async def set_model_id(self, device_id: str, model_id: str) -> None:
-        await self._execute("UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
+        await self._small_write("model", "UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
+
+    async def _small_write(self, kind: str, sql: str, device_id: str, *args: Any) -> None:
+        """``sql`` with ``(device_id, *args)``: now inside a transaction, else in the shared
+        commit of concurrent connection-state / session writes (a connect storm)."""
+        if self._in_transaction():
+            await self._execute(sql, device_id, *args)
+        else:
+            await self.small_writes.submit((kind, device_id), (sql, (device_id, *args)))
+
+    async def _write_small(self, items: builtins.list[tuple[str, tuple[Any, ...]]]) -> builtins.list[None | BaseException]:
+        """One transaction for a batch of per-connection updates (one ``executemany`` per
+        statement, rows in device order); a refused batch is retried one update at a time."""
+        by_sql: dict[str, builtins.list[tuple[Any, ...]]] = {}
+        for sql, args in items:
+            by_sql.setdefault(sql, []).append(args)
+        try:
+            async with self._conn() as conn, conn.transaction():
+                for sql, rows in by_sql.items():
+                    await conn.executemany(sql, sorted(rows, key=lambda row: str(row[0])))
+        except ServiceUnavailableError:
+            raise
+        except _LOST as exc:
+            raise self._lost(exc) from None
+        except _RETRY_SINGLY:
+            if len(items) == 1:
+                raise
+            out: builtins.list[None | BaseException] = []
+            for sql, args in items:
+                try:
+                    await self._execute(sql, *args)
+                    out.append(None)
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        return [None] * len(items)
 
     async def reset_connection_states(self, when: str) -> None:
         await self._execute(
@@ -340,8 +381,8 @@ class PostgresStore(PostgresJobs):
         return [s for s in row[0].split("\n") if s] if row else []
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        await self._execute(
-            "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
+        await self._small_write(
+            "session", "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
         )
 
     # ---- queries --------------------------------------------------------------------
