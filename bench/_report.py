@@ -70,6 +70,9 @@ def table(result: dict[str, Any]) -> str:
             f"{h['rest_method_ms']['p50']} / {h['rest_method_ms']['p99']}",
             f"{m['round_trip_ms']['p50']} / {m['round_trip_ms']['p99']}" if "round_trip_ms" in m else None)
         row("REST direct method, new connection per call, p50 ms", int(n), h["rest_method_new_connection_ms"]["p50"], None)
+        if "rest_method_httpx_ms" in h:
+            row("REST direct method through httpx (client cost included), p50 / p99 ms", int(n),
+                f"{h['rest_method_httpx_ms']['p50']} / {h['rest_method_httpx_ms']['p99']}", None)
         row("memory per connected device, plain MQTT, KB", int(n), h["hub_kb_per_device"], m.get("broker_kb_per_device"))
         row("connects/s (connected+subscribed+twin/echo)", int(n), h["connects_per_second"], m.get("connects_per_second"))
         row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
@@ -93,12 +96,10 @@ def table(result: dict[str, Any]) -> str:
     if q and "error" not in q:
         for backend in ("sqlite", "postgresql"):
             b = q.get(backend, {})
-            for name in ("filter_first_page", "group_by"):
+            for name in ("filter_first_page", "group_by", "unindexed_filter"):
                 if name in b:
                     row(f"{backend}: {name} via POST /devices/query, ms (baseline: raw SQL)", q.get("devices"),
                         b[name], b.get(f"raw_{name}"), q.get("rest_over_raw", {}).get(backend, {}).get(name))
-            if "unindexed_filter" in b:
-                row(f"{backend}: unindexed filter, ms", q.get("devices"), b["unindexed_filter"], None)
     elif q:
         rows.append(f"\nqueries: {q['error']}")
     sl = {k: v for k, v in result.get("slopes_per_1000_devices", {}).items() if v is not None}

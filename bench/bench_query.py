@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from iot_flows.query import compile_condition, compile_query, row_to_item
+from iot_flows.query import compile_condition, compile_parsed, compile_query, parse_query, row_to_item
 from iot_flows.store._schema import DDL, JOBS_DDL
 
 TS = "2024-01-01T00:00:00.0000000Z"
@@ -122,11 +122,13 @@ def main(count: int, repeat: int) -> None:
             "devices": count,
             "sqlite": sqlite3.sqlite_version,
             "populate_seconds": round(time.perf_counter() - start, 2),
+            # parse + compile without compile_query's cache (a query text seen for the first time)
             "compile_us": {
-                "filter": round(median_ms(lambda: compile_query(FILTER), 200) * 1000, 1),
-                "group_by": round(median_ms(lambda: compile_query(GROUP), 200) * 1000, 1),
+                "filter": round(median_ms(lambda: compile_parsed(parse_query(FILTER)), 200) * 1000, 1),
+                "group_by": round(median_ms(lambda: compile_parsed(parse_query(GROUP)), 200) * 1000, 1),
                 "condition": round(median_ms(lambda: compile_condition("deviceId IN ['a','b']"), 200) * 1000, 1),
-                "max_length_8192": round(median_ms(lambda: compile_query(_long_query()), 20) * 1000, 1),
+                "max_length_8192": round(median_ms(lambda: compile_parsed(parse_query(_long_query())), 20) * 1000, 1),
+                "cached": round(median_ms(lambda: compile_query(FILTER), 200) * 1000, 1),
             },
             "matches": {
                 "filter": len(twin_ids(conn, FILTER)),

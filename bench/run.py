@@ -44,6 +44,7 @@ import httpx
 
 from bench._broker_driver import latencies as broker_latencies
 from bench._broker_driver import round_trips
+from bench._http_driver import latencies as http_latencies
 from bench._procs import ROOT, FleetProc, Hub, Mosquitto, cpu_seconds, proc_status
 from bench._report import slopes, table
 from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
@@ -61,6 +62,17 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def rest_latencies(hub: Hub, device_id: str, calls: int, new_connection: bool) -> list[float]:
+    """Unloaded ``POST /twins/{id}/methods`` latencies (ms) with a lean HTTP/1.1 client
+    (``bench._http_driver``, like the lean MQTT client of the baseline); over TLS, httpx."""
+    if hub.tls is not None:
+        return httpx_latencies(hub, device_id, calls, new_connection)
+    body = {"methodName": "ping", "payload": {"i": 1}, "responseTimeoutInSeconds": 10}
+    return http_latencies(hub.http_port, "POST", f"/twins/{device_id}/methods?api-version=2021-04-12", body,
+                          hub.headers(), calls, new_connection)
+
+
+def httpx_latencies(hub: Hub, device_id: str, calls: int, new_connection: bool) -> list[float]:
+    """The same calls through httpx (a full-featured client, as the SDKs are): its own cost included."""
     body = {"methodName": "ping", "payload": {"i": 1}, "responseTimeoutInSeconds": 10}
     url = f"/twins/{device_id}/methods?api-version=2021-04-12"
     headers = hub.headers()
@@ -169,6 +181,7 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
         m["broker_kb_per_device"] = m.pop("kb_per_device")
         h["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
         h["rest_method_new_connection_ms"] = summary(rest_latencies(hub, "bench-00000", max(5, args.calls // 5), True))
+        h["rest_method_httpx_ms"] = summary(httpx_latencies(hub, "bench-00000", args.calls, False))
         m["round_trip_ms"] = summary(asyncio.run(broker_latencies(broker.port, "bench-00000", args.calls)))
         ids = [f"bench-{i:05d}" for i in range(n)]
         jobs, trips, ratios = [], [], []

@@ -159,6 +159,11 @@ class HubSettings(BaseSettings):
     quota_units: Annotated[int, Cli(panel=_QUOTA)] = Field(
         default=1, ge=1, le=200, description="IoT Hub units of the --quota tier (throttles scale per unit)."
     )
+    max_connections: int = Field(
+        default=0, ge=0,
+        description="Most MQTT connections this hub accepts (Mosquitto's max_connections); 0: the open-files limit "
+        "less 256 kept for the REST API and the store. Beyond it a device's socket is closed at once (it retries).",
+    )  # fmt: skip
     log_level: str = Field(default="WARNING", description="Python log level of `hub serve`.")
     loop: str = Field(
         default="auto", pattern="^(auto|uvloop|asyncio)$",
@@ -200,6 +205,11 @@ class ClientSettings(BaseSettings):
         description="Service REST base URL; default: the profile's when its HostName matches, else https://HostName.",
     )
     profile: str = Field(default=str(DEFAULT_PROFILE), description="The connection profile `hub serve` wrote.")
+    ca_file: Annotated[str | None, Cli(hidden=True)] = Field(
+        default=None,
+        description="CA certificate (PEM) to verify the hub's HTTPS; default: the profile's for a self-signed"
+        " --tls-cert, else the system's.",
+    )
     connection: Annotated[str | None, Cli(hidden=True)] = Field(
         default=None, description="Name of a saved HubConnection block the flows use when none is passed."
     )

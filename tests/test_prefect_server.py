@@ -281,3 +281,21 @@ def test_the_readme_says_what_this_session_ran(stack: Stack) -> None:
     # "see it in the UI": the server serves the UI next to the API.
     assert "<html" in stack.server.http.get(stack.server.api_url.removesuffix("/api") + "/").text.lower()
     print(f"\nfigures: {stack.figures}")
+
+
+def test_stopping_cancels_a_running_forwarding_run_and_pauses_every_schedule(stack: Stack) -> None:
+    """The README's "Stopping" commands: the hourly forward-hub-events run outlives a stopped
+    worker unless cancelled; pausing the schedules keeps the server from starting more."""
+    flow_run_id = _start(stack, "forward-hub-events")
+    deadline = time.monotonic() + 120
+    while (run := stack.server.get(f"/flow_runs/{flow_run_id}"))["state"]["type"] != "RUNNING":
+        assert time.monotonic() < deadline, f"{run['state']}\n{stack.worker.tail()}"
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    stack.server.cli("flow-run", "cancel", flow_run_id)
+    run = stack.server.wait_flow_run(flow_run_id, 90)
+    assert run["state"]["type"] == "CANCELLED", f"{run['state']}\n{stack.worker.tail()}"
+    stack.figures["cancel_forwarding_run_seconds"] = round(time.monotonic() - t0, 1)
+    stack.server.cli("--no-prompt", "deployment", "schedule", "pause", "--all")
+    deployments = stack.server.post("/deployments/filter", {"limit": 200})
+    assert [d["name"] for d in deployments if any(s["active"] for s in d["schedules"])] == []

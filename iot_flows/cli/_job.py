@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from iot_flows.cli._ops import (
+    CaFileOption,
     DesiredOption,
     HubOption,
     HubUrlOption,
@@ -80,7 +81,7 @@ async def follow(client: Any, job_id: str, *, poll_interval: float = 0.5) -> dic
 
 
 def _create(body: dict[str, Any], job_id: str | None, start_time: datetime | None, wait: bool, poll: float,
-            output: Any, hub: Any, hub_url: Any, profile: Any) -> None:  # fmt: skip
+            output: Any, hub: Any, hub_url: Any, profile: Any, ca_file: Any) -> None:  # fmt: skip
     job_id = job_id or f"cli-{uuid.uuid4().hex[:12]}"
     if start_time is not None:
         start = start_time if start_time.tzinfo else start_time.replace(tzinfo=UTC)
@@ -90,7 +91,7 @@ def _create(body: dict[str, Any], job_id: str | None, start_time: datetime | Non
         job = await client.create_job(job_id, body)
         return await follow(client, job_id, poll_interval=poll) if wait else job
 
-    job = run_hub_command(hub, hub_url, profile, go)
+    job = run_hub_command(hub, hub_url, profile, ca_file, go)
     _finish(job, wait, output)
 
 
@@ -112,6 +113,7 @@ def create_method(
     timeout: Annotated[int, typer.Option("--timeout", min=5, max=300, help="Seconds each device has to answer.")] = 30,
     job_id: NewJobId = None, start_time: StartTime = None, max_execution_time: MaxTime = 3600, wait: Wait = False, poll_interval: Poll = 0.5,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Schedule METHOD on every device the query condition selects (scheduleDeviceMethod)."""
     body = {
@@ -121,7 +123,7 @@ def create_method(
                                 "responseTimeoutInSeconds": timeout, "connectTimeoutInSeconds": 0},
         "maxExecutionTimeInSeconds": max_execution_time,
     }  # fmt: skip
-    _create(body, job_id, start_time, wait, poll_interval, output, hub, hub_url, profile)
+    _create(body, job_id, start_time, wait, poll_interval, output, hub, hub_url, profile, ca_file)
 
 
 @job_app.command("create-twin-update")
@@ -132,34 +134,37 @@ def create_twin_update(
     tags: TagsOption = None,
     job_id: NewJobId = None, start_time: StartTime = None, max_execution_time: MaxTime = 3600, wait: Wait = False, poll_interval: Poll = 0.5,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Merge desired properties and/or tags into every selected twin (scheduleUpdateTwin)."""
     update = {"etag": "*", **twin_patch(desired, tags)}
     body = {"type": "scheduleUpdateTwin", "queryCondition": query_condition, "updateTwin": update,
             "maxExecutionTimeInSeconds": max_execution_time}  # fmt: skip
-    _create(body, job_id, start_time, wait, poll_interval, output, hub, hub_url, profile)
+    _create(body, job_id, start_time, wait, poll_interval, output, hub, hub_url, profile, ca_file)
 
 
 @job_app.command("show")
 def show(
     job_id: JobId, wait: Wait = False, poll_interval: Poll = 0.5,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Show a job and its device statistics (with --wait: once it has ended)."""
 
     async def go(client: Any) -> dict[str, Any]:
         return await (follow(client, job_id, poll_interval=poll_interval) if wait else client.get_job(job_id))
 
-    _finish(run_hub_command(hub, hub_url, profile, go), wait, output)
+    _finish(run_hub_command(hub, hub_url, profile, ca_file, go), wait, output)
 
 
 @job_app.command("cancel")
 def cancel(
     job_id: JobId,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Cancel a job: devices not yet reached are not touched."""
-    emit(run_hub_command(hub, hub_url, profile, lambda c: c.cancel_job(job_id)), output)
+    emit(run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.cancel_job(job_id)), output)
 
 
 @job_app.command("list")
@@ -167,7 +172,8 @@ def list_jobs(
     job_type: Annotated[str | None, typer.Option("--job-type", help="scheduleDeviceMethod or scheduleUpdateTwin.")] = None,
     job_status: Annotated[str | None, typer.Option("--job-status", help="e.g. running, completed.")] = None,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """List jobs (GET /jobs/v2/query), newest state of each."""
-    jobs = run_hub_command(hub, hub_url, profile, lambda c: c.query_jobs(job_type=job_type, job_status=job_status))
+    jobs = run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.query_jobs(job_type=job_type, job_status=job_status))
     emit(jobs, output, columns=COLUMNS)

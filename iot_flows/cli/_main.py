@@ -9,7 +9,6 @@ which beats the default.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import shlex
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 import typer
 
+from iot_flows._gc import tune_for_serving
 from iot_flows._limits import raise_open_files_limit
 from iot_flows._settings import DEFAULT_PROFILE, HubSettings
 from iot_flows.cli._demo import demo
@@ -73,20 +73,6 @@ def next_commands(profile: HubProfile, profile_path: Path) -> list[str]:
     ]
 
 
-#: Collector thresholds of a serving hub (Python's default: 700, 10, 10). A storm of
-#: concurrent device requests (10,000 reported PATCHes or connects) keeps tens of thousands
-#: of frames, futures and parsed documents alive at once; with the default gen-0 threshold
-#: they are traced again and again (40% of the hub's CPU per PATCH in ``./scripts/bench``).
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Set :data:`GC_THRESHOLDS` and move everything alive now (modules, settings, the
-    started hub) out of the collector's sight (``gc.freeze``). Process-wide: the serving CLI only."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 async def _serve_until_signal(settings: HubSettings) -> None:
     from iot_flows._exceptions import HubError
     from iot_flows.hub import Hub
@@ -104,7 +90,7 @@ async def _serve_until_signal(settings: HubSettings) -> None:
     except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
         typer.echo(f"iot-flows hub: {exc}", err=True)
         raise typer.Exit(2) from None
-    tune_gc()
+    tune_for_serving()  # this process is the hub: fewer collector passes (iot_flows._gc)
     profile = HubProfile.of(hub)
     profile_path = Path(settings.profile) if settings.profile else default_profile_path(settings.db)
     write_profile(profile_path, profile)

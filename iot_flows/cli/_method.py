@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from iot_flows.cli._ops import (
+    CaFileOption,
     HubOption,
     HubUrlOption,
     OutputOption,
@@ -36,11 +37,12 @@ def invoke(
     timeout: Annotated[int, typer.Option("--timeout", min=5, max=300, help="Seconds to wait for the device's answer.")] = 30,
     connect_timeout: Annotated[int, typer.Option("--connect-timeout", min=0, max=300, help="Seconds to wait for the device to connect.")] = 0,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Invoke METHOD on DEVICE and print {"status": ..., "payload": ...}."""
     body = parse_json(payload, "--payload")
     result = run_hub_command(
-        hub, hub_url, profile,
+        hub, hub_url, profile, ca_file,
         lambda c: c.invoke_device_method(device_id, method_name, body, response_timeout=timeout, connect_timeout=connect_timeout),
     )  # fmt: skip
     emit({"status": result.status, "payload": result.payload}, output)

@@ -30,6 +30,7 @@ import typer
 from iot_flows._settings import ClientSettings
 
 __all__ = [
+    "CaFileOption",
     "DesiredOption",
     "HubOption",
     "HubUrlOption",
@@ -82,6 +83,14 @@ HubUrlOption = Annotated[
 ProfileOption = Annotated[
     str | None,
     typer.Option("--profile", help="The connection profile `hub serve` wrote (env IOT_FLOWS_HUB_PROFILE)."),
+]
+CaFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-file",
+        help="CA certificate (PEM) to verify the hub's HTTPS; default: the profile's for a self-signed"
+        " --tls-cert, else the system's (env IOT_FLOWS_HUB_CA_FILE).",
+    ),
 ]
 
 
@@ -143,9 +152,15 @@ async def _block(name: str) -> tuple[str, str | None, str | bool]:
     return block.connection_string.get_secret_value(), block.base_url, block.ca_file or True
 
 
-async def resolve(hub: str | None, hub_url: str | None, profile: str | None) -> tuple[str, str | None, str | bool]:
+async def resolve(
+    hub: str | None, hub_url: str | None, profile: str | None, ca_file: str | None = None
+) -> tuple[str, str | None, str | bool]:
     """``(connection string, REST base URL or None for https://HostName, TLS verify)`` of the
     hub the options and environment name (see the module docstring).
+
+    TLS verify: ``--ca-file`` (env ``IOT_FLOWS_HUB_CA_FILE``), else the saved block's
+    ``ca_file``, else the profile's (a hub serving a self-signed ``--tls-cert``) when the
+    profile serves this connection string, else True (the system's CAs).
 
     Raises:
         UsageProblem: no hub named anywhere, an unreadable profile, an unknown block name.
@@ -153,7 +168,7 @@ async def resolve(hub: str | None, hub_url: str | None, profile: str | None) -> 
     from iot_flows._sas import ConnectionString
     from iot_flows.cli._profile import read_profile
 
-    given = {"connection_string": hub, "url": hub_url, "profile": profile}
+    given = {"connection_string": hub, "url": hub_url, "profile": profile, "ca_file": ca_file}
     settings = ClientSettings(**{k: v for k, v in given.items() if v is not None})  # flag > env > default
     profile_path = Path(settings.profile)
     verify: str | bool = True
@@ -179,16 +194,22 @@ async def resolve(hub: str | None, hub_url: str | None, profile: str | None) -> 
         raise UsageProblem(f"--hub: {exc}") from None
     if not parsed.shared_access_key_name:
         raise UsageProblem("--hub: a service connection string (with SharedAccessKeyName) is needed, not a device's")
-    if hub_url is None and found is not None and found.serves(connection_string):
-        hub_url = found.base_url
+    if found is not None and found.serves(connection_string):
+        hub_url = hub_url or found.base_url
+        if verify is True and found.ca_file:
+            verify = found.ca_file
+    if settings.ca_file:
+        if not Path(settings.ca_file).is_file():
+            raise UsageProblem(f"--ca-file: no such file: {settings.ca_file}")
+        verify = settings.ca_file
     return connection_string, hub_url, verify
 
 
-async def open_client(hub: str | None, hub_url: str | None, profile: str | None) -> Any:
+async def open_client(hub: str | None, hub_url: str | None, profile: str | None, ca_file: str | None = None) -> Any:
     """A :class:`~iot_flows.client.HubClient` for the hub :func:`resolve` finds."""
     from iot_flows.client import HubClient
 
-    connection_string, base_url, verify = await resolve(hub, hub_url, profile)
+    connection_string, base_url, verify = await resolve(hub, hub_url, profile, ca_file)
     return HubClient(connection_string, base_url=base_url, verify=verify)
 
 
@@ -196,13 +217,14 @@ def run_hub_command(
     hub: str | None,
     hub_url: str | None,
     profile: str | None,
+    ca_file: str | None,
     action: Callable[[Any], Awaitable[T]],
 ) -> T:
     """Open the client, run ``action(client)``, close it; errors become one line and an exit code."""
     from iot_flows._exceptions import HubError, IoTFlowsError
 
     async def go() -> T:
-        client = await open_client(hub, hub_url, profile)
+        client = await open_client(hub, hub_url, profile, ca_file)
         async with client:
             return await action(client)
 

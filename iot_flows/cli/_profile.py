@@ -39,6 +39,9 @@ class HubProfile:
     mqtt_port: int
     tls: bool = False
     mqtts_port: int | None = None
+    #: The hub's own certificate when it is self-signed (``--tls-cert`` from ``openssl req
+    #: -x509``): what a client on this machine verifies the HTTPS REST API with.
+    ca_file: str | None = None
 
     @classmethod
     def of(cls, hub: Any) -> HubProfile:
@@ -53,6 +56,7 @@ class HubProfile:
             mqtt_port=int(hub.mqtt_port),
             tls=False,
             mqtts_port=hub.mqtts_port,
+            ca_file=_self_signed(hub.settings.tls_cert) if hub.mqtts_port is not None else None,
         )
 
     def serves(self, connection_string: str) -> bool:
@@ -61,6 +65,19 @@ class HubProfile:
             return ConnectionString.parse(connection_string).host_name.lower() == self.hostname.lower()
         except ValueError:
             return False
+
+
+def _self_signed(cert_file: str | None) -> str | None:
+    """``cert_file`` as an absolute path when its first certificate is self-signed, else None."""
+    if not cert_file:
+        return None
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return str(Path(cert_file).resolve()) if cert.issuer == cert.subject else None
 
 
 def default_profile_path(db: str) -> Path:

@@ -28,6 +28,7 @@ import typer
 from pydantic import BaseModel, SecretStr
 
 from iot_flows.cli._ops import (
+    CaFileOption,
     HubOption,
     HubUrlOption,
     OutputOption,
@@ -187,10 +188,10 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-async def _connection(hub: str | None, hub_url: str | None, profile: str | None) -> Any:
+async def _connection(hub: str | None, hub_url: str | None, profile: str | None, ca_file: str | None) -> Any:
     from iot_flows.blocks import HubConnection
 
-    connection_string, base_url, verify = await resolve(hub, hub_url, profile)
+    connection_string, base_url, verify = await resolve(hub, hub_url, profile, ca_file)
     return HubConnection(
         connection_string=SecretStr(connection_string), base_url=base_url, ca_file=verify if isinstance(verify, str) else None
     )
@@ -202,6 +203,7 @@ def run(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (JSON or text); repeat for more.")] = None,
     list_flows: Annotated[bool, typer.Option("--list", help="List the flows and their parameters.")] = False,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Run a library flow once, now, against the hub; print its result."""
     flows = discover_flows()
@@ -215,8 +217,8 @@ def run(
     parameters = build_parameters(spec, param or [])
     if spec.takes_connection:
         # An unreachable hub or a rejected key (401) is one line here, before any flow run.
-        run_hub_command(hub, hub_url, profile, lambda c: c.query_page("SELECT deviceId FROM devices", page_size=1))
-        parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile))
+        run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.query_page("SELECT deviceId FROM devices", page_size=1))
+        parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile, ca_file))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
     try:
         state = flow(**parameters, return_state=True)

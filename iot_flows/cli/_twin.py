@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from iot_flows.cli._ops import (
+    CaFileOption,
     DesiredOption,
     HubOption,
     HubUrlOption,
@@ -35,9 +36,10 @@ DeviceId = Annotated[str, typer.Argument(help="Device id.", show_default=False)]
 def show(
     device_id: DeviceId,
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Show a device twin: tags, desired and reported properties, etag."""
-    emit(run_hub_command(hub, hub_url, profile, lambda c: c.get_twin(device_id)), output)
+    emit(run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.get_twin(device_id)), output)
 
 
 @twin_app.command("update")
@@ -48,7 +50,8 @@ def update(
     tags: TagsOption = None,
     etag: Annotated[str, typer.Option("--etag", help="Update only if the twin's etag is still this.")] = "*",
     output: OutputOption = None, hub: HubOption = None, hub_url: HubUrlOption = None, profile: ProfileOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Merge-patch a twin's desired properties and/or tags; prints the updated twin."""
     patch = twin_patch(desired, tags)
-    emit(run_hub_command(hub, hub_url, profile, lambda c: c.update_twin(device_id, patch, etag=etag)), output)
+    emit(run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.update_twin(device_id, patch, etag=etag)), output)

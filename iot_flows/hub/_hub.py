@@ -166,6 +166,7 @@ class Hub:
         self.mqtt = MqttServer(
             store=self.store, sessions=self.sessions, endpoint=self.endpoint, hostname=self.settings.hostname,
             policy_keys=self.service_auth.policy_keys, quota=lambda: self.quota,
+            max_connections=self.settings.max_connections or None,
         )
 
     def _job_settings(self) -> Any:

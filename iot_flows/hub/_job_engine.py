@@ -60,6 +60,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _never() -> bool:
+    return False
+
+
 class JobEngine(JobRunner):
     """Creates, runs, resumes and cancels jobs."""
 
@@ -77,6 +81,12 @@ class JobEngine(JobRunner):
         self._twins = twins
         self._methods = methods
         self._invoke_method = methods.invoke  # once: a Paced wrapper builds it on each access
+        #: ``MethodInvoker.start`` (a call without a task) and whether a --quota paces calls now.
+        self._start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None = getattr(
+            methods, "start", None
+        )
+        self._pacing: Callable[[], bool] = getattr(methods, "pacing", _never)
+        self._tallies: dict[str, dict[str, int]] = {}
         self._sessions = sessions
         self._compile = compile_condition
         self.settings = settings or JobSettings()
@@ -156,14 +166,19 @@ class JobEngine(JobRunner):
     async def get(self, job_id: str) -> dict[str, Any]:
         """``GET /jobs/v2/{id}``: the job document with ``deviceJobStatistics``; 404 when unknown."""
         doc = await self._repo.get(job_id)
-        doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(job_id))
+        doc["deviceJobStatistics"] = self._repo.statistics(await self._counts(job_id))
         return doc
+
+    async def _counts(self, job_id: str) -> dict[str, int]:
+        tally = self._tallies.get(job_id)  # a method job fanning out here: its committed counts
+        return dict(tally) if tally is not None else await self._repo.counts(job_id)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued, scheduled or running job; devices not reached become ``canceled``."""
         doc = await self._repo.get(job_id)
         check_transition(JobStatus(doc["status"]), JobStatus.CANCELLED)
         now = format_time(_now())
+        self._tallies.pop(job_id, None)  # the store's counts from here on
         async with self._store.transaction():
             doc["status"] = JobStatus.CANCELLED.value
             doc["endTime"] = now
@@ -179,7 +194,7 @@ class JobEngine(JobRunner):
         """``GET /jobs/v2/query``: up to ``limit`` jobs after ``after`` (job id), filtered by type and status."""
         docs = await self._repo.list(job_type=job_type, status=status, after=after, limit=limit)
         for doc in docs:
-            doc["deviceJobStatistics"] = self._repo.statistics(await self._repo.counts(doc["jobId"]))
+            doc["deviceJobStatistics"] = self._repo.statistics(await self._counts(doc["jobId"]))
         return docs
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -194,6 +209,7 @@ class JobEngine(JobRunner):
 
     def interrupt(self, job_id: str) -> None:
         """Stop running ``job_id`` here (another hub node cancelled it)."""
+        self._tallies.pop(job_id, None)
         run = self._runs.get(job_id)
         if run is not None:
             run.cancelled.set()

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from iot_flows._exceptions import DeviceNotOnlineError, GatewayTimeoutError, HubError
 from iot_flows._settings import JobSettings
@@ -69,6 +69,31 @@ def _stamp() -> str:
     return _stamp_cache[1]
 
 
+_PENDING, _RUNNING = _D.PENDING.value, _D.RUNNING.value
+_TIMED_OUT_IN_CALL = {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"}
+
+
+def _result_outcome(device_id: str, started: str, result: MethodResult) -> DeviceOutcome:
+    """A device's record for the device's answer (a non-2xx status fails the device)."""
+    outcome = {"deviceMethodResponse": result.to_json()}
+    if result.succeeded:
+        return device_id, _D.COMPLETED, started, _stamp(), outcome, None
+    error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
+    return device_id, _D.FAILED, started, _stamp(), outcome, error
+
+
+def _call_outcome(device_id: str, started: str, future: asyncio.Future[MethodResult]) -> DeviceOutcome:
+    """A device's record once a call made by ``MethodInvoker.start`` ended."""
+    if future.cancelled():
+        return device_id, _D.FAILED, started, _stamp(), None, _TIMED_OUT_IN_CALL
+    exc = future.exception()
+    if exc is None:
+        return _result_outcome(device_id, started, future.result())
+    if isinstance(exc, HubError):  # 504101: no answer within responseTimeoutInSeconds
+        return device_id, _D.FAILED, started, _stamp(), None, {"code": exc.error_name, "description": exc.message}
+    return device_id, _D.FAILED, started, _stamp(), None, {"code": "InternalError", "description": repr(exc)}
+
+
 class _Run:
     """In-memory state of one running job."""
 
@@ -90,12 +115,28 @@ class JobRunner:
     _twins: TwinService
     _sessions: SessionRegistry
     _invoke_method: Callable[[str, MethodCall], Awaitable[MethodResult]]
+    _start_method: Callable[[str, MethodCall], asyncio.Future[MethodResult] | None] | None
+    _pacing: Callable[[], bool]
+    #: Record counts by status of the method jobs fanning out here, kept equal to what is
+    #: committed (updated after each commit): a running job's statistics without a
+    #: ``GROUP BY`` over its records on every ``GET /jobs/v2/{id}``.
+    _tallies: dict[str, dict[str, int]]
 
     def _fence(self) -> None:
         """Raise _LeaseLost when a cluster node's lease lapsed (checked before every write and call)."""
         if self.lease is not None and not self.lease.valid():
             raise _LeaseLost
 
+    def _tally(self, job_id: str, moves: Iterable[tuple[str, str]]) -> None:
+        """Apply committed record moves ``(from status, to status)`` to the job's tally."""
+        tally = self._tallies.get(job_id)
+        if tally is None:
+            return  # dropped (cancelled here or by another node): the store answers
+        for old, new in moves:
+            tally[old] = tally.get(old, 0) - 1
+            tally[new] = tally.get(new, 0) + 1
+        if any(n < 0 for n in tally.values()):  # never expected: fall back to the store's counts
+            del self._tallies[job_id]
 
     async def _fan_out(self, job_id: str, request: JobRequest, run: _Run, deadline: float) -> bool:
         """Run every pending device; return True if the deadline cut the job short."""
@@ -111,6 +152,8 @@ class JobRunner:
                 outcomes.clear()
                 async with self._store.transaction():
                     await self._repo.record(job_id, done, _stamp())
+                # devices never sent (no start time) were pending; the others running
+                self._tally(job_id, ((_RUNNING if o[2] is not None else _PENDING, o[1].value) for o in done))
 
         if request.type is JobType.SCHEDULE_UPDATE_TWIN:
             for start in range(0, len(pending), batch):
@@ -124,9 +167,14 @@ class JobRunner:
                 await asyncio.sleep(0)  # let device traffic through between chunks
             return loop.time() > deadline and bool(await self._repo.device_ids(job_id, _D.PENDING))
 
+        counts = await self._repo.counts(job_id)
+        if not run.cancelled.is_set():
+            self._tallies[job_id] = counts
         sem = asyncio.Semaphore(self.settings.device_concurrency)
         tasks = BackgroundTasks(f"job {job_id}")
         flusher_stop = asyncio.Event()
+        # Calls sent without a task (MethodInvoker.start): future -> device id.
+        calls: dict[asyncio.Future[MethodResult], tuple[str, str]] = {}
 
         async def flusher() -> None:
             while not flusher_stop.is_set():
@@ -144,6 +192,15 @@ class JobRunner:
             finally:
                 sem.release()
 
+        def answered(future: asyncio.Future[MethodResult]) -> None:
+            entry = calls.pop(future, None)
+            if entry is None:
+                return  # given up at the deadline (recorded there) or the job stopped here
+            sem.release()
+            outcomes.append(_call_outcome(entry[0], entry[1], future))
+
+        call = request.method
+        start_call = self._start_method
         flusher_task = loop.create_task(flusher())
         timed_out = False
         try:
@@ -166,21 +223,35 @@ class JobRunner:
                     group.append(pending[index])
                     index += 1
                 self._fence()
+                started = _stamp()
                 async with self._store.transaction():
-                    await self._repo.mark_running(job_id, group, _stamp())
+                    await self._repo.mark_running(job_id, group, started)
+                self._tally(job_id, [(_PENDING, _RUNNING)] * len(group))
+                # A device subscribed here is called at once, without a task; the others
+                # (offline, another node, a --quota pacing calls) take _invoke.
+                direct = start_call is not None and call is not None and not self._pacing()
                 for device_id in group:
-                    tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
+                    future = start_call(device_id, call) if direct else None  # type: ignore[misc,arg-type]
+                    if future is None:
+                        tasks.spawn(one(device_id), name=f"job-{job_id}-{device_id}")
+                    else:
+                        calls[future] = (device_id, started)
+                        future.add_done_callback(answered)
             if index < len(pending):
                 status = _D.CANCELED if run.cancelled.is_set() else _D.FAILED
                 err = None if status is _D.CANCELED else {"code": "JobTimedOut", "description": "not reached"}
                 outcomes.extend((d, status, None, _stamp(), None, err) for d in pending[index:])
-            if tasks:
-                _, still = await asyncio.wait(tasks.tasks, timeout=max(deadline - loop.time(), 0))
-                for task in still:
-                    task.cancel()
+            waiting: set[asyncio.Future[Any]] = {*tasks.tasks, *calls}
+            if waiting:
+                _, still = await asyncio.wait(waiting, timeout=max(deadline - loop.time(), 0))
                 if still:
-                    await asyncio.wait(still)
                     timed_out = True
+                    for future in still:
+                        entry = calls.pop(future, None)
+                        if entry is not None:
+                            outcomes.append((entry[0], _D.FAILED, entry[1], _stamp(), None, _TIMED_OUT_IN_CALL))
+                        future.cancel()
+                    await asyncio.wait(still)
             timed_out = timed_out or loop.time() > deadline
         finally:
             flusher_stop.set()
@@ -188,7 +259,11 @@ class JobRunner:
             await flush()
             # Hub stopping mid-job: cancel the requests still in flight and await them; their
             # devices stay "running" in the store and become failed (HubRestarted) on resume.
+            for future in list(calls):
+                del calls[future]
+                future.cancel()
             await tasks.close()
+            self._tallies.pop(job_id, None)
         return timed_out
 
     async def _invoke(self, device_id: str, request: JobRequest, sem: asyncio.Semaphore, deadline: float) -> DeviceOutcome:
@@ -217,16 +292,11 @@ class JobRunner:
             self._fence()
             result = await (self.invoke_method or self._invoke_method)(device_id, call)
         except asyncio.CancelledError:
-            return (device_id, _D.FAILED, started, _stamp(), None,
-                    {"code": "JobTimedOut", "description": "maxExecutionTimeInSeconds elapsed during the call"})  # fmt: skip
+            return device_id, _D.FAILED, started, _stamp(), None, _TIMED_OUT_IN_CALL
         except (DeviceNotOnlineError, GatewayTimeoutError) as exc:
             return (device_id, _D.FAILED, started, _stamp(), None,
                     {"code": exc.error_name, "description": exc.message})  # fmt: skip
-        outcome = {"deviceMethodResponse": result.to_json()}
-        if result.succeeded:
-            return device_id, _D.COMPLETED, started, _stamp(), outcome, None
-        error = {"code": "DeviceMethodFailed", "description": f"The device answered with status {result.status}."}
-        return device_id, _D.FAILED, started, _stamp(), outcome, error
+        return _result_outcome(device_id, started, result)
 
     async def _update_twin(self, device_id: str, request: JobRequest) -> DeviceOutcome:
         assert request.update_twin is not None

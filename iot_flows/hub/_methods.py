@@ -25,7 +25,7 @@ from iot_flows._exceptions import (
 )
 from iot_flows._json import dumps
 from iot_flows._types import MethodResult
-from iot_flows.hub._sessions import SessionRegistry, Subscription
+from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 
 __all__ = ["MethodCall", "MethodInvoker", "MethodResult", "parse_method_call"]
 
@@ -136,6 +136,26 @@ class MethodInvoker:
                 "Timed out waiting for device to connect." if call.connect_timeout else "Device is not online.",
                 info=info,
             )
+        rid, future = self._send(link, device_id, call)
+        try:
+            return await future
+        finally:
+            self._pending.pop(rid, None)
+
+    def start(self, device_id: str, call: MethodCall) -> asyncio.Future[MethodResult] | None:
+        """Send ``call`` now when the device is subscribed to methods on this process; else None.
+
+        The returned future ends with the device's :class:`MethodResult` or
+        ``GatewayTimeoutError`` (504101) after ``responseTimeoutInSeconds``; cancelling it
+        abandons the call. A job's hot path: no task and no coroutine per call. ``None``
+        means the caller takes :meth:`invoke` (waiting for the device, another node).
+        """
+        link = self._sessions.subscribed_link(device_id, Subscription.METHODS)
+        if link is None:
+            return None
+        return self._send(link, device_id, call)[1]
+
+    def _send(self, link: DeviceLink, device_id: str, call: MethodCall) -> tuple[str, asyncio.Future[MethodResult]]:
         rid = format(next(self._ids), "x")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[MethodResult] = loop.create_future()
@@ -146,11 +166,8 @@ class MethodInvoker:
             expiring = self._expiry[bucket] = []
             loop.call_at(bucket * TIMEOUT_GRAIN, self._expire, bucket)
         expiring.append(rid)
-        try:
-            link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", self._payload(call.payload), 0)
-            return await future
-        finally:
-            self._pending.pop(rid, None)
+        link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", self._payload(call.payload), 0)
+        return rid, future
 
     def _expire(self, bucket: int) -> None:
         for rid in self._expiry.pop(bucket, ()):

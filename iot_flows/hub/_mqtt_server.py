@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from iot_flows._limits import BASE_DESCRIPTORS
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._mqtt_connection import _Connection
 from iot_flows.hub._quota import Quota
@@ -65,8 +66,33 @@ def _shrink_tls_buffers() -> None:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
+def default_max_connections() -> int | None:
+    """The open-files limit less :data:`~iot_flows._limits.BASE_DESCRIPTORS` (REST clients,
+    the store's connections, NATS, listeners); None where the platform has no such limit."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, int(soft) - BASE_DESCRIPTORS)
+
+
+class _Refused(asyncio.Protocol):
+    """A socket accepted beyond the connection limit: closed at once, which frees its
+    descriptor; the device sees the connection reset and retries as after any outage."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+#: Seconds between two "refusing connections" warnings.
+_REFUSAL_LOG_INTERVAL = 10.0
+
+
 class MqttServer:
-    """Listens for devices; owns the keep-alive sweeper."""
+    """Listens for devices; owns the keep-alive sweeper and the connection limit."""
 
     def __init__(
         self,
@@ -80,6 +106,7 @@ class MqttServer:
         clock: Callable[[], float] = time.monotonic,
         max_keep_alive: float = MAX_KEEP_ALIVE,
         connect_timeout: float = CONNECT_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         self.store = store
         #: The hub's current ``--quota`` throttles (None: off).
@@ -97,6 +124,12 @@ class MqttServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._packet_ids = 0
+        #: Most open MQTT connections; None: the open-files limit less a reserve, read at :meth:`listen`.
+        self.max_connections = max_connections
+        self._explicit_limit = max_connections is not None
+        #: Sockets closed at once because the limit was reached (for tests and operators).
+        self.refused = 0
+        self._refusal_logged = -_REFUSAL_LOG_INTERVAL
 
     def _next_packet_id(self) -> int:
         self._packet_ids = self._packet_ids % 65535 + 1
@@ -105,6 +138,26 @@ class MqttServer:
     def protocol_factory(self) -> asyncio.Protocol:
         """A new device connection handler (for transports other than a listening socket)."""
         return _Connection(self)
+
+    def _accept(self) -> asyncio.Protocol:
+        """A handler for a socket the listener accepted, or :class:`_Refused` past the limit.
+
+        Past the open-files limit a hub would stop accepting anything, REST requests
+        included, and say nothing; refusing MQTT sockets beyond ``max_connections`` keeps
+        descriptors for the REST API and the store, and a warning names the limit.
+        """
+        if self.max_connections is None or len(self._connections) < self.max_connections:
+            return _Connection(self)
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
+            self._refusal_logged = now
+            why = "--max-connections" if self._explicit_limit else f"the open-files limit less {BASE_DESCRIPTORS}"
+            log.warning(
+                "refusing MQTT connections: %d open, the most this hub accepts (%s; %d refused so far); "
+                "raise `ulimit -n` or --max-connections, or add a hub node", len(self._connections), why, self.refused,
+            )
+        return _Refused()
 
     @property
     def connection_count(self) -> int:
@@ -116,8 +169,10 @@ class MqttServer:
         loop = asyncio.get_running_loop()
         if ssl_context is not None:
             _shrink_tls_buffers()
+        if not self._explicit_limit:
+            self.max_connections = default_max_connections()
         server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=4096, reuse_address=True
+            self._accept, host, port, ssl=ssl_context, backlog=4096, reuse_address=True
         )
         self._servers.append(server)
         if self._sweeper is None:
@@ -129,11 +184,14 @@ class MqttServer:
         while True:
             await asyncio.sleep(0.5)
             now = self.clock()
+            limits: dict[float, float] = {}  # keep-alive -> idle limit (fleets share a few values)
             for conn in list(self._connections):
                 if not conn.authenticated:
                     limit = self.connect_timeout
                 else:
-                    limit = idle_limit(conn.keep_alive, self.max_keep_alive)
+                    limit = limits.get(conn.keep_alive, -1.0)
+                    if limit < 0:
+                        limit = limits[conn.keep_alive] = idle_limit(conn.keep_alive, self.max_keep_alive)
                 if now - conn.last_seen > limit:
                     log.info("closing %s: keep-alive expired", conn.device_id or "unauthenticated client")
                     conn.close("keep-alive expired")

@@ -21,6 +21,8 @@ from iot_flows.store import HubStore
 
 __all__ = ["MAX_PAGE_SIZE", "QueryResult", "QueryService"]
 
+#: Items encoded as Starlette's JSONResponse does (compact, UTF-8 kept, NaN refused).
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 DEFAULT_PAGE_SIZE = 100
 #: Azure caps pages at 100; the bundled hub accepts larger pages (an extension).
 MAX_PAGE_SIZE = 1000
@@ -28,10 +30,15 @@ MAX_PAGE_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
-    """One page of a query: items, ``x-ms-item-type`` and the continuation token (None on the last page)."""
-    items: list[dict[str, Any]]
+    """One page of a query: each item as JSON text, ``x-ms-item-type`` and the continuation
+    token (None on the last page). Twin items come from the store as text, never parsed."""
+    items: list[str]
     item_type: str
     continuation: str | None
+
+    def body(self) -> bytes:
+        """The response body: a JSON array of the items (UTF-8)."""
+        return ("[" + ",".join(self.items) + "]").encode()
 
 
 def _encode_token(state: dict[str, Any]) -> str:
@@ -75,22 +82,23 @@ class QueryService:
             return QueryResult([], compiled.item_type, None)
         next_state: dict[str, Any]
         if compiled.item_type == "twin":
-            records = await self._store.query_twins(compiled, after=str(state.get("k", "")), limit=limit + 1)
-            more = len(records) > limit
-            records = records[:limit]
-            items = [r.twin_json() for r in records]
-            next_state = {"k": records[-1].device_id} if records else {}
+            twins = await self._store.query_twins(compiled, after=str(state.get("k", "")), limit=limit + 1)
+            more = len(twins) > limit
+            twins = twins[:limit]
+            items = [text for _, text in twins]
+            next_state = {"k": twins[-1][0]} if twins else {}
         elif compiled.item_type == "deviceJob":
             key = state.get("k") or ["", ""]
-            items = await self._store.query_device_jobs(compiled, after=(str(key[0]), str(key[1])), limit=limit + 1)
-            more = len(items) > limit
-            items = items[:limit]
-            next_state = {"k": [items[-1]["jobId"], items[-1]["deviceId"]]} if items else {}
+            jobs = await self._store.query_device_jobs(compiled, after=(str(key[0]), str(key[1])), limit=limit + 1)
+            more = len(jobs) > limit
+            jobs = jobs[:limit]
+            items = [_encode(item) for item in jobs]
+            next_state = {"k": [jobs[-1]["jobId"], jobs[-1]["deviceId"]]} if jobs else {}
         else:
             offset = int(state.get("o", 0))
-            items = await self._store.query_raw(compiled, offset=offset, limit=limit + 1)
-            more = len(items) > limit
-            items = items[:limit]
+            rows = await self._store.query_raw(compiled, offset=offset, limit=limit + 1)
+            more = len(rows) > limit
+            items = [_encode(item) for item in rows[:limit]]
             next_state = {"o": offset + len(items)}
         served += len(items)
         if compiled.top is not None and served >= compiled.top:

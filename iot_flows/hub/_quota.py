@@ -275,6 +275,10 @@ class Paced:
                  op: Operation = Operation.JOB_DEVICE_OP) -> None:
         self._target, self._names, self._quota, self._op = target, names, quota, op
 
+    def pacing(self) -> bool:
+        """True while ``quota()`` applies: calls must go through the paced names."""
+        return self._quota() is not None
+
     def __getattr__(self, name: str) -> object:
         attr = getattr(self._target, name)
         if name not in self._names:

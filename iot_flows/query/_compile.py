@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ._ast import Aggregate, Projection, Query
@@ -90,7 +91,16 @@ def compile_condition(text: str, dialect: SqlDialect | None = None) -> tuple[str
 
 
 def compile_query(text: str, dialect: SqlDialect | None = None) -> CompiledQuery:
-    """Parse, check and compile ``text``; raises only QuerySyntaxError."""
+    """Parse, check and compile ``text``; raises only QuerySyntaxError.
+
+    Results are cached per (text, dialect): a :class:`CompiledQuery` is immutable, and
+    parsing costs more than a first page of an indexed query.
+    """
+    return _compile_cached(text, dialect or current())
+
+
+@lru_cache(maxsize=512)
+def _compile_cached(text: str, dialect: SqlDialect) -> CompiledQuery:
     return compile_parsed(parse_query(text), dialect)
 
 

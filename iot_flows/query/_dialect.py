@@ -41,6 +41,10 @@ class SqlDialect:
     const_sql: dict[Any, str] | None = None
     #: GROUP BY body when every key is a literal (one group, none for no rows).
     constant_group_key = "NULL"
+    #: True when ``json_value = literal`` (and ``IN``) can only hold for a value of the
+    #: literal's kind, so the type test beside it is redundant in the ``T`` form. SQLite:
+    #: no (``json_extract`` gives an object's text, which may equal a string literal).
+    equality_implies_kind = False
 
     def json_ref(self, column: str, json_path: tuple[str, ...]) -> tuple[Frag, Frag]:
         """(value, type) fragments of a JSON path inside a column."""

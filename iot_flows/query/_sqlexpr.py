@@ -164,6 +164,8 @@ def _compare(op: str, a: Val, b: Val) -> Forms:
     t_terms: list[Frag] = []
     f_terms: list[Frag] = []
     cases: list[tuple[Frag, Frag]] = []
+    # one side JSON, the other of a known kind: in some dialects equality alone implies the kind
+    implied = op == "=" and current().equality_implies_kind and (a.kind == "json") != (b.kind == "json")
     for k in kinds:
         cond = all_of([a.is_kind(k), b.is_kind(k)])
         if k == "null":
@@ -172,7 +174,7 @@ def _compare(op: str, a: Val, b: Val) -> Forms:
             continue
         va, vb = current().operands(k, a, b)
         yes, no = cat(va, f" {op} ", vb), cat(va, f" {_NEGATED[op]} ", vb)
-        t_terms.append(all_of([yes, cond]))
+        t_terms.append(yes if implied else all_of([yes, cond]))
         f_terms.append(all_of([no, cond]))
         cases.append((cond, cat("(", yes, ")")))
     return any_of(t_terms), any_of(f_terms), case_when(cases)
@@ -191,7 +193,9 @@ def _member(a: Val, items: tuple[Any, ...], negated: bool) -> Forms:
             (t_terms if vals else f_terms).append(a.defined_as(k))
         elif vals:
             operand, listed = current().in_operands(a, k, vals)
-            t_terms.append(all_of([cat(operand, " IN ", listed), a.is_kind(k)]))
+            inside = cat(operand, " IN ", listed)
+            implied = a.kind == "json" and current().equality_implies_kind
+            t_terms.append(inside if implied else all_of([inside, a.is_kind(k)]))
             f_terms.append(all_of([cat(operand, " NOT IN ", listed), a.is_kind(k)]))
         else:
             f_terms.append(a.defined_as(k))

@@ -136,8 +136,19 @@ class HubStore(ABC):
         """Parse and compile query text to this backend's SQL; raises QuerySyntaxError."""
 
     @abstractmethod
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
-        """Devices matching a ``SELECT * FROM devices`` query, id > ``after``, in id order."""
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The SQL text and arguments :meth:`query_twins` (twin queries, keyset ``after``) or
+        :meth:`query_raw` (projections and aggregates, ``offset``) runs for one page: for
+        EXPLAIN and for benchmarks that compare with the same SQL run directly."""
+
+    @abstractmethod
+    async def query_twins(
+        self, compiled: CompiledQuery, *, after: str, limit: int
+    ) -> builtins.list[tuple[str, str]]:
+        """Devices matching a ``SELECT * FROM devices`` query, id > ``after``, in id order:
+        ``(device_id, Twin document as JSON text)`` (``DeviceRecord.twin_json`` once parsed)."""
 
     @abstractmethod
     async def query_device_jobs(

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iot_flows.store._base import HubStore
+from iot_flows.store._batch import GroupCommit
 
 __all__ = ["ClusterStore", "open_cluster_store"]
 
@@ -249,6 +250,11 @@ class PostgresClusterStore(ClusterStore):
     def __init__(self, pool: Any, node_id: str, lease_seconds: float) -> None:
         super().__init__(node_id, lease_seconds)
         self._pool = pool
+        # Every CONNECT claims, every disconnect releases: a fleet reconnecting at once shares
+        # statements (group commit) instead of queueing one pooled connection per device,
+        # which also kept the heartbeat's renewal waiting until the node's lease lapsed.
+        self._claims: GroupCommit[str, None] = GroupCommit(self._claim_many, max_inflight=2)
+        self._releases: GroupCommit[str, bool] = GroupCommit(self._release_many, max_inflight=2)
 
     async def create_tables(self) -> None:
         """Create the cluster tables if missing (idempotent)."""
@@ -292,17 +298,27 @@ class PostgresClusterStore(ClusterStore):
             await conn.execute("DELETE FROM cluster_nodes WHERE node_id = $1", self.node_id)
 
     async def claim(self, device_id: str) -> None:
-        await self._pool.execute(
-            f"INSERT INTO cluster_presence (device_id, node_id, since) VALUES ($1, $2, {_PG_NOW}) "
-            "ON CONFLICT (device_id) DO UPDATE SET node_id = excluded.node_id, since = excluded.since",
-            device_id, self.node_id,
-        )  # fmt: skip
+        await self._claims.submit(device_id, device_id)
 
     async def release(self, device_id: str) -> bool:
-        status = await self._pool.execute(
-            "DELETE FROM cluster_presence WHERE device_id = $1 AND node_id = $2", device_id, self.node_id
-        )
-        return not status.endswith(" 0")
+        return await self._releases.submit(device_id, device_id)
+
+    async def _claim_many(self, device_ids: list[str]) -> list[None | BaseException]:
+        await self._pool.execute(
+            f"INSERT INTO cluster_presence (device_id, node_id, since) SELECT d, $2, {_PG_NOW} "
+            "FROM unnest($1::text[]) AS d ORDER BY d "
+            "ON CONFLICT (device_id) DO UPDATE SET node_id = excluded.node_id, since = excluded.since",
+            sorted(device_ids), self.node_id,
+        )  # fmt: skip
+        return [None] * len(device_ids)
+
+    async def _release_many(self, device_ids: list[str]) -> list[bool | BaseException]:
+        rows = await self._pool.fetch(
+            "DELETE FROM cluster_presence WHERE node_id = $2 AND device_id = ANY($1::text[]) RETURNING device_id",
+            device_ids, self.node_id,
+        )  # fmt: skip
+        released = {r[0] for r in rows}
+        return [d in released for d in device_ids]
 
     async def holder(self, device_id: str) -> str | None:
         return await self._pool.fetchval(  # type: ignore[no-any-return]

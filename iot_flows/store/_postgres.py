@@ -6,7 +6,7 @@ durable writes. Reads run on pooled connections after the request arrived, so th
 see every acknowledged write (read-your-writes). A lost or unreachable server is a
 :class:`~iot_flows._exceptions.ServiceUnavailableError` (503, retryable); the pool
 reconnects by itself once the server is back. Connection plumbing is in :mod:`._pg_pool`,
-the job tables in :mod:`._pg_jobs`.
+the job tables in :mod:`._pg_jobs`, connection states and stored sessions in :mod:`._pg_sessions`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pg_jobs import PostgresJobs
 from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
+from iot_flows.store._pg_sessions import PostgresSessions
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
@@ -36,6 +37,7 @@ from iot_flows.store._rows import (
     device_job_item,
     dumps,
     loads_column,
+    twin_json_text,
 )
 
 __all__ = ["PostgresStore"]
@@ -97,7 +99,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class PostgresStore(PostgresJobs):
+class PostgresStore(PostgresJobs, PostgresSessions):
     """Registry, twins, meta values, sessions and jobs in one PostgreSQL database."""
 
     dialect = "postgresql"
@@ -116,10 +118,9 @@ class PostgresStore(PostgresJobs):
             self._write_twins, max_inflight=inflight
         )
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
-        #: connection state, stored session and model id of a connect storm: one commit per batch
-        self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
-            self._write_small, max_batch=1000, max_inflight=inflight
-        )
+        # Connection states and stored sessions (every CONNECT, SUBSCRIBE, disconnect): an
+        # eighth of the pool each, so that a fleet reconnecting at once never starves the rest.
+        self._init_session_batches(max(1, pool_size // 8))
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> PostgresStore:
@@ -315,58 +316,8 @@ class PostgresStore(PostgresJobs):
         row = await self._fetchrow("SELECT COUNT(*) FROM devices")
         return int(row[0])
 
-    async def set_connection_state(self, device_id: str, state: str, when: str) -> None:
-        if state == "Connected":
-            await self._small_write(
-                "state",
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3,"
-                " last_activity_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-        else:
-            await self._small_write(
-                "state",
-                "UPDATE devices SET connection_state = $2, connection_state_updated_time = $3 WHERE device_id = $1",
-                device_id, state, when,
-            )  # fmt: skip
-
     async def set_model_id(self, device_id: str, model_id: str) -> None:
-        await self._small_write("model", "UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
-
-    async def _small_write(self, kind: str, sql: str, device_id: str, *args: Any) -> None:
-        """``sql`` with ``(device_id, *args)``: now inside a transaction, else in the shared
-        commit of concurrent connection-state / session writes (a connect storm)."""
-        if self._in_transaction():
-            await self._execute(sql, device_id, *args)
-        else:
-            await self.small_writes.submit((kind, device_id), (sql, (device_id, *args)))
-
-    async def _write_small(self, items: builtins.list[tuple[str, tuple[Any, ...]]]) -> builtins.list[None | BaseException]:
-        """One transaction for a batch of per-connection updates (one ``executemany`` per
-        statement, rows in device order); a refused batch is retried one update at a time."""
-        by_sql: dict[str, builtins.list[tuple[Any, ...]]] = {}
-        for sql, args in items:
-            by_sql.setdefault(sql, []).append(args)
-        try:
-            async with self._conn() as conn, conn.transaction():
-                for sql, rows in by_sql.items():
-                    await conn.executemany(sql, sorted(rows, key=lambda row: str(row[0])))
-        except ServiceUnavailableError:
-            raise
-        except _LOST as exc:
-            raise self._lost(exc) from None
-        except _RETRY_SINGLY:
-            if len(items) == 1:
-                raise
-            out: builtins.list[None | BaseException] = []
-            for sql, args in items:
-                try:
-                    await self._execute(sql, *args)
-                    out.append(None)
-                except Exception as exc:
-                    out.append(exc)
-            return out
-        return [None] * len(items)
+        await self._execute("UPDATE devices SET model_id = $2 WHERE device_id = $1", device_id, model_id)
 
     async def reset_connection_states(self, when: str) -> None:
         await self._execute(
@@ -375,27 +326,23 @@ class PostgresStore(PostgresJobs):
             when,
         )
 
-    # ---- sessions -------------------------------------------------------------------
-    async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
-        row = await self._fetchrow("SELECT mqtt_subscriptions FROM devices WHERE device_id = $1", device_id)
-        return [s for s in row[0].split("\n") if s] if row else []
-
-    async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
-        await self._small_write(
-            "session", "UPDATE devices SET mqtt_subscriptions = $2 WHERE device_id = $1", device_id, "\n".join(sorted(filters))
-        )
-
     # ---- queries --------------------------------------------------------------------
     def compile_query(self, text: str) -> CompiledQuery:
         return compile_query(text, POSTGRES)
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
         n = len(compiled.params)
-        rows = await self._fetch(
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}",
-            *compiled.params, after, limit,
-        )  # fmt: skip
-        return [_from_row(r) for r in rows]
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        sql, args = self.page_statement(compiled, after=after, limit=limit)
+        rows = await self._fetch(sql, *args)
+        return [(r[0], twin_json_text(r)) for r in rows]
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -409,8 +356,6 @@ class PostgresStore(PostgresJobs):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        n = len(compiled.params)
-        rows = await self._fetch(
-            f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", *compiled.params, limit, offset
-        )
+        sql, args = self.page_statement(compiled, offset=offset, limit=limit)
+        rows = await self._fetch(sql, *args)
         return [row_to_item(compiled, [_plain(v) for v in r]) for r in rows]

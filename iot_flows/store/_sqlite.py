@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -38,17 +37,15 @@ from iot_flows.store._rows import (
     device_job_item,
     dumps,
     loads_column,
+    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
 
 __all__ = ["SqliteStore"]
 
-#: The device columns in DeviceRecord's field order (a row becomes a record positionally).
-_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRecord))
-assert sorted(_FIELDS) == sorted(COLUMNS)
-_JSON_AT = tuple(i for i, c in enumerate(_FIELDS) if c in JSON_COLUMNS)
-_SELECT = f"SELECT {', '.join(_FIELDS)} FROM devices"
+_JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 
 
 def _cas_sql(columns: tuple[str, ...]) -> str:
@@ -78,7 +75,7 @@ def _to_row(record: DeviceRecord, columns: Iterable[str]) -> builtins.list[Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceRecord:
-    values = list(row)  # _FIELDS order: DeviceRecord's own
+    values = list(row)  # COLUMNS order: DeviceRecord's own
     for i in _JSON_AT:
         values[i] = loads_column(values[i])
     return DeviceRecord(*values)
@@ -400,13 +397,19 @@ class SqliteStore(SqliteJobs):
         finally:
             conn.execute("COMMIT")
 
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[DeviceRecord]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?",
-            (*compiled.params, after, limit),
-        )
-        return [_from_row(r) for r in rows]
+    def page_statement(
+        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        if compiled.item_type == "twin":
+            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
+            return sql, (*compiled.params, after, limit)
+        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
+
+    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
+        return await asyncio.to_thread(self._page_twin_texts, *self.page_statement(compiled, after=after, limit=limit))
+
+    def _page_twin_texts(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
+        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
@@ -420,7 +423,5 @@ class SqliteStore(SqliteJobs):
         return [device_job_item(r) for r in rows]
 
     async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read, f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-        )
+        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
         return [row_to_item(compiled, r) for r in rows]

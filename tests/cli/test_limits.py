@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from iot_flows._limits import check_open_files
 from iot_flows.hub._embedded import EmbeddedHub
@@ -79,3 +84,50 @@ def test_hub_serve_raises_its_soft_limit(tmp_path: Path) -> None:
     )
     done = run([sys.executable, "-c", code], 64, 4096, tmp_path)
     assert done.returncode == 0 and done.stdout.split() == ["4096", "4096"], done
+
+
+def _held(sockets: list[socket.socket], wait: float = 2.0) -> list[bool]:
+    """Per socket: still open after ``wait`` s (True) or closed by the hub (False)."""
+    time.sleep(wait)
+    out = []
+    for s in sockets:
+        s.setblocking(False)
+        try:
+            out.append(s.recv(1) != b"")
+        except BlockingIOError:
+            out.append(True)
+        except OSError:  # reset by the hub
+            out.append(False)
+    return out
+
+
+def test_hub_at_its_open_files_limit_refuses_mqtt_sockets_and_keeps_serving_rest(tmp_path: Path) -> None:
+    """400 open files leave 400 - 256 = 144 MQTT connections; the REST API keeps answering."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_FLOWS_")}
+    env.update({"PYTHONPATH": str(ROOT), "IOT_FLOWS_HUB_MQTT_PORT": "0", "IOT_FLOWS_HUB_HTTP_PORT": "0"})
+    hub = subprocess.Popen([*CLI, "hub", "serve", "--db", str(tmp_path / "hub.db")], cwd=tmp_path, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limited(400, 400))  # fmt: skip
+    assert hub.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("  REST") for line in lines):
+            line = hub.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        profile = json.loads((tmp_path / ".iot-flows" / "hub.json").read_text())
+        sockets = [socket.create_connection((profile["mqtt_host"], profile["mqtt_port"])) for _ in range(200)]
+        held = _held(sockets)
+        assert 130 <= sum(held) <= 144 and held[:130] == [True] * 130, sum(held)
+        with httpx.Client() as http:  # descriptors were kept for the REST API
+            assert http.get(profile["base_url"] + "/healthz", timeout=10).status_code == 200
+        for s in sockets:
+            s.close()
+        time.sleep(0.5)
+        again = [socket.create_connection((profile["mqtt_host"], profile["mqtt_port"])) for _ in range(10)]
+        assert _held(again, 0.5) == [True] * 10  # the limit frees up with the connections
+        for s in again:
+            s.close()
+    finally:
+        hub.send_signal(signal.SIGINT)
+        out, _ = hub.communicate(timeout=30)
+    assert "refusing MQTT connections: 144 open, the most this hub accepts (the open-files limit less 256" in out, out

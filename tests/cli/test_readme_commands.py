@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +22,7 @@ import pytest
 
 from iot_flows._sas import ConnectionString
 from iot_flows._settings import DEFAULT_HOSTNAME
+from tests.running import Running
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("## The hub: `iot-flows hub serve`", "## Devices and the simulator")
@@ -42,50 +40,6 @@ def readme_commands() -> list[str]:
                 line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")
             ]
     return commands
-
-
-class Running:
-    """A long-running command; its output is collected by a reader thread."""
-
-    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
-        self.command = command
-        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if found := re.search(pattern, self.output):
-                return found
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                raise AssertionError(f"{self.command!r} exited {self.proc.returncode}:\n{self.output}")
-            time.sleep(0.05)
-        raise AssertionError(f"{self.command!r}: no {pattern!r} within {timeout} s:\n{self.output}")
-
-    def interrupt(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return code
 
 
 def shim(folder: Path) -> None:

@@ -16,11 +16,9 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ import pytest
 from iot_flows._sas import ConnectionString
 from tests.cluster.test_haproxy import CONFIG, haproxy_binary
 from tests.pgcluster import PG_BIN
+from tests.running import Running
 from tests.support import Device, Service, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,37 +53,6 @@ def _shims(bin_dir: Path) -> None:
         (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = "-u" ] || exit 64\nuser=$2; shift 2\nexec runuser -u "$user" -- "$@"\n')
     for script in bin_dir.iterdir():
         script.chmod(0o755)
-
-
-class Script:
-    """The block running in ``bash`` (its own process group); output collected."""
-
-    def __init__(self, text: str, cwd: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, text=True, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 async def _device_ids(url: str) -> list[str]:
@@ -134,7 +102,7 @@ def test_readme_scaling_out_commands_work_as_written(folder: Path) -> None:
     work = folder / "work"
     work.mkdir()
     work.chmod(0o755)
-    script = Script(text, work, env)
+    script = Running(text, work, env, script=True)
     svc: Service | None = None
     dev: Device | None = None
     try:

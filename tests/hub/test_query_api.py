@@ -101,3 +101,24 @@ def test_change_stream_from_now_and_long_poll(service, seeded):
     kinds = [(c["kind"], c.get("deviceId")) for c in after["changes"]]
     assert ("twin.desired", ids[0]) in kinds and after["next"] > now["next"]
     assert next(c for c in after["changes"] if c["kind"] == "twin.desired")["patch"] == {"probe": 1}
+
+
+def test_twin_items_are_the_twins_get_returns(service):
+    """Twin items are built from the stored JSON text without parsing it: each must equal
+    ``GET /twins/{id}``, member order included (fresh, empty and Unicode/nested twins)."""
+    tag = uuid.uuid4().hex[:8]
+    fresh = service.create_device()["deviceId"]
+    full = service.create_device()["deviceId"]
+    service.request("PATCH", f"/twins/{full}", json_body={
+        "tags": {"run": tag, "ünï": {"a": [1, 2.5, None, "x\"y"]}, "empty": {}},
+        "properties": {"desired": {"fw": "1.0", "nested": {"deep": {"n": -3}}, "text": "é\u2028\\"}}})
+    r = _query(service, f"SELECT * FROM devices WHERE deviceId IN ['{fresh}', '{full}']")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    items = {t["deviceId"]: t for t in r.json()}
+    assert set(items) == {fresh, full}
+    for device_id, item in items.items():
+        twin = service.request("GET", f"/twins/{device_id}").json()
+        assert item == twin
+        assert list(item) == list(twin)
+        for section in ("desired", "reported"):
+            assert list(item["properties"][section]) == list(twin["properties"][section])

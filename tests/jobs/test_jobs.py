@@ -129,6 +129,53 @@ def test_failures_and_offline_devices_are_recorded(svc, fleet):
     assert records[offline.device_id]["error"]["code"] == "DeviceNotOnline"
 
 
+def test_unanswered_call_fails_the_device_with_gateway_timeout(svc, fleet):
+    tag = uuid.uuid4().hex[:6]
+    mute = fleet(1, {"u": tag}, handler=lambda n, p: (time.sleep(7), (200, None))[1])[0]
+    quick = fleet(1, {"u": tag})[0]
+    job_id = _job_id()
+    svc.request("PUT", f"/jobs/v2/{job_id}", json_body={
+        "type": "scheduleDeviceMethod", "queryCondition": f"tags.u = '{tag}'",
+        "cloudToDeviceMethod": {"methodName": "reboot", "responseTimeoutInSeconds": 5}})
+    job = _wait_job(svc, job_id, timeout=20)
+    assert job["status"] == "completed", job
+    assert job["deviceJobStatistics"]["failedCount"] == 1 and job["deviceJobStatistics"]["succeededCount"] == 1
+    records = _device_jobs(svc, job_id)
+    assert records[mute.device_id]["status"] == "failed" and records[mute.device_id]["outcome"] is None
+    assert records[mute.device_id]["error"] == {
+        "code": "GatewayTimeout", "description": "Timed out waiting for the response from device."}
+    assert records[quick.device_id]["status"] == "completed"
+
+
+def test_statistics_of_a_running_job_match_its_stored_records(svc, fleet):
+    tag = uuid.uuid4().hex[:6]
+    fleet(3, {"st": tag})
+    fleet(1, {"st": tag}, handler=lambda n, p: (time.sleep(2.5), (500, None))[1])
+    fleet(1, {"st": tag}, connect=False)
+    job_id = _job_id()
+    svc.request("PUT", f"/jobs/v2/{job_id}", json_body={
+        "type": "scheduleDeviceMethod", "queryCondition": f"tags.st = '{tag}'",
+        "cloudToDeviceMethod": {"methodName": "slow", "responseTimeoutInSeconds": 10}})
+
+    def stored() -> dict[str, int]:
+        records = _device_jobs(svc, job_id).values()
+        return {s: sum(1 for r in records if r["status"] == s) for s in ("completed", "failed", "running", "pending")}
+
+    wait_until(lambda: svc.request("GET", f"/jobs/v2/{job_id}").json()["deviceJobStatistics"]["succeededCount"] == 3)
+    job = svc.request("GET", f"/jobs/v2/{job_id}").json()
+    assert job["status"] == "running"
+    assert job["deviceJobStatistics"] == {"deviceCount": 5, "succeededCount": 3, "failedCount": 1, "runningCount": 1,
+                                          "pendingCount": 0, "canceledCount": 0}
+    assert stored() == {"completed": 3, "failed": 1, "running": 1, "pending": 0}
+    listed = [j for j in svc.request("GET", "/jobs/v2/query").json() if j["jobId"] == job_id]
+    assert listed[0]["deviceJobStatistics"] == job["deviceJobStatistics"]
+    job = _wait_job(svc, job_id)
+    assert job["status"] == "completed"
+    assert job["deviceJobStatistics"] == {"deviceCount": 5, "succeededCount": 3, "failedCount": 2, "runningCount": 0,
+                                          "pendingCount": 0, "canceledCount": 0}
+    assert stored() == {"completed": 3, "failed": 2, "running": 0, "pending": 0}
+
+
 def test_twin_update_job_changes_exactly_matching_devices_and_pushes_patch(svc, fleet):
     tag = uuid.uuid4().hex[:6]
     inside = fleet(3, {"site": tag})

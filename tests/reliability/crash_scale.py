@@ -57,6 +57,9 @@ class CrashConfig:
     method_delay: float = 0.05  #: seconds a device takes to answer the job's method
     job_concurrency: int | None = None  #: --job-device-concurrency (default: the hub's)
     job_batch_size: int | None = None  #: --job-batch-size (default: the hub's)
+    #: Two nodes: --node-lease-seconds (the hub's default, 10). A node whose event loop is
+    #: busier than this with a 10,000-device job misses its own lease and stops its jobs.
+    lease_seconds: float = 10.0
     timeout: float = 900.0
 
 
@@ -148,7 +151,7 @@ class Run:
         if self.config.job_batch_size:
             args += ("--job-batch-size", str(self.config.job_batch_size))
         if self.bus:
-            args += ("--bus", self.bus, "--node-id", node, "--node-lease-seconds", "2")
+            args += ("--bus", self.bus, "--node-id", node, "--node-lease-seconds", str(self.config.lease_seconds))
         return args
 
     def start_hub(self, node: str, ports: tuple[int, int] | None = None) -> HubUnderTest:
@@ -412,7 +415,8 @@ def run_crash(config: CrashConfig) -> dict[str, Any]:
             codes = {}
             for name, hub in run.hubs.items():
                 codes[name] = hub.stop() if hub.alive() else "killed"
-    result = {"devices": config.devices, "store": config.store, "nodes": config.nodes, **result,
+    result = {"devices": config.devices, "store": config.store, "nodes": config.nodes,
+              **({"lease_seconds": config.lease_seconds} if config.nodes == 2 else {}), **result,
               "seconds": round(time.monotonic() - t0, 1), "hub_exit_codes": codes,
               "errors": dict(run.stats.errors), "findings": run.findings.items, "ok": not run.findings.items}
     return result
@@ -425,10 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, choices=(1, 2), default=1)
     parser.add_argument("--job-batch-size", type=int, default=None, help="the hub's --job-batch-size")
     parser.add_argument("--job-device-concurrency", type=int, default=None, help="the hub's --job-device-concurrency")
+    parser.add_argument("--lease-seconds", type=float, default=10.0,
+                        help="two nodes: the hubs' --node-lease-seconds (default 10, the hub's default)")
     parser.add_argument("--report", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args(argv)
     result = run_crash(CrashConfig(devices=args.devices, store=args.store, nodes=args.nodes,
-                                   job_batch_size=args.job_batch_size, job_concurrency=args.job_device_concurrency))
+                                   job_batch_size=args.job_batch_size, job_concurrency=args.job_device_concurrency,
+                                   lease_seconds=args.lease_seconds))
     text = json.dumps(result, indent=2)
     print(text)
     if args.report:

@@ -24,7 +24,7 @@ DEVICES = 500
 def test_kill_9_mid_job_and_mid_burst_loses_no_acknowledged_write(store: str, nodes: int) -> None:
     # Small job batches and concurrency, so that the kill finds records done, running and pending.
     config = CrashConfig(devices=DEVICES, store=store, nodes=nodes, job_batch_size=50, job_concurrency=50,
-                         timeout=300)
+                         lease_seconds=2, timeout=300)  # a short lease: node b takes over sooner
     result = run_crash(config)
     summary = json.dumps(result, indent=1)
     print(summary)

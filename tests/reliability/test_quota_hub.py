@@ -1,6 +1,7 @@
 """``--quota``: Azure's throttles on a real hub, over REST and MQTT (docs/iothub-reference.md §3.8, §6).
 
-The rates are IoT Hub's; a frozen clock (no refill) makes the counts exact.
+The rates are IoT Hub's; a frozen clock (no refill) makes the counts exact. The hub runs
+on every store backend (``TEST_STORE_BACKENDS``: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 from iot_flows.hub._quota import Operation, Quota
+from tests.conftest import BACKENDS
 from tests.support import Device, Service, error_code, wait_until
 
 
@@ -24,10 +26,13 @@ def frozen() -> float:
     return 0.0
 
 
-@pytest.fixture(scope="module")
-def s1_hub() -> Iterator[EmbeddedHub]:
-    folder = tempfile.mkdtemp(prefix="quota-hub-")
-    settings = HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db"), quota="s1")
+@pytest.fixture(scope="module", params=BACKENDS)
+def s1_hub(request: pytest.FixtureRequest) -> Iterator[EmbeddedHub]:
+    if request.param == "postgresql":
+        db = request.getfixturevalue("pg_cluster").create_database(f"quota_hub_{os.getpid()}")
+    else:
+        db = os.path.join(tempfile.mkdtemp(prefix="quota-hub-"), "hub.db")
+    settings = HubSettings(mqtt_port=0, http_port=0, db=db, quota="s1")
     with EmbeddedHub(settings) as hub:
         yield hub
 

@@ -1,7 +1,7 @@
 """The Prefect layer's retries (429 is retryable) carry a flow through ``--quota`` throttling.
 
 A tiny twin-read limit (3/s, no queue) stands in for S1's 100/s so that the test is
-short; the hub answers exactly as it does under ``--quota s1``.
+short; the hub answers exactly as it does under ``--quota s1``. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
 from iot_flows.hub._quota import Operation, Quota
 from iot_flows.tasks import get_twin
+from tests.conftest import BACKENDS
 from tests.support import Service
 
 
@@ -30,9 +31,13 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
-def test_flow_exceeding_the_twin_read_rate_completes_thanks_to_retries() -> None:
-    folder = tempfile.mkdtemp(prefix="quota-prefect-")
-    settings = HubSettings(mqtt_port=0, http_port=0, db=os.path.join(folder, "hub.db"), quota="s1")
+@pytest.mark.parametrize("store", BACKENDS)
+def test_flow_exceeding_the_twin_read_rate_completes_thanks_to_retries(store: str, request: pytest.FixtureRequest) -> None:
+    if store == "postgresql":
+        db = request.getfixturevalue("pg_cluster").create_database(f"quota_prefect_{os.getpid()}")
+    else:
+        db = os.path.join(tempfile.mkdtemp(prefix="quota-prefect-"), "hub.db")
+    settings = HubSettings(mqtt_port=0, http_port=0, db=db, quota="s1")
     with EmbeddedHub(settings) as hub:
         hub.hub.quota = None
         svc = Service(hub.base_url, hub.connection_string())

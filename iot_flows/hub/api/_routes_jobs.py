@@ -41,7 +41,7 @@ async def query_devices(request: Request) -> Response:
     headers = {"x-ms-item-type": result.item_type, CONSISTENCY_HEADER: "read-your-writes"}
     if result.continuation:
         headers["x-ms-continuation"] = result.continuation
-    return JSONResponse(result.items, headers=headers)
+    return Response(result.body(), media_type="application/json", headers=headers)
 
 
 async def put_job(request: Request) -> Response:

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from iot_flows._exceptions import GatewayTimeoutError, ServiceUnavailableError
 from iot_flows._tasks import BackgroundTasks
 from iot_flows._types import MethodResult
+from iot_flows.hub import Subscription
 from iot_flows.hub.cluster._bus import Bus, BusUnavailableError, NoResponderError
 from iot_flows.hub.cluster._routing import MethodRouter, call_body, decode_outcome, invoke_here
 from iot_flows.store import ClusterStore, GroupCommit
@@ -84,7 +85,7 @@ class JobCallBatcher:
 
     async def invoke(self, device_id: str, call: Any) -> MethodResult:
         """Invoke ``call`` on ``device_id`` wherever it is; same answers and errors as one call."""
-        if self._hub.sessions.is_connected(device_id):
+        if self._hub.sessions.subscribed_link(device_id, Subscription.METHODS) is not None:
             return await self._hub.methods.invoke_local(device_id, call)
         future: asyncio.Future[MethodResult] = asyncio.get_running_loop().create_future()
         self._pending.append((device_id, call, future))
@@ -165,5 +166,5 @@ class JobCallBatcher:
 
     async def _serve(self, msg: Msg) -> None:
         calls = json.loads(msg.data)["calls"]
-        results = await asyncio.gather(*(invoke_here(self._hub, c) for c in calls))
+        results = await asyncio.gather(*(invoke_here(self._hub, c, self._router) for c in calls))
         await self._bus.respond(msg, {"results": list(results)})

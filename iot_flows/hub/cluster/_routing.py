@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _POLL = 0.25  #: seconds between presence checks while waiting for a device to connect
 _REORDER_WAIT = 0.3  #: seconds a desired notification waits for an earlier $version
 _BUS_MARGIN = 5.0  #: seconds a method request may take on the bus beyond the method's timeouts
+_MAX_HOPS = 2  #: a call goes to the node holding the device, and once more if the device moved on
 
 
 def _not_online(connect_timeout: int) -> DeviceNotOnlineError:
@@ -63,11 +64,20 @@ def call_body(device_id: str, call: Any) -> dict[str, Any]:
     }
 
 
-async def invoke_here(hub: Hub, request: dict[str, Any]) -> dict[str, Any]:
-    """Invoke a bus-borne call on this node's device; the reply: status and payload, or the IoT Hub error."""
+async def invoke_here(hub: Hub, request: dict[str, Any], router: MethodRouter | None = None) -> dict[str, Any]:
+    """Invoke a bus-borne call on this node's device; the reply: status and payload, or the IoT Hub error.
+
+    With ``router``: a device not subscribed here may be reconnecting to another node; the
+    call then waits for it anywhere (within its ``connectTimeoutInSeconds``) and goes on to
+    the node it connects to, at most once more (``hops``).
+    """
     try:
         call = parse_method_call(request)
-        result = await hub.methods.invoke_local(request["deviceId"], call)
+        device_id, hops = request["deviceId"], int(request.get("hops", 1))
+        if router is not None and hops < _MAX_HOPS and hub.sessions.subscribed_link(device_id, Subscription.METHODS) is None:
+            result = await router.invoke(device_id, call, hops=hops)
+        else:
+            result = await hub.methods.invoke_local(device_id, call)
         return {"status": result.status, "payload": result.payload}
     except HubError as exc:
         return {"error": {"status": exc.status_code, "code": exc.error_code, "name": exc.error_name,
@@ -100,31 +110,35 @@ class MethodRouter:
         await self._bus.subscribe(self._bus.subject("node", self._store.node_id, "method"), self._serve)
         self._hub.methods.router = self.invoke
 
-    async def invoke(self, device_id: str, call: Any) -> MethodResult:
-        """``MethodInvoker.invoke`` in a cluster: local link first, else the holding node."""
+    async def invoke(self, device_id: str, call: Any, *, hops: int = 0) -> MethodResult:
+        """``MethodInvoker.invoke`` in a cluster: the device's subscribed link here, else the
+        node holding it; waits up to ``connectTimeoutInSeconds`` for it to subscribe on any
+        node (a device reconnecting moves between nodes). ``hops``: times the call was forwarded."""
         sessions, methods = self._hub.sessions, self._hub.methods
         loop = asyncio.get_running_loop()
         deadline = loop.time() + call.connect_timeout
         gone: str | None = None  # a holder that did not answer on the bus (died, lease not yet expired)
         while True:
             remaining = max(0, math.ceil(deadline - loop.time()))
-            if sessions.is_connected(device_id):
+            if sessions.subscribed_link(device_id, Subscription.METHODS) is not None:
                 return await methods.invoke_local(device_id, replace(call, connect_timeout=remaining))
-            holder = await self._holder(device_id)
-            if holder is not None and holder not in (self._store.node_id, gone):
-                try:
-                    return await self._forward(holder, device_id, replace(call, connect_timeout=remaining))
-                except NoResponderError:
-                    gone = holder  # wait (within connectTimeoutInSeconds) for it to connect elsewhere
+            if hops < _MAX_HOPS and not sessions.is_connected(device_id):  # connected here: it subscribes here or leaves
+                holder = await self._holder(device_id)
+                if holder is not None and holder not in (self._store.node_id, gone):
+                    try:
+                        return await self._forward(holder, device_id, replace(call, connect_timeout=remaining), hops + 1)
+                    except NoResponderError:
+                        gone = holder  # wait (within connectTimeoutInSeconds) for it to connect elsewhere
             left = deadline - loop.time()
             if left <= 0:
                 raise _not_online(call.connect_timeout)
             await sessions.wait_for(device_id, Subscription.METHODS, min(_POLL, left))
 
-    async def _forward(self, node: str, device_id: str, call: Any) -> MethodResult:
+    async def _forward(self, node: str, device_id: str, call: Any, hops: int = 1) -> MethodResult:
         timeout = call.connect_timeout + call.response_timeout + _BUS_MARGIN
+        body = {**call_body(device_id, call), "hops": hops}
         try:
-            reply = await self._bus.request(self._bus.subject("node", node, "method"), call_body(device_id, call), timeout)
+            reply = await self._bus.request(self._bus.subject("node", node, "method"), body, timeout)
         except TimeoutError:
             raise GatewayTimeoutError("Timed out waiting for the response from device.") from None
         except BusUnavailableError:
@@ -134,7 +148,7 @@ class MethodRouter:
         return decode_outcome(reply)
 
     async def _serve(self, msg: Msg) -> None:
-        await self._bus.respond(msg, await invoke_here(self._hub, json.loads(msg.data)))
+        await self._bus.respond(msg, await invoke_here(self._hub, json.loads(msg.data), self))
 
 
 class DesiredRelay:
