@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from iot_flows._exceptions import BadRequestError, HubError
 from iot_flows._json import dumps
 from iot_flows.hub._methods import MethodInvoker
@@ -108,6 +110,10 @@ class DeviceEndpoint:
 
 
 def _parse_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)  # the reported PATCH hot path; 4x faster than json
+    except orjson.JSONDecodeError:
+        pass  # json decides, as before: it accepts NaN and huge integers (the twin rules refuse them)
     try:
         return json.loads(payload)
     except (ValueError, UnicodeDecodeError):

@@ -138,6 +138,9 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(
             self._read_twins, max_batch=500, max_inflight=1
         )
+        self.session_reads: GroupCommit[str, builtins.list[str]] = GroupCommit(
+            self._read_sessions, max_batch=500, max_inflight=1
+        )
         #: Group commit of per-connection bookkeeping (connection state, stored session).
         self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
             self._write_small, max_batch=1000, max_inflight=1
@@ -357,8 +360,19 @@ class SqliteStore(SqliteQueries, SqliteJobs):
 
     # ---- sessions ---------------------------------------------------------------
     async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
+        if not self._depth:
+            return await self.session_reads.submit(device_id, device_id)
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return [s for s in row[0].split("\n") if s] if row else []
+
+    async def _read_sessions(self, device_ids: builtins.list[str]) -> builtins.list[builtins.list[str] | BaseException]:
+        """Stored topic filters of one tick's :meth:`get_subscriptions` calls, by one SELECT."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._conn.execute(
+            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE device_id IN ({marks})", device_ids
+        ).fetchall()
+        found = dict(rows)
+        return [[f for f in found[d].split("\n") if f] if d in found else [] for d in device_ids]
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         await self._small_write(
