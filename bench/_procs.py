@@ -70,10 +70,10 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class Hub:
-    """``iot-flows hub serve`` on free ports with a temp SQLite file (optionally TLS)."""
+    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS)."""
 
     def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None,
-                 src: str | None = None) -> None:
+                 src: str | None = None, db: str | None = None) -> None:
         from iot_flows._sas import ConnectionString, generate_key
 
         self.owner_key = generate_key()
@@ -81,7 +81,7 @@ class Hub:
         self.tls = tls
         cmd = [sys.executable, "-c", "from iot_flows.cli._main import main; main()", "hub", "serve",
                "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port),
-               "--hostname", HOSTNAME, "--db", str(tmp / f"hub-{self.http_port}.db")]
+               "--hostname", HOSTNAME, "--db", db or str(tmp / f"hub-{self.http_port}.db")]
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
         full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
@@ -145,13 +145,12 @@ class FleetProc:
     """``python -m bench._fleet_proc``: N lean devices in their own process."""
 
     def __init__(self, mode: str, port: int, count: int, *, key: str = DEVICE_KEY, tls_ca: str | None = None,
-                 prefix: str = "bench", uvloop: bool = False) -> None:
+                 prefix: str = "bench", loop: str = "auto") -> None:
         cmd = [sys.executable, "-m", "bench._fleet_proc", "--mode", mode, "--port", str(port), "--count", str(count),
                "--prefix", prefix, "--hostname", HOSTNAME, "--key", key]
         if tls_ca:
             cmd += ["--tls-ca", tls_ca]
-        if uvloop:
-            cmd += ["--uvloop"]
+        cmd += ["--loop", loop]
         self.cpu_start = 0.0
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]

@@ -78,7 +78,9 @@ def table(result: dict[str, Any]) -> str:
         row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
         row("server CPU per round trip, us (hub in a job; mosquitto)", int(n), job.get("hub_cpu_us_per_device"),
             rt.get("mosquitto_cpu_us_per_round_trip"))
-        row("durable reported PATCH, /s", int(n), h["reported_patch_per_second"], None)
+        row(f"durable reported PATCH, /s ({result.get('store', 'sqlite')})", int(n), h["reported_patch_per_second"], None)
+        if "reported_patch_hub_cpu_us" in h:
+            row("hub CPU per reported PATCH, us", int(n), h["reported_patch_hub_cpu_us"], None)
         if "confirm_twins" in h:
             c = h["confirm_twins"]
             row(f"flows: confirm {c['devices']} twins, s (baseline: GET per twin, as on Azure)", int(n),

@@ -163,19 +163,20 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
     (the ratio per round is reported, and its median).
     """
     env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
-    hub = Hub(tmp, env=env, src=args.hub_src)
+    db = args.pg.create_database(f"bench_{n}") if args.pg is not None else None
+    hub = Hub(tmp, env=env, src=args.hub_src, db=db)
     broker = Mosquitto(tmp)
     fleets: list[FleetProc] = []
     try:
         hub.provision(n)
         time.sleep(0.5)
         rss0, cpu0 = proc_status(hub.proc.pid)["VmRSS"], cpu_seconds(hub.proc.pid)
-        fleets.append(FleetProc("hub", hub.device_port, n, uvloop=args.fleet_uvloop))
+        fleets.append(FleetProc("hub", hub.device_port, n, loop=args.fleet_loop))
         h: dict[str, Any] = _connect(fleets[0], hub.proc.pid, rss0, cpu0, n, "the hub")
         h["hub_kb_per_device"] = h.pop("kb_per_device")
         h["connect_hub_cpu_ms_per_device"] = h.pop("connect_cpu_ms_per_device")
         rss0, cpu0 = proc_status(broker.proc.pid)["VmRSS"], cpu_seconds(broker.proc.pid)
-        fleets.append(FleetProc("broker", broker.port, n, uvloop=args.fleet_uvloop))
+        fleets.append(FleetProc("broker", broker.port, n, loop=args.fleet_loop))
         m: dict[str, Any] = _connect(fleets[1], broker.proc.pid, rss0, cpu0, n, "mosquitto")
         m["broker_kb_per_device"] = m.pop("kb_per_device")
         h["rest_method_ms"] = summary(rest_latencies(hub, "bench-00000", args.calls, False))
@@ -202,8 +203,10 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
         m["round_trips"] = _median_round(trips, "per_second")
         h["method_job_over_mosquitto"] = {"median": statistics.median(ratios), "per_round": ratios}
         h["confirm_twins"] = confirm_twins(hub, min(n, 500))
+        h0 = cpu_seconds(hub.proc.pid)
         patch = fleets[0].command("patch")
         h["reported_patch_per_second"] = round(patch["patches"] / patch["patch_seconds"], 1)
+        h["reported_patch_hub_cpu_us"] = round((cpu_seconds(hub.proc.pid) - h0) * 1e6 / patch["patches"], 1)
         h["peak_rss_mb"] = {"hub": round(proc_status(hub.proc.pid)["VmHWM"] / 1024, 1),
                             "fleet": round(fleets[0].command("stats")["VmHWM"] / 1024, 1)}
         m["peak_rss_mb"] = {"mosquitto": round(proc_status(broker.proc.pid)["VmHWM"] / 1024, 1),
@@ -280,7 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hub-loop", default=None, help="IOT_FLOWS_HUB_LOOP for the hub (asyncio or uvloop)")
     parser.add_argument("--hub-src", default=None,
                         help="run the hub from this folder's iot_flows (another revision: before/after figures)")
-    parser.add_argument("--fleet-uvloop", action="store_true", help="run the lean fleet on uvloop")
+    parser.add_argument("--fleet-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="the lean fleets' event loop, the same for the hub and Mosquitto (auto: uvloop when installed)")
+    parser.add_argument("--fleet-uvloop", action="store_const", const="uvloop", dest="fleet_loop",
+                        help="same as --fleet-loop uvloop")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the hub's store in the per-size runs (postgresql: a throw-away PostgreSQL 15 cluster)")
     parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.devices.split(",") if s.strip()]
@@ -291,14 +299,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sizes": sizes, "hub": {}, "mosquitto": {},
     }
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        for n in sizes:
-            print(f"bench: {n:,} devices: hub and mosquitto ...", file=sys.stderr, flush=True)
-            result["hub"][str(n)], result["mosquitto"][str(n)] = size_run(tmp, n, args)
-        if args.tls_devices:
-            print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
-            result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}
+    result["store"], result["fleet_loop"] = args.store, args.fleet_loop
+    args.pg = None
+    if args.store == "postgresql":
+        from tests.pgcluster import PgCluster
+
+        args.pg = PgCluster().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
+            tmp = Path(tmpdir)
+            for n in sizes:
+                print(f"bench: {n:,} devices: hub ({args.store}) and mosquitto ...", file=sys.stderr, flush=True)
+                result["hub"][str(n)], result["mosquitto"][str(n)] = size_run(tmp, n, args)
+            if args.tls_devices:
+                print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
+                result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}
+    finally:
+        if args.pg is not None:
+            args.pg.stop()
     if args.twins:
         print(f"bench: queries over {args.twins:,} twins ...", file=sys.stderr, flush=True)
         result["queries"] = queries(args.twins, args.repeat)

@@ -8,13 +8,12 @@ nothing about sockets, so a broker-fronted transport can feed it the same events
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from iot_flows._exceptions import BadRequestError, HubError
-from iot_flows._json import dumps
+from iot_flows._json import dumps, loads
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 from iot_flows.hub._topics import TopicKind, parse_device_topic, twin_response_topic
@@ -109,8 +108,8 @@ class DeviceEndpoint:
 
 def _parse_json(payload: bytes) -> Any:
     try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        return loads(payload)
+    except ValueError:
         raise BadRequestError("Malformed JSON in reported properties patch.", error_code=400006) from None
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import functools
-import operator
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -48,8 +46,6 @@ _CAS_SECONDS = 10.0
 
 
 _R = TypeVar("_R")
-#: A record's field values in constructor order (a cheap shallow copy: ``DeviceRecord(*...)``).
-_record_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(DeviceRecord)))
 
 
 def _one_writer_per_twin(
@@ -202,12 +198,13 @@ class TwinService:
         attempt = 0
         while True:
             record = await self._load(device_id)
+            expected = record.twin_version  # ``build`` may return ``record`` itself, changed
             new = build(record)
             if new is None:
                 return record, None
-            new.twin_version = record.twin_version + 1
+            new.twin_version = expected + 1
             new.twin_etag = new_etag()
-            if await self._store.update_twin(new, expected_version=record.twin_version, sections=sections):
+            if await self._store.update_twin(new, expected_version=expected, sections=sections):
                 return record, new
             if loop.time() >= deadline:
                 break
@@ -245,13 +242,12 @@ class TwinService:
                 raise PreconditionFailedError(
                     f"Precondition failed: reported $version is {record.reported_version}, not {if_version}."
                 )
-            # only the reported sections change: the rest is shared with ``record`` (never mutated)
-            new = DeviceRecord(*_record_fields(record))
-            new.reported, new.reported_meta = copy.deepcopy(record.reported), copy.deepcopy(record.reported_meta)
-            apply_patch(new.reported, new.reported_meta, patch, utc_now(), None)
-            validate_section_size("reported", new.reported)
-            new.reported_version += 1
-            return new
+            # changed in place: the store returns each caller its own record, and this one is
+            # not used again (a refused or lost write reloads)
+            apply_patch(record.reported, record.reported_meta, patch, utc_now(), None)
+            validate_section_size("reported", record.reported)
+            record.reported_version += 1
+            return record
 
         _, new = await self._read_modify_write(device_id, build, ("reported",))
         assert new is not None

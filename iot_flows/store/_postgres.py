@@ -46,17 +46,31 @@ log = logging.getLogger(__name__)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
 _JOB_SELECT = ", ".join(f"{c}::text" if c in ("outcome", "error") else c for c in JOB_COLUMNS)
 
-#: One statement writes a batch of compare-and-set twin updates (group commit); the
-#: device ids it returns are the writes that happened.
-_TWIN_BATCH = (
-    "UPDATE devices AS d SET "
-    + ", ".join(f"{c} = u.{c}::jsonb" if c in JSON_COLUMNS else f"{c} = u.{c}" for c in TWIN_COLUMNS)
-    + " FROM unnest($1::text[], $2::bigint[], "
-    + ", ".join(f"${i}::text[]" if c in JSON_COLUMNS or c == "twin_etag" else f"${i}::bigint[]"
-                for i, c in enumerate(TWIN_COLUMNS, start=3))
-    + f") AS u(device_id, expected, {', '.join(TWIN_COLUMNS)})"
-    " WHERE d.device_id = u.device_id AND d.twin_version = u.expected RETURNING d.device_id"
-)  # fmt: skip
+
+
+def _twin_batch(columns: tuple[str, ...]) -> str:
+    """One statement that writes a batch of compare-and-set twin updates of ``columns``
+    (group commit); the device ids it returns are the writes that happened."""
+    return (
+        "UPDATE devices AS d SET "
+        + ", ".join(f"{c} = u.{c}::jsonb" if c in JSON_COLUMNS else f"{c} = u.{c}" for c in columns)
+        + " FROM unnest($1::text[], $2::bigint[], "
+        + ", ".join(f"${i}::text[]" if c in JSON_COLUMNS or c == "twin_etag" else f"${i}::bigint[]"
+                    for i, c in enumerate(columns, start=3))
+        + f") AS u(device_id, expected, {', '.join(columns)})"
+        " WHERE d.device_id = u.device_id AND d.twin_version = u.expected RETURNING d.device_id"
+    )  # fmt: skip
+
+
+_VERSION_COLUMNS = tuple(c for c in TWIN_COLUMNS if c.endswith("version") or c == "twin_etag")
+#: The batch statement per ``update_twin(sections=...)``: a reported PATCH writes (and
+#: PostgreSQL parses) only the reported columns; anything else all twin columns.
+_TWIN_BATCHES: dict[tuple[str, ...] | None, tuple[tuple[str, ...], str]] = {
+    None: (TWIN_COLUMNS, _twin_batch(TWIN_COLUMNS)),
+    ("reported",): (("reported", "reported_meta", *_VERSION_COLUMNS), _twin_batch(("reported", "reported_meta", *_VERSION_COLUMNS))),
+}  # fmt: skip
+#: One queued compare-and-set: (record, expected twin version, sections changed or None).
+_TwinWrite = tuple[DeviceRecord, int, tuple[str, ...] | None]
 #: Errors after which a batch is retried one item at a time (one item refused, or a
 #: deadlock / serialization conflict with another node's batch).
 _RETRY_SINGLY = (asyncpg.PostgresError,)
@@ -100,7 +114,7 @@ class PostgresStore(PostgresJobs, PostgresSessions):
         # Group commit (see _batch): concurrent twin reads and compare-and-set writes share
         # round trips and commits; each kind takes at most a quarter of the pool.
         inflight = max(1, pool_size // 4)
-        self.twin_writes: GroupCommit[tuple[DeviceRecord, int], bool] = GroupCommit(
+        self.twin_writes: GroupCommit[_TwinWrite, bool] = GroupCommit(
             self._write_twins, max_inflight=inflight
         )
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(self._read_twins, max_inflight=inflight)
@@ -185,20 +199,29 @@ class PostgresStore(PostgresJobs, PostgresSessions):
         found = {r[0]: r for r in rows}
         return [_from_row(found[d]) if d in found else None for d in device_ids]
 
-    async def _write_twins(self, items: builtins.list[tuple[DeviceRecord, int]]) -> builtins.list[bool | BaseException]:
+    async def _write_twins(self, items: builtins.list[_TwinWrite]) -> builtins.list[bool | BaseException]:
         """One transaction of compare-and-set twin updates; True per item that was written.
 
         Answers only after COMMIT returned. A lost connection (or a failed COMMIT on a
         lost server) fails the whole batch; any other refusal re-runs each item alone, so
         only the item at fault fails.
         """
-        ordered = sorted(items, key=lambda item: item[0].device_id)  # one lock order across nodes
-        columns: builtins.list[builtins.list[Any]] = [[r.device_id for r, _ in ordered], [v for _, v in ordered]]
-        for c in TWIN_COLUMNS:
-            columns.append([dumps(getattr(r, c)) if c in JSON_COLUMNS else getattr(r, c) for r, _ in ordered])
+        groups: dict[tuple[str, ...] | None, builtins.list[_TwinWrite]] = {}
+        for item in items:
+            groups.setdefault(item[2] if item[2] in _TWIN_BATCHES else None, []).append(item)
+        statements = []
+        for key, group in groups.items():
+            names, sql = _TWIN_BATCHES[key]
+            ordered = sorted(group, key=lambda item: item[0].device_id)  # one lock order across nodes
+            columns: builtins.list[builtins.list[Any]] = [[r.device_id for r, _, _ in ordered], [v for _, v, _ in ordered]]
+            for c in names:
+                columns.append([dumps(getattr(r, c)) if c in JSON_COLUMNS else getattr(r, c) for r, _, _ in ordered])
+            statements.append((sql, columns))
         try:
             async with self._conn() as conn, conn.transaction():
-                rows = await conn.fetch(_TWIN_BATCH, *columns)
+                rows = []
+                for sql, columns in statements:
+                    rows.extend(await conn.fetch(sql, *columns))
         except ServiceUnavailableError:
             raise
         except _LOST as exc:
@@ -213,14 +236,14 @@ class PostgresStore(PostgresJobs, PostgresSessions):
             log.info("a batch of %d twin writes was refused; writing them one at a time", len(items), exc_info=True)
             return await self._write_twins_singly(items)
         written = {r[0] for r in rows}
-        return [record.device_id in written for record, _ in items]
+        return [record.device_id in written for record, _, _ in items]
 
     async def _write_twins_singly(
-        self, items: builtins.list[tuple[DeviceRecord, int]], *, lock_timeout: str | None = None
+        self, items: builtins.list[_TwinWrite], *, lock_timeout: str | None = None
     ) -> builtins.list[bool | BaseException]:
         """Each write alone (its own commit); per item its result or its own exception."""
         out: builtins.list[bool | BaseException] = []
-        for record, expected in items:
+        for record, expected, _ in items:
             try:
                 if lock_timeout is None:
                     out.append(await self._cas_twin(record, expected))
@@ -270,7 +293,7 @@ class PostgresStore(PostgresJobs, PostgresSessions):
             await self._update(record, TWIN_COLUMNS)
             return True
         if not self._in_transaction():
-            return await self.twin_writes.submit(record.device_id, (record, expected_version))
+            return await self.twin_writes.submit(record.device_id, (record, expected_version, sections))
         return await self._cas_twin(record, expected_version)
 
     async def _cas_twin(self, record: DeviceRecord, expected_version: int) -> bool:

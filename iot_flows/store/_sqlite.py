@@ -24,23 +24,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from iot_flows._exceptions import DeviceAlreadyExistsError
-from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._errors import storage_unavailable
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,
     IDENTITY_COLUMNS,
-    JOB_COLUMNS,
     JSON_COLUMNS,
     TWIN_COLUMNS,
-    device_job_item,
     dumps,
     loads_column,
-    twin_json_text,
 )
 from iot_flows.store._schema import SQLITE_MIGRATIONS
 from iot_flows.store._sqlite_jobs import SqliteJobs
+from iot_flows.store._sqlite_query import SqliteQueries
 
 __all__ = ["SqliteStore"]
 
@@ -120,7 +117,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return current
 
 
-class SqliteStore(SqliteJobs):
+class SqliteStore(SqliteQueries, SqliteJobs):
     """Registry, twins, meta values, sessions and job tables in one SQLite file."""
 
     dialect = "sqlite"
@@ -140,6 +137,9 @@ class SqliteStore(SqliteJobs):
         #: Group reads of single twins (a connect or PATCH storm): one SELECT per tick.
         self.twin_reads: GroupCommit[str, DeviceRecord | None] = GroupCommit(
             self._read_twins, max_batch=500, max_inflight=1
+        )
+        self.session_reads: GroupCommit[str, builtins.list[str]] = GroupCommit(
+            self._read_sessions, max_batch=500, max_inflight=1
         )
         #: Group commit of per-connection bookkeeping (connection state, stored session).
         self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
@@ -360,8 +360,19 @@ class SqliteStore(SqliteJobs):
 
     # ---- sessions ---------------------------------------------------------------
     async def get_subscriptions(self, device_id: str) -> builtins.list[str]:
+        if not self._depth:
+            return await self.session_reads.submit(device_id, device_id)
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return [s for s in row[0].split("\n") if s] if row else []
+
+    async def _read_sessions(self, device_ids: builtins.list[str]) -> builtins.list[builtins.list[str] | BaseException]:
+        """Stored topic filters of one tick's :meth:`get_subscriptions` calls, by one SELECT."""
+        marks = ",".join("?" * len(device_ids))
+        rows = self._conn.execute(
+            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE device_id IN ({marks})", device_ids
+        ).fetchall()
+        found = dict(rows)
+        return [[f for f in found[d].split("\n") if f] if d in found else [] for d in device_ids]
 
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         await self._small_write(
@@ -370,44 +381,3 @@ class SqliteStore(SqliteJobs):
             "UPDATE devices SET mqtt_subscriptions = ? WHERE device_id = ?",
             ("\n".join(sorted(filters)), device_id),
         )
-
-    # ---- queries (worker thread, read-only connection) ----------------------------
-    def compile_query(self, text: str) -> CompiledQuery:
-        return compile_query(text)
-
-    def _read(self, sql: str, params: Iterable[Any]) -> builtins.list[Any]:
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            return conn.execute(sql, tuple(params)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-
-    def page_statement(
-        self, compiled: CompiledQuery, *, after: str = "", offset: int = 0, limit: int
-    ) -> tuple[str, tuple[Any, ...]]:
-        if compiled.item_type == "twin":
-            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ? ORDER BY device_id LIMIT ?"
-            return sql, (*compiled.params, after, limit)
-        return f"{compiled.sql} LIMIT ? OFFSET ?", (*compiled.params, limit, offset)
-
-    async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
-        return await asyncio.to_thread(self._page_twin_texts, *self.page_statement(compiled, after=after, limit=limit))
-
-    def _page_twin_texts(self, sql: str, params: Iterable[Any]) -> builtins.list[tuple[str, str]]:
-        return [(r[0], twin_json_text(r)) for r in self._read(sql, params)]  # off the event loop too
-
-    async def query_device_jobs(
-        self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int
-    ) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read,
-            f"SELECT {', '.join(JOB_COLUMNS)} FROM device_jobs WHERE ({compiled.where_sql})"
-            " AND (job_id, device_id) > (?, ?) ORDER BY job_id, device_id LIMIT ?",
-            (*compiled.params, after[0], after[1], limit),
-        )
-        return [device_job_item(r) for r in rows]
-
-    async def query_raw(self, compiled: CompiledQuery, *, offset: int, limit: int) -> builtins.list[dict[str, Any]]:
-        rows = await asyncio.to_thread(self._read, *self.page_statement(compiled, offset=offset, limit=limit))
-        return [row_to_item(compiled, r) for r in rows]

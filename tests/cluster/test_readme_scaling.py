@@ -130,7 +130,15 @@ def test_readme_scaling_out_commands_work_as_written(folder: Path) -> None:
         key = svc.create_device("readme-1")["authentication"]["symmetricKey"]["primaryKey"]
         dev = Device("127.0.0.1", lb_mqtt, host, "readme-1", key)
         dev.serve_methods(lambda name, payload: (200, {"echo": name}))
-        assert dev.connect() == 0
+        # As a device SDK does: a connect refused or unanswered while HAProxy's checks settle is retried.
+        attempts = []
+        for _ in range(6):
+            attempts.append(dev.connect(timeout=10))
+            if attempts[-1] == 0:
+                break
+            dev.client.loop_stop()
+            time.sleep(1)
+        assert attempts[-1] == 0, f"CONNACK per attempt {attempts}:\n{script.output}"
         dev.subscribe_iothub()
         r = svc.request("POST", "/twins/readme-1/methods", json_body={"methodName": "hello", "responseTimeoutInSeconds": 10})
         assert r.status_code == 200 and r.json() == {"status": 200, "payload": {"echo": "hello"}}, r.text

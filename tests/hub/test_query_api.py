@@ -111,7 +111,8 @@ def test_twin_items_are_the_twins_get_returns(service):
     full = service.create_device()["deviceId"]
     service.request("PATCH", f"/twins/{full}", json_body={
         "tags": {"run": tag, "ünï": {"a": [1, 2.5, None, "x\"y"]}, "empty": {}},
-        "properties": {"desired": {"fw": "1.0", "nested": {"deep": {"n": -3}}, "text": "é\u2028\\"}}})
+        "properties": {"desired": {"fw": "1.0", "nested": {"deep": {"n": -3}}, "text": "é\u2028\\\u0001",
+                                   "big": 12345678901234567890, "small": 1.5e-300, "whole": 2.0, "t": True}}})
     r = _query(service, f"SELECT * FROM devices WHERE deviceId IN ['{fresh}', '{full}']")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     items = {t["deviceId"]: t for t in r.json()}

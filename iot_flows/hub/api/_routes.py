@@ -7,7 +7,6 @@ requires, parses JSON only when ``content-type`` says so (as Azure does), and le
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -15,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iot_flows._exceptions import BadRequestError
+from iot_flows._json import loads
 from iot_flows.hub._auth import Permission
 from iot_flows.hub._methods import parse_method_call
 from iot_flows.hub.api._openapi import openapi_routes
@@ -50,8 +50,8 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return loads(raw)
+    except ValueError:
         raise BadRequestError("The request body is not valid JSON.", error_code=400006, error_name="IotHubFormatError") from None
 
 
