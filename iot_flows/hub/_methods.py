@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from iot_flows._exceptions import (
     GatewayTimeoutError,
     PayloadTooLargeError,
 )
-from iot_flows._json import dumps
+from iot_flows._json import dumps, loads
 from iot_flows._types import MethodResult
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
 
@@ -90,8 +89,8 @@ def decode_reply(payload: bytes) -> Any:
     if not payload.strip():
         return None
     try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        return loads(payload)  # strict: NaN/Infinity are not JSON, relayed as text like any other
+    except ValueError:
         return payload.decode("utf-8", "replace")  # a non-JSON reply is relayed as text
 
 

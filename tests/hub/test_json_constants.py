@@ -5,6 +5,7 @@ direct-method reply, relayed as text; nothing stored makes a later read invalid 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -44,3 +45,26 @@ def test_a_service_body_with_a_non_json_number_is_400_iothubformaterror_and_stor
                         headers={"Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and error_code(r) == 400006, r.text
     assert service.request("GET", f"/twins/{device_id}").json()["etag"] == before["etag"]
+
+
+def test_a_method_reply_with_a_non_json_number_is_relayed_as_text_and_job_records_stay_json(
+    service: Service, devices: Any
+) -> None:
+    dev = devices()
+    dev.serve_methods(lambda name, payload: (200, {"v": float("nan")}))  # Python's json writes NaN
+    r = service.request("POST", f"/twins/{dev.device_id}/methods",
+                        json_body={"methodName": "m", "responseTimeoutInSeconds": 10})  # fmt: skip
+    assert r.status_code == 200 and _strict_json(r.text) == {"status": 200, "payload": '{"v": NaN}'}, r.text
+    job = service.request("PUT", "/jobs/v2/nan-job", json_body={
+        "type": "scheduleDeviceMethod", "queryCondition": f"deviceId = '{dev.device_id}'",
+        "maxExecutionTimeInSeconds": 60, "cloudToDeviceMethod": {"methodName": "m", "responseTimeoutInSeconds": 10}})
+    assert job.status_code == 200, job.text
+    for _ in range(200):
+        status = service.request("GET", "/jobs/v2/nan-job").json()["status"]
+        if status == "completed":
+            break
+        time.sleep(0.05)
+    records = service.request("POST", "/devices/query", json_body={"query": "SELECT * FROM devices.jobs"})
+    assert records.status_code == 200
+    (record,) = _strict_json(records.text)
+    assert record["outcome"]["deviceMethodResponse"] == {"status": 200, "payload": '{"v": NaN}'}
