@@ -77,11 +77,15 @@ def _spec(name: str, flow: Any) -> FlowSpec:
         annotation = hints.get(param.name, Any)
         model = _model_of(annotation)
         if model is None:
-            spec.fields[param.name] = (None, annotation)
+            # A flat parameter named like a field of a model parameter (``version`` of
+            # ``request``) only overrides that field: the value goes into the model, which
+            # may require it (``update-firmware --param version=...``).
+            spec.fields.setdefault(param.name, (None, annotation))
             continue
         spec.models[param.name] = model
         for field_name, info in model.model_fields.items():
-            spec.fields.setdefault(field_name, (param.name, info.annotation))
+            if spec.fields.get(field_name, (None, None))[0] is None:  # first model wins over flat ones
+                spec.fields[field_name] = (param.name, info.annotation)
     return spec
 
 

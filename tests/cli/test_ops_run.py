@@ -115,6 +115,23 @@ def test_run_a_method_job_flow_and_a_failing_one(ops_hub: OpsHub, prefect_api: s
     assert last.startswith("error: flow run-method-job failed: "), failing.stderr
 
 
+def test_flat_parameters_fill_the_required_request_of_the_firmware_flows(ops_hub: OpsHub, prefect_api: str) -> None:
+    """``--param version=... --param package_uri=...`` as the README and the deployments show them:
+    the flat parameters override fields of the flows' required ``request`` (refused before)."""
+    env = {"PREFECT_API_URL": prefect_api}
+    one = f"deviceId = '{device(1)}'"
+    done = ops_hub.cli("run", "update-firmware", "-p", "version=9.1.0", "-p", "package_uri=https://fw.example.com/9.1.0.bin",
+                       "-p", f"query_condition={one}", env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["updated"] == [device(1)], done.stdout
+    twin = ops_hub.json("twin", "show", device(1))
+    assert twin["properties"]["reported"]["firmware"]["currentFwVersion"] == "9.1.0"
+    dry = ops_hub.cli("run", "roll-out-firmware", "-p", "version=9.2.0", "-p", "package_uri=https://fw.example.com/9.2.0.bin",
+                      "-p", f"target_condition={one}", "-p", "dry_run=true", env=env, timeout=300)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert ops_hub.json("twin", "show", device(1))["properties"]["reported"]["firmware"]["currentFwVersion"] == "9.1.0"
+
+
 def test_a_saved_hub_connection_block_names_the_hub(ops_hub: OpsHub, prefect_api: str, tmp_path: Path) -> None:
     env = {"PREFECT_API_URL": prefect_api}
     save = ("from iot_flows.blocks import HubConnection; import sys; "
