@@ -48,6 +48,7 @@ class HubAddress:
     mqtt_host: str | None
     mqtt_port: int | None
     tls: bool | None
+    ca_file: str | None = None
 
 
 def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
@@ -69,19 +70,26 @@ def resolve_hub(client: ClientSettings, fleet: FleetSettings) -> HubAddress:
             f"or start `iot-flows hub serve` in this folder first (it writes {client.profile})"
         )
     http_url, mqtt_host, mqtt_port, tls = client.url, fleet.mqtt_host, fleet.mqtt_port, fleet.tls
+    ca_file = fleet.ca_file
     # A --hub-url other than the profile's (a load balancer in front of the node that wrote
     # the profile) is another endpoint: the profile's MQTT address does not apply to it.
     same_endpoint = http_url is None or (profile is not None and http_url.rstrip("/") == profile.base_url.rstrip("/"))
     if profile is not None and profile.serves(connection_string) and same_endpoint:
         http_url = http_url or profile.base_url
+        ca_file = ca_file or profile.ca_file  # the hub's own self-signed certificate
         if mqtt_host is None:
             mqtt_host = profile.mqtt_host
-            mqtt_port = mqtt_port or profile.mqtt_port
-            tls = profile.tls if tls is None else tls
+            if tls is None:  # --ca-file asks for TLS when the hub serves it
+                tls = bool(fleet.ca_file and profile.mqtts_port) or profile.tls
+            if tls and not profile.mqtts_port and not profile.tls:
+                raise ValueError(
+                    f"--tls: the hub in {client.profile} serves no MQTT over TLS (start it with --tls-cert/--tls-key)"
+                )
+            mqtt_port = mqtt_port or (profile.mqtts_port if tls and profile.mqtts_port else profile.mqtt_port)
     elif http_url and http_url.startswith("http://") and mqtt_host is None:
         mqtt_host = urlsplit(http_url).hostname
         tls = False if tls is None else tls
-    return HubAddress(connection_string, http_url, mqtt_host, mqtt_port, tls)
+    return HubAddress(connection_string, http_url, mqtt_host, mqtt_port, tls, ca_file)
 
 
 def _parse_tags(text: str | None) -> dict[str, str]:
@@ -132,7 +140,7 @@ def simulate(client: ClientSettings, fleet: FleetSettings, behaviour: Any) -> No
             mqtt_port=hub.mqtt_port,
             http_url=hub.http_url,
             tls=hub.tls,
-            ca_file=fleet.ca_file,
+            ca_file=hub.ca_file,
             seed=fleet.seed,
             behaviour=BehaviourConfig(**behaviour.model_dump()),
             provision=fleet.provision,

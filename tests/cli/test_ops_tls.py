@@ -51,6 +51,10 @@ def test_a_self_signed_hub_is_trusted_through_its_profile(folder: tuple[Path, di
         listed = _cli(path, env, "device", "list", "-o", "json")
         assert listed.returncode == 0, listed.stderr
         assert [d["deviceId"] for d in json.loads(listed.stdout)] == ["tls-1"]
+        # The fleet over TLS from the same folder: --tls (or --ca-file) takes the MQTTS port.
+        for flags in (["--tls"], ["--ca-file", "server.pem"]):
+            fleet = _cli(path, env, "fleet", "simulate", "--count", "3", "--prefix", "tls-fleet", "--duration", "1", *flags)
+            assert fleet.returncode == 0 and "3/3 devices connected" in fleet.stderr, (flags, fleet.stderr)
     finally:
         hub.interrupt()
 

@@ -204,3 +204,28 @@ def test_a_balancer_hub_url_does_not_take_the_node_profiles_mqtt_port(tmp_path):
     assert same.mqtt_port == 1884
     lb = resolve_hub(ClientSettings(connection_string=cs, url="http://127.0.0.1:8080", profile=str(path)), FleetSettings())
     assert (lb.http_url, lb.mqtt_host, lb.mqtt_port, lb.tls) == ("http://127.0.0.1:8080", "127.0.0.1", None, False)
+
+
+def test_a_tls_hubs_profile_gives_the_fleet_its_mqtts_port_and_certificate(tmp_path):
+    # Found by a newcomer: `fleet simulate --tls` in a TLS hub's folder dialled the plain
+    # port with TLS and hung; `--ca-file` alone connected without TLS.
+    from iot_flows._settings import ClientSettings, FleetSettings
+    from iot_flows.cli._fleet import resolve_hub
+    from iot_flows.cli._profile import HubProfile, write_profile
+
+    cs = "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=" + "A" * 44
+    path = tmp_path / "hub.json"
+    write_profile(path, HubProfile(hostname="localhost", connection_string=cs, base_url="https://127.0.0.1:8443",
+                                   mqtt_host="127.0.0.1", mqtt_port=1884, mqtts_port=8884, ca_file="/x/server.pem"))
+    client = ClientSettings(profile=str(path))
+    plain = resolve_hub(client, FleetSettings())
+    assert (plain.mqtt_port, plain.tls, plain.ca_file) == (1884, False, "/x/server.pem")
+    tls = resolve_hub(client, FleetSettings(tls=True))
+    assert (tls.mqtt_port, tls.tls, tls.ca_file) == (8884, True, "/x/server.pem")
+    by_ca = resolve_hub(client, FleetSettings(ca_file="/y/ca.pem"))
+    assert (by_ca.mqtt_port, by_ca.tls, by_ca.ca_file) == (8884, True, "/y/ca.pem")
+    assert resolve_hub(client, FleetSettings(tls=True, mqtt_port=9000)).mqtt_port == 9000
+    write_profile(path, HubProfile(hostname="localhost", connection_string=cs, base_url="http://127.0.0.1:8080",
+                                   mqtt_host="127.0.0.1", mqtt_port=1884))
+    with pytest.raises(ValueError, match="serves no MQTT over TLS"):
+        resolve_hub(client, FleetSettings(tls=True))
