@@ -64,12 +64,14 @@ def program() -> str:
 def next_commands(profile: HubProfile, profile_path: Path) -> list[str]:
     """The commands to run next against this hub, exactly as they can be pasted."""
     cli = program()
+    anywhere = str(Path(cli).resolve()) if "/" in cli else cli  # "from anywhere": not relative to this folder
     default = profile_path.resolve() == DEFAULT_PROFILE.resolve()
     where = "" if default else f" --profile {shlex.quote(str(profile_path))}"
+    trust = f" --ca-file {shlex.quote(profile.ca_file)}" if profile.ca_file else ""
     return [
         f"{cli} fleet simulate --count 100{where}",
-        f"{cli} fleet simulate --count 100 --hub {shlex.quote(profile.connection_string)}"
-        f" --hub-url {profile.base_url} --mqtt-host {profile.mqtt_host} --mqtt-port {profile.mqtt_port} --no-tls",
+        f"{shlex.quote(anywhere)} fleet simulate --count 100 --hub {shlex.quote(profile.connection_string)}"
+        f" --hub-url {profile.base_url} --mqtt-host {profile.mqtt_host} --mqtt-port {profile.mqtt_port} --no-tls{trust}",
     ]
 
 

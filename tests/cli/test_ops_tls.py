@@ -55,6 +55,14 @@ def test_a_self_signed_hub_is_trusted_through_its_profile(folder: tuple[Path, di
         for flags in (["--tls"], ["--ca-file", "server.pem"]):
             fleet = _cli(path, env, "fleet", "simulate", "--count", "3", "--prefix", "tls-fleet", "--duration", "1", *flags)
             assert fleet.returncode == 0 and "3/3 devices connected" in fleet.stderr, (flags, fleet.stderr)
+        # The "or from anywhere" command the hub printed works from another folder as printed.
+        anywhere = hub.wait_for(r"or from anywhere:\n  (.+)\n").group(1)
+        assert "--ca-file" in anywhere, anywhere
+        other = path / "elsewhere"
+        other.mkdir()
+        away = subprocess.run(f"{anywhere} --count 2 --prefix away --duration 1", shell=True, cwd=other, env=env,
+                              text=True, capture_output=True, timeout=120)  # fmt: skip
+        assert away.returncode == 0 and "2/2 devices connected" in away.stderr, away.stderr
     finally:
         hub.interrupt()
 
