@@ -240,6 +240,7 @@ class Hub:
         if self.cluster is not None:
             await self.cluster.stop_heartbeat()  # adopts no job while this node shuts down
         if self._uvicorn is not None:
+            self.methods.shut_down()  # REST callers waiting for a device get 503 before the HTTP server goes
             self._uvicorn.should_exit = True
             if self._uvicorn_task is not None:
                 await self._uvicorn_task

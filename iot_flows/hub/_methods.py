@@ -21,6 +21,7 @@ from iot_flows._exceptions import (
     DeviceNotOnlineError,
     GatewayTimeoutError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
 )
 from iot_flows._json import dumps, loads
 from iot_flows._types import MethodResult
@@ -174,6 +175,19 @@ class MethodInvoker:
         expiring.append(rid)
         link.send(f"$iothub/methods/POST/{call.method_name}/?$rid={rid}", self._payload(call.payload), 0)
         return rid, future
+
+    def shut_down(self) -> int:
+        """Answer every direct method still waiting for its device with 503 (retryable): the
+        hub is stopping and will not see the reply. A job's calls are left to the job engine
+        (recorded ``HubRestarted`` on resume). Returns the number of calls answered."""
+        answered = 0
+        for rid, (_, future, raw) in list(self._pending.items()):
+            if raw or future.done():
+                continue
+            del self._pending[rid]
+            future.set_exception(ServiceUnavailableError("The hub is shutting down; the request may be retried."))
+            answered += 1
+        return answered
 
     def _expire(self, bucket: int) -> None:
         for rid in self._expiry.pop(bucket, ()):

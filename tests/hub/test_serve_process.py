@@ -7,7 +7,7 @@ import os
 import re
 import socket
 
-from tests.support import Device, HubProcess, Service
+from tests.support import Device, HubProcess, Service, error_code
 
 def test_default_host_name_works_for_every_device_sdk(tmp_path):
     """Issue 16 item 14: the C SDK splits HostName at the first '.' ("Tokenizer error" without
@@ -84,3 +84,30 @@ def test_acknowledged_writes_survive_kill_9(make_db):
     assert reported["seq"] == acked and all(reported[f"k{i}"] == i for i in range(50))
     svc.close()
     assert again.terminate() == 0
+
+
+def test_stopping_with_a_direct_method_in_flight_answers_503_without_a_traceback(make_db):
+    # Found by a newcomer: Ctrl-C while a method waited for a slow device gave the caller a 500
+    # and printed uvicorn's "Exception in ASGI application" traceback.
+    import signal
+    import threading
+
+    hub = HubProcess(make_db())
+    svc = Service(hub.base_url, hub.connection_string)
+    key = svc.create_device("slow-dev")["authentication"]["symmetricKey"]["primaryKey"]
+    dev = Device("127.0.0.1", hub.mqtt_port, hub.hostname, "slow-dev", key)
+    assert dev.connect() == 0
+    dev.subscribe_iothub()  # subscribed to methods, never answers
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(svc.request(
+        "POST", "/twins/slow-dev/methods", json_body={"methodName": "m", "responseTimeoutInSeconds": 60})))
+    caller.start()
+    dev.wait_message(lambda m: m.topic.startswith("$iothub/methods/POST/m/"), timeout=10)
+    hub.proc.send_signal(signal.SIGINT)
+    caller.join(20)
+    assert answers and answers[0].status_code == 503 and error_code(answers[0]) == 503001, answers[0].text
+    assert hub.proc.wait(20) == 0
+    errors = hub.proc.stderr.read()  # type: ignore[union-attr]
+    assert "Traceback" not in errors and "Exception in ASGI application" not in errors, errors
+    dev.client.loop_stop()
+    svc.close()
