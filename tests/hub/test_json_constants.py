@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -55,16 +56,18 @@ def test_a_method_reply_with_a_non_json_number_is_relayed_as_text_and_job_record
     r = service.request("POST", f"/twins/{dev.device_id}/methods",
                         json_body={"methodName": "m", "responseTimeoutInSeconds": 10})  # fmt: skip
     assert r.status_code == 200 and _strict_json(r.text) == {"status": 200, "payload": '{"v": NaN}'}, r.text
-    job = service.request("PUT", "/jobs/v2/nan-job", json_body={
+    job_id = f"nan-{uuid.uuid4().hex[:8]}"
+    job = service.request("PUT", f"/jobs/v2/{job_id}", json_body={
         "type": "scheduleDeviceMethod", "queryCondition": f"deviceId = '{dev.device_id}'",
         "maxExecutionTimeInSeconds": 60, "cloudToDeviceMethod": {"methodName": "m", "responseTimeoutInSeconds": 10}})
     assert job.status_code == 200, job.text
     for _ in range(200):
-        status = service.request("GET", "/jobs/v2/nan-job").json()["status"]
+        status = service.request("GET", f"/jobs/v2/{job_id}").json()["status"]
         if status == "completed":
             break
         time.sleep(0.05)
-    records = service.request("POST", "/devices/query", json_body={"query": "SELECT * FROM devices.jobs"})
+    records = service.request("POST", "/devices/query", json_body={
+        "query": f"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '{job_id}'"})
     assert records.status_code == 200
     (record,) = _strict_json(records.text)
     assert record["outcome"]["deviceMethodResponse"] == {"status": 200, "payload": '{"v": NaN}'}
