@@ -88,9 +88,10 @@ def default_profile_path(db: str) -> Path:
 
 
 def write_profile(path: Path, profile: HubProfile) -> None:
-    """Write ``profile`` to ``path`` (mode 0600: it holds the owner's key)."""
+    """Write ``profile`` to ``path`` (mode 0600: it holds the owner's key), atomically: two
+    hubs started at once in one folder (the nodes of "Scaling out") each replace it whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: a shared name raced
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(asdict(profile), f, indent=2)

@@ -229,3 +229,27 @@ def test_a_tls_hubs_profile_gives_the_fleet_its_mqtts_port_and_certificate(tmp_p
                                    mqtt_host="127.0.0.1", mqtt_port=1884))
     with pytest.raises(ValueError, match="serves no MQTT over TLS"):
         resolve_hub(client, FleetSettings(tls=True))
+
+
+def test_hubs_started_together_in_one_folder_both_write_the_profile(tmp_path):
+    # CI: the two nodes of the README's "Scaling out" share a folder; one node's profile write
+    # moved the other's temporary file away and that node died (FileNotFoundError).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from iot_flows.cli._profile import HubProfile, write_profile\n"
+        "p = HubProfile(hostname='h', connection_string='HostName=h;SharedAccessKeyName=a;SharedAccessKey=QQ==',"
+        " base_url='http://127.0.0.1:1', mqtt_host='127.0.0.1', mqtt_port=int(sys.argv[1]))\n"
+        "for _ in range(300): write_profile(Path(sys.argv[2]), p)\n"
+    )
+    path = tmp_path / ".iot-flows" / "hub.json"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(1000 + i), str(path)], stderr=subprocess.PIPE, text=True)
+             for i in range(4)]  # fmt: skip
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
+    from iot_flows.cli._profile import read_profile
+
+    found = read_profile(path)
+    assert found is not None and found.mqtt_port in (1000, 1001, 1002, 1003)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hub.json"]
