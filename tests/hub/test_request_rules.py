@@ -94,3 +94,27 @@ def test_hub_own_endpoints_need_no_api_version(service):
     assert service.http.get("/healthz").status_code == 200
     r = service.http.get("/iot-flows/changes?since=-1", headers={"Authorization": service.cs.token()})
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",  # a header line without ':'
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nIf-Match: \x11\r\n\r\n",  # a control character (httptools refuses it)
+])  # fmt: skip
+def test_a_request_the_http_parser_refuses_gets_iot_hubs_error_format(embedded_hub, raw):
+    """Parser-level refusals never reach the app; they are still IoT Hub's JSON error, not text/plain."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(embedded_hub.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 200"):  # h11 accepts a control character in a value: nothing to refuse
+        assert b"\x11" in raw
+        return
+    assert head.startswith(b"HTTP/1.1 400"), answer
+    assert b"content-type: application/json" in head.lower() and b"iothub-errorcode: ArgumentInvalid" in head
+    assert json.loads(json.loads(body)["Message"])["errorCode"] == 400004

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from iot_flows._exceptions import BadRequestError
+from iot_flows.hub.api._errors import error_response
+
 __all__ = ["REQUEST_HEADER_TIMEOUT", "guarded_http_protocol"]
 
 #: Seconds a connection may take to deliver complete request headers (first request, or
@@ -66,5 +69,16 @@ def guarded_http_protocol(header_timeout: float = REQUEST_HEADER_TIMEOUT) -> typ
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_header_timer()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            # A request the HTTP parser refuses (a control character in a header, a broken
+            # request line) never reaches the app: answer it in IoT Hub's error format too,
+            # not uvicorn's text/plain (httptools refuses more than h11).
+            response = error_response(BadRequestError(f"Invalid HTTP request: {msg}"))
+            head = [b"HTTP/1.1 400 Bad Request"]
+            head += [k.encode("latin-1") + b": " + v.encode("latin-1") for k, v in response.headers.items()]
+            head.append(b"connection: close")
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body))
+            self.transport.close()
 
     return HeaderTimeoutProtocol
