@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -91,8 +92,21 @@ def _create(body: dict[str, Any], job_id: str | None, start_time: datetime | Non
         job = await client.create_job(job_id, body)
         return await follow(client, job_id, poll_interval=poll) if wait else job
 
-    job = run_hub_command(hub, hub_url, profile, ca_file, go)
+    job = _interruptible(job_id, wait, lambda: run_hub_command(hub, hub_url, profile, ca_file, go))
     _finish(job, wait, output)
+
+
+def _interruptible(job_id: str, wait: bool, command: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``command``; Ctrl-C while following a job says the job goes on, and how to stop it (exit 130)."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        if not wait:
+            raise
+        typer.echo(f"interrupted: job {job_id} (if created) goes on running on the hub; "
+                   f"`iot-flows job show {job_id} --wait` follows it, `iot-flows job cancel {job_id}` stops it",
+                   err=True)  # fmt: skip
+        raise typer.Exit(130) from None
 
 
 def _finish(job: dict[str, Any], wait: bool, output: Any) -> None:
@@ -154,7 +168,7 @@ def show(
     async def go(client: Any) -> dict[str, Any]:
         return await (follow(client, job_id, poll_interval=poll_interval) if wait else client.get_job(job_id))
 
-    _finish(run_hub_command(hub, hub_url, profile, ca_file, go), wait, output)
+    _finish(_interruptible(job_id, wait, lambda: run_hub_command(hub, hub_url, profile, ca_file, go)), wait, output)
 
 
 @job_app.command("cancel")

@@ -49,6 +49,34 @@ def test_cancel_a_scheduled_job(ops_hub: OpsHub) -> None:
     assert shown.returncode == 1 and "cancelled" in shown.stdout
 
 
+def test_ctrl_c_while_waiting_says_the_job_goes_on_and_how_to_stop_it(ops_hub: OpsHub) -> None:
+    # Found by a newcomer: Ctrl-C during --wait exited 130 saying nothing while the job ran on.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "iot_flows.cli", "job", "create-method", "reboot", "--job-id",
+                             "cli-waiting", "--start-time", "2099-01-01T00:00:00", "--wait"], cwd=ops_hub.folder,
+                            env=ops_hub.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while ops_hub.cli("job", "show", "cli-waiting").returncode != 0:  # created: now following it
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        assert err.strip().splitlines()[-1] == (
+            "interrupted: job cli-waiting (if created) goes on running on the hub; `iot-flows job show cli-waiting "
+            "--wait` follows it, `iot-flows job cancel cli-waiting` stops it"), err
+        assert ops_hub.json("job", "show", "cli-waiting")["status"] in ("queued", "scheduled")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ops_hub.cli("job", "cancel", "cli-waiting")
+
+
 def test_job_bad_input_and_unknown_job(ops_hub: OpsHub) -> None:
     before = {j["jobId"] for j in ops_hub.json("job", "list")}
     for args in (["create-method", "reboot", "--payload", "{nope"], ["create-twin-update", "--desired", "nope"],
