@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import types
 import typing
 from collections.abc import Awaitable
@@ -141,6 +142,11 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
     for owner in spec.models:
         if owner not in grouped and _required(spec, owner):
             grouped[owner] = {}
+    # Prefect logs a refused parameter as an ERROR (with the raw pydantic list) before raising;
+    # the command says it once, in one line, so that record is dropped here.
+    flows_log = logging.getLogger("prefect.flows")
+    quiet = _DropParameterValidationLog()
+    flows_log.addFilter(quiet)
     try:
         for owner, model in spec.models.items():
             if owner in grouped:
@@ -148,6 +154,13 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
         return spec.flow.validate_parameters(grouped)  # type: ignore[no-any-return]
     except Exception as exc:  # pydantic ValidationError or Prefect's ParameterTypeError
         raise UsageProblem(f"flow {spec.name}: invalid parameters: {_describe(exc)}") from None
+    finally:
+        flows_log.removeFilter(quiet)
+
+
+class _DropParameterValidationLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Parameter validation failed")
 
 
 def _required(spec: FlowSpec, owner: str) -> bool:
@@ -159,7 +172,9 @@ def _describe(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
-    return " ".join(str(exc).split())
+    # Prefect's ParameterTypeError: "Flow run received invalid parameters:\n - name: why\n - ..."
+    text = str(exc).removeprefix("Flow run received invalid parameters:")
+    return "; ".join(" ".join(line.split()) for line in text.split("\n - ") if line.strip())
 
 
 def _announce(flow: Any, flow_run: Any, state: Any) -> None:

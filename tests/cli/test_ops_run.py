@@ -78,6 +78,9 @@ def test_run_bad_input_is_one_line_and_runs_nothing(ops_hub: OpsHub) -> None:
         (["run", "fleet-report", "--param", "query_condition"], "expected name=value"),
         (["run", "reboot-devices", "-p", "max_failure_ratio=7"], "max_failure_ratio: Input should be less than or equal to 1"),
         (["run", "run-method-job"], "method_name: Field required"),
+        # checked by Prefect (a flat parameter): it logged two ERROR lines before ours
+        (["run", "fleet-report", "-p", "min_devices=abc"],
+         "invalid parameters: min_devices: Input should be a valid integer, unable to parse string as an integer"),
     ]:
         done = ops_hub.cli(*args, env=env)
         assert done.returncode == 2, (args, done.stderr)
