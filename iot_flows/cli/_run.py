@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, SecretStr
 
+from iot_flows._ephemeral import ephemeral_defaults, sigint_blocked_for_children
 from iot_flows.cli._ops import (
     CaFileOption,
     HubOption,
@@ -168,6 +169,24 @@ def _required(spec: FlowSpec, owner: str) -> bool:
     return param.default is inspect.Parameter.empty
 
 
+def _start_prefect_api() -> None:
+    """Reach the Prefect API once before the flow runs; in ephemeral mode this starts the
+    temporary server with SIGINT blocked, so a Ctrl-C during the run does not kill it while
+    the engine still has to record the interrupted run (a hang of a minute or more before)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+
+    async def hello() -> None:
+        async with get_client() as client:
+            await client.hello()
+
+    with sigint_blocked_for_children():
+        asyncio.run(hello())
+
+
 def _describe(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
@@ -225,6 +244,7 @@ def run(
     ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Run a library flow once, now, against the hub; print its result."""
+    ephemeral_defaults()  # before Prefect is imported (discover_flows imports the flows)
     flows = discover_flows()
     if list_flows or not flow_name:
         emit([{"flow": s.name, "title": s.flow.name, "parameters": ", ".join(s.fields)} for s in flows.values()],
@@ -240,6 +260,7 @@ def run(
         parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile, ca_file))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
     try:
+        _start_prefect_api()
         state = flow(**parameters, return_state=True)
         if inspect.isawaitable(state):
             state = asyncio.run(_awaited(state))
