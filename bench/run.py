@@ -223,13 +223,17 @@ def _topologies(tmp: Path, n: int, args: argparse.Namespace, dbs: Databases, res
         one = mosquitto = None
         if 1 in args.nodes:
             print(f"bench: {n:,} devices: one hub node ({store}) and mosquitto ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
             one, mosquitto = size_run(tmp, n, dbs.url(store, f"bench1_{store}_{n}"), args)
+            one["setup_seconds"] = round(time.perf_counter() - t0, 1)
             # the first store's one-node figures stay at the top (as in earlier result files)
             place = result if i == 0 else result["by_store"].setdefault(store, {"hub": {}, "mosquitto": {}})
             place["hub"][str(n)], place["mosquitto"][str(n)] = one, mosquitto
         if 2 in args.nodes:
             print(f"bench: {n:,} devices: two hub nodes ({store}, NATS) ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
             two = two_node_run(tmp, n, dbs.url(store, f"bench2_{store}_{n}"), args)
+            two["setup_seconds"] = round(time.perf_counter() - t0, 1)
             two["against_baselines"] = compare(two, one, mosquitto)
             result["two_nodes"].setdefault(store, {})[str(n)] = two
 

@@ -44,8 +44,9 @@ def _iso(ts: float) -> str:
 
 class LeaseRenewer(ABC):
     """Renews one node's lease on a database connection of its own (not the store's pool
-    or writer connection), from one thread (blocking calls): a pool exhausted by device
-    traffic, or a busy event loop, does not hold the renewal back."""
+    or writer connection) with blocking calls, from one thread at a time (the caller
+    serialises them): a pool exhausted by device traffic, or a busy event loop, does not
+    hold the renewal back."""
 
     @abstractmethod
     def renew(self) -> bool:
@@ -145,8 +146,10 @@ class _SqliteRenewer(LeaseRenewer):
 
     def renew(self) -> bool:
         if self._db is None:
-            # autocommit; wait for another process's write lock at most a third of the lease
-            self._db = sqlite3.connect(self._path, timeout=max(self._lease / 3, 0.05), isolation_level=None)
+            # autocommit; wait for another process's write lock at most a third of the lease;
+            # used from one thread at a time (the caller serialises), not always the same one
+            self._db = sqlite3.connect(self._path, timeout=max(self._lease / 3, 0.05), isolation_level=None,
+                                       check_same_thread=False)
         return self._db.execute(_RENEW, (time.time() + self._lease, self._node_id)).rowcount > 0
 
     def close(self) -> None:

@@ -89,7 +89,8 @@ class LeaseKeeper:
                 if not self.fenced.is_set():
                     self.renew_now()
         finally:
-            self._renewer.close()
+            with self._lock:
+                self._renewer.close()
 
     def stop(self) -> None:
         """Stop renewing (the lease then runs out unless the node leaves first) and close the connection."""
