@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] + " Per fleet size and --store: one hub node next to Mosquitto "
         "(same lean fleet), then two hub nodes (one store, one NATS, devices half on each, the job created on "
-        "node a) next to that one node. The defaults finish in about 15 minutes on 2 cores.",
+        "node a) next to that one node. The defaults finish within 15 minutes on 2 cores (7-9 here, shared).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--devices", default="1000,10000", help="fleet sizes, comma-separated (e.g. 1000,10000,19500)")
     parser.add_argument("--store", default="sqlite,postgresql",
