@@ -25,9 +25,9 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pg_jobs import PostgresJobs
 from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
+from iot_flows.store._pg_query import TWIN_DOC
 from iot_flows.store._pg_sessions import PostgresSessions
 from iot_flows.store._pgschema import PG_MIGRATIONS
-from iot_flows.store._pg_query import TWIN_DOC
 from iot_flows.store._records import DeviceRecord
 from iot_flows.store._rows import (
     COLUMNS,

@@ -8,14 +8,12 @@ import asyncio
 import json
 import random
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iot_flows.hub._query import QueryService
-from iot_flows.store import open_store
-from iot_flows.store import _sqlite_query, _sqlite_scan
+from iot_flows.store import _sqlite_query, _sqlite_scan, open_store
 
 COUNT = 3000
 _COLUMNS = ("device_id", "generation_id", "device_etag", "status_updated_time", "connection_state_updated_time",
