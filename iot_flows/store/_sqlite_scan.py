@@ -4,12 +4,14 @@ SQLite answers ``SELECT ... WHERE <filter> AND device_id > ? ORDER BY device_id 
 by walking the primary key and fetching each row: quick when matches are common (it
 stops after ``n``), but when they are rare it visits the whole table in key order, a
 random read per row, about twice the cost of scanning the table and sorting the few
-matches. :func:`twin_page` gets the same rows in the same order by the cheaper plan:
+matches (1M twins: 1.5 s instead of 2.3; at 100,000 twins, cached, the two cost about
+the same, so tables under :data:`ADAPTIVE_ROWS` keep the plain walk). :func:`twin_page`
+gets the same rows in the same order by the cheaper plan:
 
-1. the plain statement, interrupted after :data:`WALK_STEPS` SQLite VM instructions
-   (a page of common matches is done by then);
+1. the plain statement, interrupted after :func:`walk_steps` SQLite VM instructions
+   (~5 % of the table; a page of common matches is done by then);
 2. if interrupted, the primary-key walk over a prefix of the table (:func:`prefix_end`:
-   a tenth, at least :data:`MIN_PREFIX` rows);
+   a twentieth, at least :data:`MIN_PREFIX` rows);
 3. if the page is still not full, a scan of the rest of the table (``NOT INDEXED``)
    sorting what matches.
 
@@ -23,11 +25,15 @@ import sqlite3
 import time
 from typing import Any
 
-__all__ = ["MIN_PREFIX", "WALK_STEPS", "prefix_end", "twin_page", "walks_primary_key"]
+__all__ = [
+    "ADAPTIVE_ROWS", "MIN_PREFIX", "WALK_STEPS", "prefix_end", "table_rows", "twin_page", "walk_steps", "walks_primary_key",
+]
 
-#: SQLite VM instructions the plain statement may run before the adaptive plan takes over
-#: (a first page over 100,000 twins with 5 % matches runs ~13,000; a full walk ~6 per row).
-WALK_STEPS = 200_000
+#: Tables estimated smaller than this keep the plain walk.
+ADAPTIVE_ROWS = 250_000
+#: At least this many SQLite VM instructions for the plain statement before the adaptive
+#: plan takes over (a first page of 100 twins with 5 % matches runs ~13,000; a walk ~5 per row).
+WALK_STEPS = 50_000
 #: The bounded primary-key walk covers at least this many rows.
 MIN_PREFIX = 20_000
 _EVERY = 500
@@ -49,32 +55,43 @@ def walks_primary_key(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...])
     return known
 
 
-def prefix_end(conn: sqlite3.Connection, after: str) -> str | None:
+def table_rows(conn: sqlite3.Connection) -> int:
+    """The ``devices`` table's size, estimated by its largest rowid (no scan)."""
+    return int(conn.execute("SELECT max(rowid) FROM devices").fetchone()[0] or 0)
+
+
+def walk_steps(rows: int) -> int:
+    """SQLite VM instructions the plain walk may run on a table of ``rows``: ~5 % of it."""
+    return max(WALK_STEPS, rows // 4)
+
+
+def prefix_end(conn: sqlite3.Connection, after: str, table: int) -> str | None:
     """The last device id of the walked prefix after ``after`` (None: the table ends first):
-    a tenth of the table (estimated by its largest rowid), at least :data:`MIN_PREFIX` rows."""
-    largest = conn.execute("SELECT max(rowid) FROM devices").fetchone()[0] or 0
-    rows = max(MIN_PREFIX, int(largest) // 10)
+    a twentieth of the ``table`` rows, at least :data:`MIN_PREFIX`."""
+    rows = max(MIN_PREFIX, table // 20)
     row = conn.execute(
         "SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?", (after, rows - 1)
     ).fetchone()
     return None if row is None else str(row[0])
 
 
-def _walk(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], deadline: float | None) -> list[Any] | None:
-    """The plain statement's rows, or None once it has run :data:`WALK_STEPS` instructions.
+def _walk(
+    conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], budget: int, deadline: float | None
+) -> list[Any] | None:
+    """The plain statement's rows, or None once it has run ``budget`` instructions.
 
     ``deadline`` (``time.perf_counter()``) still interrupts it (``sqlite3.OperationalError``)."""
     steps = [0]
 
     def progress() -> bool:
         steps[0] += _EVERY
-        return steps[0] > WALK_STEPS or (deadline is not None and time.perf_counter() > deadline)
+        return steps[0] > budget or (deadline is not None and time.perf_counter() > deadline)
 
     conn.set_progress_handler(progress, _EVERY)
     try:
         return conn.execute(sql, args).fetchall()
     except sqlite3.OperationalError as exc:
-        if "interrupted" in str(exc) and steps[0] > WALK_STEPS:
+        if "interrupted" in str(exc) and steps[0] > budget:
             return None
         raise
     finally:
@@ -99,11 +116,14 @@ def twin_page(
     ``deadline`` is the caller's time budget (see ``_sqlite_query``), kept in force."""
     if not walks_primary_key(conn, sql, args):
         return conn.execute(sql, args).fetchall()
-    rows = _walk(conn, sql, args, deadline)
+    table = table_rows(conn)
+    if table < ADAPTIVE_ROWS:
+        return conn.execute(sql, args).fetchall()
+    rows = _walk(conn, sql, args, walk_steps(table), deadline)
     if rows is not None:
         return rows
     after, limit = str(args[-2]), int(args[-1])
-    end = prefix_end(conn, after)
+    end = prefix_end(conn, after, table)
     if end is None:  # the prefix is the rest of the table: the plain walk is the plan
         return conn.execute(sql, args).fetchall()
     rows = conn.execute(

@@ -59,6 +59,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thresholds scaled to the 3,000-twin table (as for a table of ~1M)."""
+    monkeypatch.setattr(_sqlite_scan, "ADAPTIVE_ROWS", 1000)
     monkeypatch.setattr(_sqlite_scan, "WALK_STEPS", 8000)
     monkeypatch.setattr(_sqlite_scan, "MIN_PREFIX", 200)
     monkeypatch.setattr(_sqlite_scan, "_EVERY", 100)
@@ -114,8 +115,8 @@ def test_rare_matches_take_the_adaptive_plan(db: str, small_budgets: None, monke
     ends: list[str] = []
     real = _sqlite_scan.prefix_end
 
-    def spy(conn: sqlite3.Connection, after: str) -> str | None:
-        end = real(conn, after)
+    def spy(conn: sqlite3.Connection, after: str, table: int) -> str | None:
+        end = real(conn, after, table)
         ends.append(str(end))
         return end
 
