@@ -2,8 +2,9 @@
 
 :class:`SqliteQueries` is mixed into :class:`~iot_flows.store._sqlite.SqliteStore`, which
 provides ``_reader()`` (one read-only connection per thread). A page first runs on the
-event loop's thread with a time budget (:data:`INLINE_BUDGET`, checked by SQLite's
-progress handler): a small page (an indexed filter, a GROUP BY over an index) saves the
+event loop's thread within a budget of SQLite VM instructions (:data:`INLINE_STEPS`,
+counted by SQLite's progress handler; the same whatever else loads the machine) and of
+time (:data:`INLINE_BUDGET`): a small page (an indexed filter, a GROUP BY over an index) saves the
 two thread switches; a statement that overruns is interrupted and runs again in a worker
 thread, as does every later page of the same statement text, so a scan over many twins
 never stalls the event loop for longer than the budget. Twin pages leave SQLite as JSON
@@ -24,18 +25,20 @@ from typing import Any, TypeVar
 from iot_flows.query import CompiledQuery, compile_query, row_to_item
 from iot_flows.store._base import HubStore
 from iot_flows.store._rows import JOB_COLUMNS, device_job_item
-from iot_flows.store._sqlite_scan import twin_page
+from iot_flows.store._sqlite_scan import PROGRESS_EVERY, twin_page
 
 __all__ = ["INLINE_BUDGET", "SqliteQueries"]
 
+#: SQLite VM instructions a query page may run on the event loop before it moves to a
+#: worker thread (~5 ms on an idle core: a first page of 100 twins runs ~13,000).
+INLINE_STEPS = 30_000
 #: Seconds a query page may run on the event loop before it moves to a worker thread.
-INLINE_BUDGET = 0.005
-#: SQLite VM instructions between two looks at the clock (a first page runs ~10,000).
-_PROGRESS_EVERY = 500
+INLINE_BUDGET = 0.02
 #: Seconds a statement text that overran :data:`INLINE_BUDGET` goes straight to a worker thread.
 SLOW_FOR = 10.0
 _SLOW_LIMIT = 512
 _T = TypeVar("_T")
+_Progress = Callable[[], bool]
 
 
 def _section_json(section: str) -> str:
@@ -55,6 +58,17 @@ _TWIN_DOC = (
 )
 
 
+def _budget(deadline: float) -> Callable[[], bool]:
+    """A progress handler interrupting after :data:`INLINE_STEPS` instructions or at ``deadline``."""
+    calls = [INLINE_STEPS // PROGRESS_EVERY]
+
+    def progress() -> bool:
+        calls[0] -= 1
+        return calls[0] < 0 or time.perf_counter() > deadline
+
+    return progress
+
+
 class SqliteQueries(HubStore):
     """The query methods of the SQLite store (see :class:`~iot_flows.store.HubStore`)."""
 
@@ -67,22 +81,24 @@ class SqliteQueries(HubStore):
     #: statement text -> ``time.monotonic()`` until which it runs in a worker thread
     _slow_statements: dict[str, float] | None = None
 
-    def _in_read(self, work: Callable[[sqlite3.Connection, float | None], _T], deadline: float | None = None) -> _T:
-        """``work(conn, deadline)`` in one read transaction on this thread's reader;
-        interrupted (``sqlite3.OperationalError``) once ``deadline`` (``time.perf_counter()``) passes."""
+    def _in_read(self, work: Callable[[sqlite3.Connection, _Progress | None], _T], deadline: float | None = None) -> _T:
+        """``work(conn, handler)`` in one read transaction on this thread's reader; with a
+        ``deadline`` (``time.perf_counter()``), interrupted (``sqlite3.OperationalError``)
+        by ``handler`` (installed, and passed on) past it or :data:`INLINE_STEPS`."""
         conn = self._reader()
-        if deadline is not None:
-            conn.set_progress_handler(lambda: time.perf_counter() > deadline, _PROGRESS_EVERY)
+        handler = None if deadline is None else _budget(deadline)
+        if handler is not None:
+            conn.set_progress_handler(handler, PROGRESS_EVERY)
         conn.execute("BEGIN")
         try:
-            return work(conn, deadline)
+            return work(conn, handler)
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
-            if deadline is not None:
+            if handler is not None:
                 conn.set_progress_handler(None, 0)
 
-    async def _run(self, key: str, work: Callable[[sqlite3.Connection, float | None], _T]) -> _T:
+    async def _run(self, key: str, work: Callable[[sqlite3.Connection, _Progress | None], _T]) -> _T:
         """``work`` on the event loop within :data:`INLINE_BUDGET`, else in a worker thread.
 
         ``key`` (the statement text) remembers an overrun: its runs in the next
@@ -120,7 +136,7 @@ class SqliteQueries(HubStore):
         sql, args = self.page_statement(compiled, after=after, limit=limit)
         doc = f"device_id, {_TWIN_DOC}"
         rows = await self._run(
-            sql, lambda conn, deadline: twin_page(conn, sql, args, doc, compiled.where_sql, compiled.params, deadline)
+            sql, lambda conn, handler: twin_page(conn, sql, args, doc, compiled.where_sql, compiled.params, handler)
         )
         return [(r[0], r[1]) for r in rows]
 

@@ -22,11 +22,11 @@ join into exactly the rows the plain statement returns.
 from __future__ import annotations
 
 import sqlite3
-import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "ADAPTIVE_ROWS", "MIN_PREFIX", "WALK_STEPS", "prefix_end", "table_rows", "twin_page", "walk_steps", "walks_primary_key",
+    "ADAPTIVE_ROWS", "MIN_PREFIX", "PROGRESS_EVERY", "WALK_STEPS", "prefix_end", "table_rows", "twin_page", "walk_steps", "walks_primary_key",
 ]
 
 #: Tables estimated smaller than this keep the plain walk.
@@ -36,7 +36,8 @@ ADAPTIVE_ROWS = 250_000
 WALK_STEPS = 50_000
 #: The bounded primary-key walk covers at least this many rows.
 MIN_PREFIX = 20_000
-_EVERY = 500
+#: SQLite VM instructions between two calls of a progress handler (both plans' budgets).
+PROGRESS_EVERY = 500
 #: Plans (``EXPLAIN QUERY PLAN`` of the plain page statement) by statement text.
 _PLANS: dict[str, bool] = {}
 _PK_WALK = "SEARCH devices USING INDEX sqlite_autoindex_devices_1 (device_id>?)"
@@ -76,18 +77,18 @@ def prefix_end(conn: sqlite3.Connection, after: str, table: int) -> str | None:
 
 
 def _walk(
-    conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], budget: int, deadline: float | None
+    conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], budget: int, inline: Callable[[], bool] | None
 ) -> list[Any] | None:
     """The plain statement's rows, or None once it has run ``budget`` instructions.
 
-    ``deadline`` (``time.perf_counter()``) still interrupts it (``sqlite3.OperationalError``)."""
+    ``inline`` (the caller's progress handler) still interrupts it (``sqlite3.OperationalError``)."""
     steps = [0]
 
     def progress() -> bool:
-        steps[0] += _EVERY
-        return steps[0] > budget or (deadline is not None and time.perf_counter() > deadline)
+        steps[0] += PROGRESS_EVERY
+        return steps[0] > budget or (inline is not None and inline())
 
-    conn.set_progress_handler(progress, _EVERY)
+    conn.set_progress_handler(progress, PROGRESS_EVERY)
     try:
         return conn.execute(sql, args).fetchall()
     except sqlite3.OperationalError as exc:
@@ -95,10 +96,7 @@ def _walk(
             return None
         raise
     finally:
-        if deadline is None:
-            conn.set_progress_handler(None, 0)
-        else:
-            conn.set_progress_handler(lambda: time.perf_counter() > deadline, _EVERY)
+        conn.set_progress_handler(inline, PROGRESS_EVERY if inline is not None else 0)
 
 
 def twin_page(
@@ -108,18 +106,18 @@ def twin_page(
     columns: str,
     where_sql: str,
     params: tuple[Any, ...],
-    deadline: float | None = None,
+    inline: Callable[[], bool] | None = None,
 ) -> list[Any]:
     """The rows of the plain page statement ``sql`` (``args`` = ``(*params, after, limit)``,
     selecting ``columns`` where ``where_sql``), in the same order, by the cheaper plan.
 
-    ``deadline`` is the caller's time budget (see ``_sqlite_query``), kept in force."""
+    ``inline`` is the caller's progress handler (its budget, see ``_sqlite_query``), kept in force."""
     if not walks_primary_key(conn, sql, args):
         return conn.execute(sql, args).fetchall()
     table = table_rows(conn)
     if table < ADAPTIVE_ROWS:
         return conn.execute(sql, args).fetchall()
-    rows = _walk(conn, sql, args, walk_steps(table), deadline)
+    rows = _walk(conn, sql, args, walk_steps(table), inline)
     if rows is not None:
         return rows
     after, limit = str(args[-2]), int(args[-1])

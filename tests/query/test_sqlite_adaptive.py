@@ -62,7 +62,7 @@ def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_sqlite_scan, "ADAPTIVE_ROWS", 1000)
     monkeypatch.setattr(_sqlite_scan, "WALK_STEPS", 8000)
     monkeypatch.setattr(_sqlite_scan, "MIN_PREFIX", 200)
-    monkeypatch.setattr(_sqlite_scan, "_EVERY", 100)
+    monkeypatch.setattr(_sqlite_scan, "PROGRESS_EVERY", 100)
 
 
 def _plain_pages(path: str, store: Any, text: str, size: int) -> list[list[tuple[str, str]]]:
