@@ -33,6 +33,7 @@ from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, storage_error_handler, unexpected_error_handler
+from iot_flows.hub.api._hot_routes import hot_route
 from iot_flows.hub.api._http_timeouts import guarded_http_protocol
 from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
@@ -188,7 +189,7 @@ class Hub:
         """The Starlette app: REST routes, request rules, throttling, and MQTT over WebSocket (``/$iothub/websocket``)."""
         app = Starlette(
             routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
-            middleware=[Middleware(RequestRules, quota=lambda: self.quota)],
+            middleware=[Middleware(RequestRules, quota=lambda: self.quota, hot=hot_route)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,

@@ -15,6 +15,8 @@ one layer for them (issue 13: the REST overhead of a query page):
   (``/healthz``, ``/openapi.json``, ``/iot-flows/...``) need no version.
 * **Throttling** (``hub serve --quota``): Azure's per-tier throttles, applied after the
   version check (:mod:`._throttle`).
+* **Hot routes** (``POST /devices/query``, ``POST /twins/{id}/methods``) are then
+  answered without the router (``hot``: :func:`._hot_routes.hot_route`); everything else is routed.
 """
 
 from __future__ import annotations
@@ -54,12 +56,20 @@ def _api_version(query_string: bytes) -> str | None:
 
 
 class RequestRules:
-    """ASGI middleware: drop one trailing ``/``, check ``api-version`` on Azure routes, then
-    apply ``quota()`` (None: no throttling; read per request) to service requests."""
+    """ASGI middleware: drop one trailing ``/``, check ``api-version`` on Azure routes,
+    apply ``quota()`` (None: no throttling; read per request) to service requests, then
+    answer a ``hot`` route directly (else the wrapped app, the router, does)."""
 
-    def __init__(self, app: ASGIApp, quota: Callable[[], Quota | None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        quota: Callable[[], Quota | None] | None = None,
+        hot: Callable[[str, str], ASGIApp | None] | None = None,
+    ) -> None:
         self.app = app
         self.quota = quota
+        #: ``(method, path)`` -> the ASGI app answering it without the router, or None
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,4 +94,8 @@ class RequestRules:
                 except ThrottledError as exc:
                     await error_response(exc)(scope, receive, send)
                     return
+        hot = self.hot(scope["method"], path) if self.hot is not None else None
+        if hot is not None:
+            await hot(scope, receive, send)
+            return
         await self.app(scope, receive, send)
