@@ -45,14 +45,18 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
+import random
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
-from collections.abc import Iterator
-from typing import Any, Callable
 
 import asyncpg
 
@@ -214,85 +218,121 @@ async def sqlite_commit_sharing(path: str, devices: int = 1000) -> dict[str, flo
         await store.close()
 
 
+_STATEMENTS = """
+import asyncio, json, sys
+from iot_flows.store import open_store
+async def main():
+    store = await open_store(sys.argv[1])
+    try:
+        out = {}
+        for name, (text, size) in json.loads(sys.argv[2]).items():
+            sql, args = store.page_statement(store.compile_query(text), limit=size + 1)
+            out[name] = [sql, list(args)]
+        print(json.dumps(out))
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+def _statements(db: str, src: str | None) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """Each query's first-page statement and arguments (``page_statement``, one row more than
+    the page) as the hub of ``src`` (another revision's ``iot_flows``; None: this one) runs it."""
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+    text = subprocess.run(
+        [sys.executable, "-c", _STATEMENTS, db, json.dumps(QUERIES)], env=env, cwd=src or None,
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return {name: (sql, tuple(args)) for name, (sql, args) in json.loads(text).items()}
+
+
 def queries(backend: str, db: str, repeat: int, *, hub_src: str | None = None, embedded: bool = False) -> dict[str, Any]:
     """Query latencies through ``POST /devices/query`` and, as the baseline, the very statement
     the store runs for that first page (``HubStore.page_statement``, same arguments), run
-    directly on the same database (``raw_*``; the statements are in ``sql``). The two
-    alternate run by run, so a busy machine weighs on both alike.
+    directly on the same database (``raw_*``; the statements are in ``sql``). They
+    alternate run by run in a shuffled order, so a busy machine weighs on all alike.
 
     The hub runs as deployed: ``hub serve`` in its own process (uvloop and httptools when
-    installed, the ``hub`` extra), from ``hub_src`` when given (another revision's
-    ``iot_flows``); ``embedded`` runs it in a thread of this process instead (an
-    ``EmbeddedHub``: it shares this process's GIL with the client)."""
-    out: dict[str, Any] = {"hub": "embedded" if embedded else f"process{' ' + hub_src if hub_src else ''}"}
-    loop = asyncio.new_event_loop()
-    store = loop.run_until_complete(open_store(db))  # for page_statement() only
+    installed, the ``hub`` extra); ``embedded`` runs it in a thread of this process instead
+    (an ``EmbeddedHub``: it shares this process's GIL with the client). With ``hub_src``
+    (another revision's ``iot_flows``) that revision's hub serves the same database too,
+    timed in the same rounds (``before`` in the output, with its own statements' ``raw_*``)."""
+    out: dict[str, Any] = {"hub": "embedded" if embedded else "process"}
+    rng = random.Random(13)
     with contextlib.ExitStack() as stack:
+        urls: dict[str, tuple[str, str]] = {}
         if embedded:
             embedded_hub = stack.enter_context(EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=db)))
-            base_url, cs = embedded_hub.base_url, embedded_hub.connection_string()
-        else:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            proc = HubProc(tmp, db=db, src=hub_src)
+            urls[""] = (embedded_hub.base_url, embedded_hub.connection_string())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for label, src in (("", None), ("before", hub_src)):
+            if (label == "" and embedded) or (label == "before" and not src):
+                continue
+            proc = HubProc(tmp, db=db, src=src)
             stack.callback(proc.stop)
-            base_url, cs = proc.base_url, str(proc.cs)
-        svc = Service(base_url, cs)
+            urls[label] = (proc.base_url, str(proc.cs))
+        statements = {label: _statements(db, hub_src if label else None) for label in urls}
         run, close = _raw_runner(backend, db)
+        stack.callback(close)
 
-        # Timed calls go over one keep-alive http.client connection and read the body
-        # without parsing it (the raw side gets rows, not objects): the hub's cost, not a
-        # client library's. The item count is checked once through the test client.
-        conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=600)
-        token = svc.cs.token()
+        # Timed calls go over one keep-alive http.client connection per hub and read the
+        # body without parsing it (the raw side gets rows, not objects): the hub's cost,
+        # not a client library's. The item count is checked once through the test client.
+        def client(base_url: str, cs: str) -> Callable[[str, int], bytes]:
+            svc = Service(base_url, cs)
+            stack.callback(svc.close)
+            token = svc.cs.token()
+            conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=600)
+            stack.callback(conn.close)
 
-        def rest(text: str, size: int, *, retry: bool = True) -> bytes:
-            body = json.dumps({"query": text}).encode()
-            try:
-                conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
-                    "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
-                r = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionError):
-                # uvicorn closes a connection idle for 5 s (a slow raw statement in between)
-                conn.close()
-                if not retry:
-                    raise
-                return rest(text, size, retry=False)
-            data = r.read()
-            assert r.status == 200, data
-            return data
+            def rest(text: str, size: int, *, retry: bool = True) -> bytes:
+                body = json.dumps({"query": text}).encode()
+                try:
+                    conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
+                        "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
+                    r = conn.getresponse()
+                except (http.client.RemoteDisconnected, ConnectionError):
+                    # uvicorn closes a connection idle for 5 s (a slow raw statement in between)
+                    conn.close()
+                    if not retry:
+                        raise
+                    return rest(text, size, retry=False)
+                data = r.read()
+                assert r.status == 200, data
+                return data
 
-        def items(text: str, size: int) -> int:
-            r = svc.request("POST", "/devices/query", json_body={"query": text}, headers={"x-ms-max-item-count": str(size)})
+            r = svc.request("POST", "/devices/query", json_body={"query": FILTER}, headers={"x-ms-max-item-count": "100"})
             assert r.status_code == 200, r.text
-            return len(r.json())
+            return rest
+
+        clients = {label: client(*url) for label, url in urls.items()}
 
         def timed(fn: Callable[[], Any]) -> float:
             start = time.perf_counter()
             fn()
             return time.perf_counter() - start
 
-        out["sql"] = {}
-        try:
-            for name, (text, size) in QUERIES.items():
-                # the hub asks one row more than the page to know whether another page follows
-                sql, args = store.page_statement(store.compile_query(text), limit=size + 1)
-                out["sql"][name] = sql
-                out[f"{name}_items"] = items(text, size)  # also warms caches for both
-                out[f"raw_{name}_rows"] = len(run(sql, args))
-                rest(text, size)
-                times: dict[str, list[float]] = {name: [], f"raw_{name}": []}
-                for _ in range(repeat):
-                    times[name].append(timed(lambda: rest(text, size)))  # noqa: B023
-                    times[f"raw_{name}"].append(timed(lambda: run(sql, args)))  # noqa: B023
-                for key, values in times.items():
-                    out[key] = round(statistics.median(values) * 1000, 3)
-                    out[f"{key}_best"] = round(min(values) * 1000, 3)
-        finally:
-            close()
-            conn.close()
-            svc.close()
-            loop.run_until_complete(store.close())
-            loop.close()
+        rows = {label: out if not label else out.setdefault(label, {}) for label in urls}
+        for row in rows.values():
+            row["sql"] = {}
+        for name, (text, size) in QUERIES.items():
+            work: dict[tuple[str, str], Callable[[], Any]] = {}
+            for label, rest in clients.items():
+                sql, args = statements[label][name]
+                rows[label]["sql"][name] = sql
+                rows[label][f"{name}_items"] = len(json.loads(rest(text, size)))  # also warms caches
+                rows[label][f"raw_{name}_rows"] = len(run(sql, args))
+                work[(label, name)] = lambda rest=rest: rest(text, size)  # type: ignore[misc]  # noqa: B023
+                work[(label, f"raw_{name}")] = lambda sql=sql, args=args: run(sql, args)  # type: ignore[misc]
+            times: dict[tuple[str, str], list[float]] = {key: [] for key in work}
+            for _ in range(repeat):
+                order = list(work)
+                rng.shuffle(order)
+                for key in order:
+                    times[key].append(timed(work[key]))
+            for (label, key), values in times.items():
+                rows[label][key] = round(statistics.median(values) * 1000, 3)
+                rows[label][f"{key}_best"] = round(min(values) * 1000, 3)
     return out
 
 
@@ -318,12 +358,11 @@ def main(count: int, writes: int, repeat: int, hub_src: str | None = None, embed
                 asyncio.run(_seed_pg(dbs[backend], count))
             row["seed_seconds"] = round(time.perf_counter() - start, 2)
             start = time.perf_counter()
-            row.update(queries(backend, dbs[backend], repeat, embedded=embedded))
+            row.update(queries(backend, dbs[backend], repeat, hub_src=hub_src, embedded=embedded))
             row["query_phase_seconds"] = round(time.perf_counter() - start, 2)
-            if hub_src:  # the other revision's hub on the same database, right after
-                before = queries(backend, dbs[backend], repeat, hub_src=hub_src, embedded=False)
+            if hub_src:  # the other revision's hub on the same database, in the same rounds
+                before = row["before"]
                 before["rest_over_raw"], before["rest_over_raw_best"] = _ratios(before), _ratios(before, "_best")
-                row["before"] = before
             result[backend] = row
     if len(backends) == 2:
         s, p = result["sqlite"], result["postgresql"]
