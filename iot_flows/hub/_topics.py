@@ -48,6 +48,8 @@ def _query(topic: str, prefix: str) -> dict[str, str] | None:
     rest = topic[len(prefix) :]
     if not rest.startswith("?"):
         return None
+    if rest.startswith("?$rid=") and _QUERY_SPECIAL.isdisjoint(rest):
+        return {"$rid": rest[6:]}  # the common case, "?$rid={rid}", without a query parser
     return dict(urllib.parse.parse_qsl(rest[1:], keep_blank_values=True))
 
 
