@@ -177,9 +177,19 @@ class _Connection(asyncio.Protocol):
             self._held.append(data)  # attached but CONNACK not written yet
             return
         if self._corked is not None:
-            self._corked.append(data)  # written with the PUBACK of the publish being handled
+            # written with the PUBACK of the publish being handled, or at the next loop
+            # iteration at the latest (a method request never waits for a slow twin write)
+            if not self._corked:
+                asyncio.get_running_loop().call_soon(self._write_corked, self._corked)
+            self._corked.append(data)
             return
         self.transport.write(data)
+
+    def _write_corked(self, corked: list[bytes]) -> None:
+        """Write what :meth:`send` held while a publish was handled, if still unwritten."""
+        if corked and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(corked))
+        corked.clear()
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -331,19 +341,15 @@ class _Connection(asyncio.Protocol):
         if quota is not None and await self._throttled(quota, packet):
             return
         # What the handler sends (a twin response) and the PUBACK leave in one socket write.
-        corked = self._corked = []
+        corked: list[bytes] = []
+        self._corked = corked
         try:
             allowed = await self.server.endpoint.handle_publish(self, packet.topic, packet.payload)
-        except BaseException:
+        finally:
             self._corked = None
-            if corked and self.transport is not None and not self.closed:
-                self.transport.write(b"".join(corked))
-            raise
-        self._corked = None
         if allowed and packet.qos == 1:
             corked.append(_puback(packet.packet_id or 0))
-        if corked and self.transport is not None and not self.closed:
-            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        self._write_corked(corked)
         if not allowed:
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
             self.close("forbidden topic")
