@@ -43,6 +43,11 @@ __all__ = ["SqliteStore"]
 
 _JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+#: ``device_id IN`` a JSON array bound as one parameter: one statement text for any number
+#: of ids. ``IN (?, ?, ...)`` made a statement per batch size, and sqlite3 keeps up to 128
+#: prepared statements per connection (a 500-id one is large): a connect burst left
+#: megabytes of them in the hub (./scripts/bench, memory per device).
+_IN_IDS = "device_id IN (SELECT value FROM json_each(?))"
 
 
 def _cas_sql(columns: tuple[str, ...]) -> str:
@@ -229,10 +234,7 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         out: builtins.list[DeviceRecord] = []
         for start in range(0, len(device_ids), 500):
             chunk = device_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"{_SELECT} WHERE device_id IN ({marks}) ORDER BY device_id", chunk
-            ).fetchall()
+            rows = self._conn.execute(f"{_SELECT} WHERE {_IN_IDS} ORDER BY device_id", (dumps(chunk),)).fetchall()
             out.extend(_from_row(r) for r in rows)
         return out
 
@@ -304,8 +306,7 @@ class SqliteStore(SqliteQueries, SqliteJobs):
 
     async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
         """Records of one tick's :meth:`get` calls, read by one statement."""
-        marks = ",".join("?" * len(device_ids))
-        rows = self._conn.execute(f"{_SELECT} WHERE device_id IN ({marks})", device_ids).fetchall()
+        rows = self._conn.execute(f"{_SELECT} WHERE {_IN_IDS}", (dumps(device_ids),)).fetchall()
         found = {r[0]: r for r in rows}
         return [_from_row(found[d]) if d in found else None for d in device_ids]
 
@@ -367,9 +368,8 @@ class SqliteStore(SqliteQueries, SqliteJobs):
 
     async def _read_sessions(self, device_ids: builtins.list[str]) -> builtins.list[builtins.list[str] | BaseException]:
         """Stored topic filters of one tick's :meth:`get_subscriptions` calls, by one SELECT."""
-        marks = ",".join("?" * len(device_ids))
         rows = self._conn.execute(
-            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE device_id IN ({marks})", device_ids
+            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE {_IN_IDS}", (dumps(device_ids),)
         ).fetchall()
         found = dict(rows)
         return [[f for f in found[d].split("\n") if f] if d in found else [] for d in device_ids]
