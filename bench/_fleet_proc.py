@@ -169,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
                                              local_addr=(SOURCE_ADDRESSES[(args.first + i) % len(SOURCE_ADDRESSES)], 0))
                 await asyncio.wait_for(ready, 120)
                 devices.append(dev)
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, ConnectionError) as exc:
                 failed += 1
                 if failed <= 3:
                     print(f"fleet: {device_id}: {exc}", file=sys.stderr)

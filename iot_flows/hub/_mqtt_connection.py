@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -57,6 +56,9 @@ __all__: list[str] = []
 log = logging.getLogger("iot_flows.hub._mqtt_server")
 
 _PINGRESP = encode(Pingresp())
+#: CONNACK 0 (accepted) without and with a resumed session, encoded once.
+_CONNACK_ACCEPTED = {present: encode(Connack(session_present=present, return_code=CONNACK_ACCEPTED))
+                     for present in (False, True)}
 
 
 class _Connection(asyncio.Protocol):
@@ -80,13 +82,10 @@ class _Connection(asyncio.Protocol):
 
     # ---- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they create
+        # (tests/hub/test_connection_memory.py checks), and asking uvloop for the socket
+        # built and kept a PseudoSocket per connection, plus a system call per connect.
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # Nagle + delayed ACK cost ~40-90 ms per request/response otherwise
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -250,10 +249,8 @@ class _Connection(asyncio.Protocol):
         if self.closed:  # the socket went away while attaching
             server.sessions.detach(self)
             return
-        self._write(Connack(session_present=resumed, return_code=CONNACK_ACCEPTED))
         held, self._held = self._held or [], None
-        for data in held:
-            self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(b"".join((_CONNACK_ACCEPTED[resumed], *held)) if held else _CONNACK_ACCEPTED[resumed])  # type: ignore[union-attr]
         # IoT Hub disconnects a device when its token expires (401003).
         delay = token.expiry - time.time()
         loop = asyncio.get_running_loop()
