@@ -226,7 +226,7 @@ class _Connection(asyncio.Protocol):
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
-        device = await server.store.get(packet.client_id)
+        device, stored_filters = await server.store.get_for_connect(packet.client_id)
         if self.closed:
             return
         if device is None or device.status != "enabled":
@@ -245,7 +245,7 @@ class _Connection(asyncio.Protocol):
             await server.store.set_model_id(device.device_id, model_id)
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
-        resumed = await server.sessions.attach(self, clean_session=packet.clean_session)
+        resumed = await server.sessions.attach(self, clean_session=packet.clean_session, stored_filters=stored_filters)
         if self.closed:  # the socket went away while attaching
             server.sessions.detach(self)
             return

@@ -43,6 +43,7 @@ __all__ = ["SqliteStore"]
 
 _JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+_SELECT_WITH_SESSION = f"SELECT {', '.join(COLUMNS)}, mqtt_subscriptions FROM devices"
 #: ``device_id IN`` a JSON array bound as one parameter: one statement text for any number
 #: of ids. ``IN (?, ?, ...)`` made a statement per batch size, and sqlite3 keeps up to 128
 #: prepared statements per connection (a 500-id one is large): a connect burst left
@@ -145,6 +146,10 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         )
         self.session_reads: GroupCommit[str, builtins.list[str]] = GroupCommit(
             self._read_sessions, max_batch=500, max_inflight=1
+        )
+        #: Group reads of what a CONNECT needs (record and stored session): one SELECT per tick.
+        self.connect_reads: GroupCommit[str, tuple[DeviceRecord | None, builtins.list[str]]] = GroupCommit(
+            self._read_connects, max_batch=500, max_inflight=1
         )
         #: Group commit of per-connection bookkeeping (connection state, stored session).
         self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
@@ -365,6 +370,23 @@ class SqliteStore(SqliteQueries, SqliteJobs):
             return await self.session_reads.submit(device_id, device_id)
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return [s for s in row[0].split("\n") if s] if row else []
+
+    async def get_for_connect(self, device_id: str) -> tuple[DeviceRecord | None, builtins.list[str]]:
+        if not self._depth:
+            return await self.connect_reads.submit(device_id, device_id)
+        return (await self._read_connects([device_id]))[0]  # type: ignore[return-value]
+
+    async def _read_connects(
+        self, device_ids: builtins.list[str]
+    ) -> builtins.list[tuple[DeviceRecord | None, builtins.list[str]] | BaseException]:
+        """Records and stored topic filters of one tick's CONNECTs, by one SELECT."""
+        rows = self._conn.execute(f"{_SELECT_WITH_SESSION} WHERE {_IN_IDS}", (dumps(device_ids),)).fetchall()
+        found = {r[0]: r for r in rows}
+        out: builtins.list[tuple[DeviceRecord | None, builtins.list[str]] | BaseException] = []
+        for d in device_ids:
+            row = found.get(d)
+            out.append((None, []) if row is None else (_from_row(row[:-1]), [f for f in row[-1].split("\n") if f]))
+        return out
 
     async def _read_sessions(self, device_ids: builtins.list[str]) -> builtins.list[builtins.list[str] | BaseException]:
         """Stored topic filters of one tick's :meth:`get_subscriptions` calls, by one SELECT."""

@@ -50,13 +50,17 @@ def test_batched_connect_reads_prepare_one_statement_whatever_the_batch_size(tmp
                 ids = [f"d{i}" for i in range(n)]
                 await asyncio.gather(*(store.get(d) for d in ids))
                 await asyncio.gather(*(store.get_subscriptions(d) for d in ids))
+                await asyncio.gather(*(store.get_for_connect(d) for d in ids))
             store._conn.set_trace_callback(None)
             texts = {sql for sql in seen if "FROM devices WHERE" in sql}
-            assert len({_fold(sql) for sql in texts}) == 2, texts  # one record read, one session read
+            assert len({_fold(sql) for sql in texts}) == 3, texts  # record, session, CONNECT (both in one)
             # still one answer per caller, unknown ids included
             got = await asyncio.gather(store.get("d3"), store.get("nope"), store.get_subscriptions("d7"))
             assert got[0] is not None and got[0].device_id == "d3" and got[1] is None
             assert got[2] == ["$iothub/twin/res/#"]
+            record, filters = await store.get_for_connect("d5")
+            assert record is not None and record.device_id == "d5" and filters == ["$iothub/twin/res/#"]
+            assert await store.get_for_connect("nope") == (None, [])
             assert [r.device_id for r in await store.get_many(["d9", "d1", "nope"])] == ["d1", "d9"]
         finally:
             await store.close()
