@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -57,6 +56,9 @@ __all__: list[str] = []
 log = logging.getLogger("iot_flows.hub._mqtt_server")
 
 _PINGRESP = encode(Pingresp())
+#: CONNACK 0 (accepted) without and with a resumed session, encoded once.
+_CONNACK_ACCEPTED = {present: encode(Connack(session_present=present, return_code=CONNACK_ACCEPTED))
+                     for present in (False, True)}
 
 
 def _puback(packet_id: int) -> bytes:
@@ -87,13 +89,10 @@ class _Connection(asyncio.Protocol):
 
     # ---- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they create
+        # (tests/hub/test_connection_memory.py checks), and asking uvloop for the socket
+        # built and kept a PseudoSocket per connection, plus a system call per connect.
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # Nagle + delayed ACK cost ~40-90 ms per request/response otherwise
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.server._connections.add(self)
         self.server._watch(self)
 
@@ -248,7 +247,7 @@ class _Connection(asyncio.Protocol):
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
-        device = await server.store.get(packet.client_id)
+        device, stored_filters = await server.store.get_for_connect(packet.client_id)
         if self.closed:
             return
         if device is None or device.status != "enabled":
@@ -267,14 +266,12 @@ class _Connection(asyncio.Protocol):
             await server.store.set_model_id(device.device_id, model_id)
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
-        resumed = await server.sessions.attach(self, clean_session=packet.clean_session)
+        resumed = await server.sessions.attach(self, clean_session=packet.clean_session, stored_filters=stored_filters)
         if self.closed:  # the socket went away while attaching
             server.sessions.detach(self)
             return
-        self._write(Connack(session_present=resumed, return_code=CONNACK_ACCEPTED))
         held, self._held = self._held or [], None
-        for data in held:
-            self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(b"".join((_CONNACK_ACCEPTED[resumed], *held)) if held else _CONNACK_ACCEPTED[resumed])  # type: ignore[union-attr]
         # IoT Hub disconnects a device when its token expires (401003).
         delay = token.expiry - time.time()
         loop = asyncio.get_running_loop()

@@ -68,6 +68,37 @@ def _shrink_tls_buffers() -> None:
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
+#: Allocations of at least this many bytes get their own ``mmap`` (glibc's M_MMAP_THRESHOLD).
+#: uvloop gives every TLS connection a 256 KiB read buffer (``SSL_READ_MAX_SIZE``, not
+#: tunable), of which an idle MQTT connection touches one page. glibc starts with a
+#: 128 KiB threshold but raises it when a larger block is freed (the hub's start-up frees a
+#: 408 KiB one), and from then on those buffers are carved from the heap, often from memory
+#: the TLS handshakes and the store's batched reads had touched and freed, so a good part of
+#: each 256 KiB stays resident: 46-68 KB per TLS device instead of 27 (``./scripts/bench``).
+#: Pinned, each buffer is a fresh mapping of which only the touched pages count.
+MMAP_THRESHOLD = 256 * 1024
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+
+
+def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``size`` bytes (no dynamic raise); True when set.
+
+    Process-wide; a no-op (False) where the C library has no ``mallopt`` (not glibc).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, size))
+
+
 def default_max_connections() -> int | None:
     """The open-files limit less :data:`~iot_flows._limits.BASE_DESCRIPTORS` (REST clients,
     the store's connections, NATS, listeners); None where the platform has no such limit."""
@@ -175,6 +206,7 @@ class MqttServer:
         loop = asyncio.get_running_loop()
         if ssl_context is not None:
             _shrink_tls_buffers()
+            pin_mmap_threshold()
         if not self._explicit_limit:
             self.max_connections = default_max_connections()
         server = await loop.create_server(
