@@ -300,7 +300,7 @@ async def open_cluster_store(store: HubStore, node_id: str, lease_seconds: float
     if store.dialect == "postgresql":
         from iot_flows.store._pg_cluster import PostgresClusterStore
 
-        pg = PostgresClusterStore(store._pool, node_id, lease_seconds)  # type: ignore[attr-defined]
+        pg = PostgresClusterStore(store._pool, node_id, lease_seconds, url=store.url)  # type: ignore[attr-defined]
         await pg.create_tables()
         return pg
     raise ValueError(f"no cluster support for the {store.dialect!r} store")

@@ -65,9 +65,10 @@ class _PgRenewer(LeaseRenewer):
 class PostgresClusterStore(ClusterStore):
     """On the PostgreSQL store's asyncpg pool; leases measured by the database clock."""
 
-    def __init__(self, pool: Any, node_id: str, lease_seconds: float) -> None:
+    def __init__(self, pool: Any, node_id: str, lease_seconds: float, *, url: str = "") -> None:
         super().__init__(node_id, lease_seconds)
         self._pool = pool
+        self._url = url  # the lease renewer's own connection opens it
         # Every CONNECT claims, every disconnect releases: a fleet reconnecting at once shares
         # statements (group commit) instead of queueing one pooled connection per device,
         # which also kept the heartbeat's renewal waiting until the node's lease lapsed.
@@ -107,7 +108,9 @@ class PostgresClusterStore(ClusterStore):
         return not str(status).endswith(" 0")
 
     def lease_renewer(self) -> LeaseRenewer:
-        return _PgRenewer(self._pool._connect_args, self._pool._connect_kwargs, self.node_id, self.lease_seconds)
+        from iot_flows.store._postgres import SERVER_SETTINGS
+
+        return _PgRenewer((self._url,), {"server_settings": SERVER_SETTINGS}, self.node_id, self.lease_seconds)
 
     async def leave(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():

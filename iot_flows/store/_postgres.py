@@ -99,6 +99,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Every connection's session settings. lock_timeout: a lock held elsewhere fails the
+#: statement (503, retryable) instead of holding the request forever.
+SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "iot-flows-hub", "lock_timeout": "5s"}
+
+
 class PostgresStore(PostgresJobs, PostgresSessions):
     """Registry, twins, meta values, sessions and jobs in one PostgreSQL database."""
 
@@ -107,6 +112,8 @@ class PostgresStore(PostgresJobs, PostgresSessions):
     def __init__(self, pool: asyncpg.Pool, location: str, *, pool_size: int = 20, acquire_timeout: float = 10.0) -> None:
         self._pool = pool
         self.location = location
+        #: the URL :meth:`open` connected to: a connection of its own (the node lease) opens it again
+        self.url = ""
         self.schema_version = 0
         self._acquire_timeout = acquire_timeout
         #: (connection, owning task) of the transaction in progress in this context
@@ -137,19 +144,14 @@ class PostgresStore(PostgresJobs, PostgresSessions):
         location = describe(url)
         try:
             pool = await asyncpg.create_pool(
-                url,
-                min_size=1,
-                max_size=pool_size,
-                timeout=acquire_timeout,
-                # lock_timeout: a lock held elsewhere fails the statement (503, retryable) instead
-                # of holding the request forever.
-                server_settings={"synchronous_commit": "on", "application_name": "iot-flows-hub", "lock_timeout": "5s"},
+                url, min_size=1, max_size=pool_size, timeout=acquire_timeout, server_settings=SERVER_SETTINGS
             )
         except (ValueError, asyncpg.ClientConfigurationError) as exc:
             raise StoreConfigError(f"--db {url!r}: {_one_line(exc)}") from None
         except (*_LOST, asyncpg.PostgresError) as exc:
             raise ServiceUnavailableError(f"PostgreSQL at {location} is unreachable: {_one_line(exc)}") from None
         store = cls(pool, location, pool_size=pool_size, acquire_timeout=acquire_timeout)
+        store.url = url
         try:
             store.schema_version = await store._migrate()
         except BaseException:
