@@ -8,6 +8,9 @@ topics, twin GET on connect) or to a plain broker (``--mode broker``: anonymous 
 ``d/{id}/...`` request topics, ``r/{id}/...`` reply topics, one echo round trip on
 connect), so that a baseline broker and the hub are measured with the same client code.
 
+Several processes share a fleet (``--first``/``--count`` slices, ``--wait-go``: each prints
+``{"event": "started"}`` and connects on the stdin line ``go``, so that all start at once).
+
 Protocol: after connecting every device the process prints one JSON line
 ``{"event": "ready", "connect_seconds": ..., "connected": n, "failed": n}``. Then each
 stdin line is a command answered by one JSON line: ``stats`` (method calls answered, CPU
@@ -147,7 +150,7 @@ class Device(asyncio.Protocol):
 
 async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    ids = [f"{args.prefix}-{i:05d}" for i in range(args.count)]
+    ids = [f"{args.prefix}-{i:05d}" for i in range(args.first, args.first + args.count)]
     devices: list[Device] = []
     failed = 0
     sem = asyncio.Semaphore(args.concurrency)
@@ -163,19 +166,22 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 await loop.create_connection(lambda: dev, args.host, args.port, ssl=ctx,
                                              server_hostname="localhost" if ctx else None,
-                                             local_addr=(SOURCE_ADDRESSES[i % len(SOURCE_ADDRESSES)], 0))
+                                             local_addr=(SOURCE_ADDRESSES[(args.first + i) % len(SOURCE_ADDRESSES)], 0))
                 await asyncio.wait_for(ready, 120)
                 devices.append(dev)
-            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (OSError, TimeoutError, ConnectionError) as exc:
                 failed += 1
                 if failed <= 3:
                     print(f"fleet: {device_id}: {exc}", file=sys.stderr)
 
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    if args.wait_go:  # several fleet processes start connecting at the same moment
+        emit({"event": "started"})
+        await stdin.readline()
     start = time.perf_counter()
     await asyncio.gather(*(one(i, d) for i, d in enumerate(ids)))
     emit({"event": "ready", "connect_seconds": time.perf_counter() - start, "connected": len(devices), "failed": failed})
-    stdin = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     while line := (await stdin.readline()).decode().strip():
         if line == "stats":
             emit({"calls": Device.calls, "cpu_seconds": cpu_seconds(), **proc_status()})
@@ -200,6 +206,8 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--first", type=int, default=0, help="number of the first device ({prefix}-{first:05d})")
+    parser.add_argument("--wait-go", action="store_true", help="print a started event, connect after a stdin line")
     parser.add_argument("--hostname", default="127.0.0.1", help="IoT hub host name in SAS tokens")
     parser.add_argument("--key", default="", help="device symmetric key (hub mode)")
     parser.add_argument("--tls-ca", default=None)

@@ -70,13 +70,18 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class Hub:
-    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS)."""
+    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS).
+
+    ``extra``: more ``hub serve`` options (a cluster node's ``--bus``, ``--node-id``); nodes
+    sharing one store share ``owner_key``.
+    """
 
     def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None,
-                 src: str | None = None, db: str | None = None) -> None:
+                 src: str | None = None, db: str | None = None, extra: list[str] | None = None,
+                 owner_key: str | None = None) -> None:
         from iot_flows._sas import ConnectionString, generate_key
 
-        self.owner_key = generate_key()
+        self.owner_key = owner_key or generate_key()
         self.mqtt_port, self.http_port, self.mqtts_port = free_port(), free_port(), free_port()
         self.tls = tls
         cmd = [sys.executable, "-c", "from iot_flows.cli._main import main; main()", "hub", "serve",
@@ -84,6 +89,7 @@ class Hub:
                "--hostname", HOSTNAME, "--db", db or str(tmp / f"hub-{self.http_port}.db")]
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
+        cmd += extra or []  # e.g. a cluster node's --bus and --node-id
         full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
         if src:  # another revision's iot_flows (e.g. `git archive <rev> iot_flows | tar -x -C dir`)
             full_env["PYTHONPATH"] = src
@@ -141,34 +147,69 @@ class Mosquitto:
         stop(self.proc)
 
 
+def fleet_processes(count: int) -> int:
+    """How many fleet processes drive ``count`` devices: one per 2,500 devices, at most one
+    per CPU (a single Python fleet process capped even Mosquitto at ~3,000 connects/s)."""
+    return max(1, min(os.cpu_count() or 1, count // 2500))
+
+
 class FleetProc:
-    """``python -m bench._fleet_proc``: N lean devices in their own process."""
+    """``python -m bench._fleet_proc``: N lean devices in ``procs`` processes of their own
+    (default :func:`fleet_processes`), started together; figures are summed over processes
+    (connect time: the slowest process)."""
 
     def __init__(self, mode: str, port: int, count: int, *, key: str = DEVICE_KEY, tls_ca: str | None = None,
-                 prefix: str = "bench", loop: str = "auto") -> None:
-        cmd = [sys.executable, "-m", "bench._fleet_proc", "--mode", mode, "--port", str(port), "--count", str(count),
-               "--prefix", prefix, "--hostname", HOSTNAME, "--key", key]
-        if tls_ca:
-            cmd += ["--tls-ca", tls_ca]
-        cmd += ["--loop", loop]
+                 prefix: str = "bench", loop: str = "auto", procs: int | None = None) -> None:
+        procs = max(1, min(count, procs if procs is not None else fleet_processes(count)))
         self.cpu_start = 0.0
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            raise RuntimeError(f"fleet exited with {self.proc.wait()} before connecting")
-        self.ready: dict[str, Any] = json.loads(line)
+        self.procs: list[subprocess.Popen[str]] = []
+        bounds = [count * i // procs for i in range(procs + 1)]
+        for first, end in zip(bounds, bounds[1:], strict=False):
+            cmd = [sys.executable, "-m", "bench._fleet_proc", "--mode", mode, "--port", str(port),
+                   "--first", str(first), "--count", str(end - first), "--prefix", prefix, "--hostname", HOSTNAME,
+                   "--key", key, "--loop", loop, "--wait-go"]
+            if tls_ca:
+                cmd += ["--tls-ca", tls_ca]
+            self.procs.append(subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for proc in self.procs:
+            if not proc.stdout.readline():  # type: ignore[union-attr]  # {"event": "started"}
+                raise RuntimeError(f"fleet exited with {proc.wait()} before connecting")
+        for proc in self.procs:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        readies = []
+        for proc in self.procs:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"fleet exited with {proc.wait()} before connecting")
+            readies.append(json.loads(line))
+        self.proc = self.procs[0]
+        self.ready: dict[str, Any] = {
+            "event": "ready", "connect_seconds": max(r["connect_seconds"] for r in readies),
+            "connected": sum(r["connected"] for r in readies), "failed": sum(r["failed"] for r in readies),
+            "processes": len(readies),
+        }
 
     def command(self, name: str) -> dict[str, Any]:
-        self.proc.stdin.write(name + "\n")  # type: ignore[union-attr]
-        self.proc.stdin.flush()  # type: ignore[union-attr]
-        return dict(json.loads(self.proc.stdout.readline()))  # type: ignore[union-attr]
+        """Send ``name`` to every process; sums of their answers (``patch_seconds``: the longest)."""
+        for proc in self.procs:
+            proc.stdin.write(name + "\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        answers = [dict(json.loads(proc.stdout.readline())) for proc in self.procs]  # type: ignore[union-attr]
+        out: dict[str, Any] = {}
+        for answer in answers:
+            for key, value in answer.items():
+                out[key] = max(out.get(key, 0), value) if key == "patch_seconds" else out.get(key, 0) + value
+        return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # type: ignore[union-attr]
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.stdin.close()  # type: ignore[union-attr]
+        for proc in self.procs:
             try:
-                self.proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()  # type: ignore[union-attr]
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]

@@ -86,6 +86,26 @@ class SasToken:
         return (now if now is not None else time.time()) > self.expiry + skew
 
 
+#: ``%XX`` of the ASCII range -> the character (what SAS fields carry: ``%2F``, ``%2B``, ``%3D``).
+_ASCII_ESCAPES = {f"{b:02{case}}": chr(b) for b in range(0x80) for case in "xX"}
+
+
+def _unquote(text: str) -> str:
+    """``urllib.parse.unquote`` with a fast path for ASCII escapes (a third of a connect's
+    token parsing went into it); anything else is left to ``unquote``."""
+    if "%" not in text:
+        return text
+    head, *rest = text.split("%")
+    out = [head]
+    for part in rest:
+        char = _ASCII_ESCAPES.get(part[:2])
+        if char is None:
+            return urllib.parse.unquote(text)
+        out.append(char)
+        out.append(part[2:])
+    return "".join(out)
+
+
 def parse_sas_token(token: str) -> SasToken:
     """Parse a SAS token; raise ``ValueError`` when it is not one."""
     token = token.strip()
@@ -108,11 +128,11 @@ def parse_sas_token(token: str) -> SasToken:
         raise ValueError("SAS expiry is not an integer") from exc
     skn = fields.get("skn")
     return SasToken(
-        resource=urllib.parse.unquote(encoded_sr),
+        resource=_unquote(encoded_sr),
         encoded_resource=encoded_sr,
-        signature=urllib.parse.unquote(sig),
+        signature=_unquote(sig),
         expiry=expiry,
-        key_name=urllib.parse.unquote(skn) if skn is not None else None,
+        key_name=_unquote(skn) if skn is not None else None,
     )
 
 

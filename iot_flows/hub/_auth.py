@@ -104,7 +104,11 @@ def parse_username(username: str, hostname: str, device_id: str) -> dict[str, st
         rest = rest[1:]
     if rest and not rest.startswith("?"):
         raise UnauthorizedError("The username names another identity (modules are not supported).")
-    params = dict(urllib.parse.parse_qsl(rest[1:], keep_blank_values=True))
+    query = rest[1:]
+    if "%" in query or "+" in query:
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    else:  # nothing to decode (what SDKs send): parse_qsl's result without its cost
+        params = dict(part.partition("=")[::2] for part in query.split("&") if part)
     if "model-id" in params and not _DTMI.match(params["model-id"]):
         del params["model-id"]
     return params

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -57,6 +56,14 @@ __all__: list[str] = []
 log = logging.getLogger("iot_flows.hub._mqtt_server")
 
 _PINGRESP = encode(Pingresp())
+#: CONNACK 0 (accepted) without and with a resumed session, encoded once.
+_CONNACK_ACCEPTED = {present: encode(Connack(session_present=present, return_code=CONNACK_ACCEPTED))
+                     for present in (False, True)}
+
+
+def _puback(packet_id: int) -> bytes:
+    """PUBACK of ``packet_id`` (``encode(Puback(...))`` without the dataclass)."""
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")
 
 
 class _Connection(asyncio.Protocol):
@@ -77,17 +84,17 @@ class _Connection(asyncio.Protocol):
         self._inbox: deque[Any] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._held: list[bytes] | None = []
+        #: While a device publish is handled: what it sends, written with its PUBACK.
+        self._corked: list[bytes] | None = None
 
     # ---- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP transport they create
+        # (tests/hub/test_connection_memory.py checks), and asking uvloop for the socket
+        # built and kept a PseudoSocket per connection, plus a system call per connect.
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:  # Nagle + delayed ACK cost ~40-90 ms per request/response otherwise
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.server._connections.add(self)
+        self.server._watch(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.server.clock()
@@ -168,7 +175,20 @@ class _Connection(asyncio.Protocol):
         if self._held is not None:
             self._held.append(data)  # attached but CONNACK not written yet
             return
+        if self._corked is not None:
+            # written with the PUBACK of the publish being handled, or at the next loop
+            # iteration at the latest (a method request never waits for a slow twin write)
+            if not self._corked:
+                asyncio.get_running_loop().call_soon(self._write_corked, self._corked)
+            self._corked.append(data)
+            return
         self.transport.write(data)
+
+    def _write_corked(self, corked: list[bytes]) -> None:
+        """Write what :meth:`send` held while a publish was handled, if still unwritten."""
+        if corked and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(corked))
+        corked.clear()
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -227,7 +247,7 @@ class _Connection(asyncio.Protocol):
         except UnauthorizedError as exc:
             self._refuse(CONNACK_NOT_AUTHORIZED, exc.message)
             return
-        device = await server.store.get(packet.client_id)
+        device, stored_filters = await server.store.get_for_connect(packet.client_id)
         if self.closed:
             return
         if device is None or device.status != "enabled":
@@ -246,14 +266,12 @@ class _Connection(asyncio.Protocol):
             await server.store.set_model_id(device.device_id, model_id)
         self.authenticated = True
         self.keep_alive = float(packet.keep_alive)
-        resumed = await server.sessions.attach(self, clean_session=packet.clean_session)
+        resumed = await server.sessions.attach(self, clean_session=packet.clean_session, stored_filters=stored_filters)
         if self.closed:  # the socket went away while attaching
             server.sessions.detach(self)
             return
-        self._write(Connack(session_present=resumed, return_code=CONNACK_ACCEPTED))
         held, self._held = self._held or [], None
-        for data in held:
-            self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(b"".join((_CONNACK_ACCEPTED[resumed], *held)) if held else _CONNACK_ACCEPTED[resumed])  # type: ignore[union-attr]
         # IoT Hub disconnects a device when its token expires (401003).
         delay = token.expiry - time.time()
         loop = asyncio.get_running_loop()
@@ -319,10 +337,17 @@ class _Connection(asyncio.Protocol):
         quota = self.server.quota()
         if quota is not None and await self._throttled(quota, packet):
             return
-        if not await self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
+        # What the handler sends (a twin response) and the PUBACK leave in one socket write.
+        corked: list[bytes] = []
+        self._corked = corked
+        try:
+            allowed = await self.server.endpoint.handle_publish(self, packet.topic, packet.payload)
+        finally:
+            self._corked = None
+        if allowed and packet.qos == 1:
+            corked.append(_puback(packet.packet_id or 0))
+        self._write_corked(corked)
+        if not allowed:
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
             self.close("forbidden topic")
-            return
-        if packet.qos == 1:
-            self._write(Puback(packet_id=packet.packet_id or 0))
 

@@ -89,16 +89,19 @@ class SessionRegistry:
     def __len__(self) -> int:
         return sum(1 for s in self._sessions.values() if s.link is not None)
 
-    async def attach(self, link: DeviceLink, *, clean_session: bool) -> bool:
+    async def attach(self, link: DeviceLink, *, clean_session: bool, stored_filters: list[str] | None = None) -> bool:
         """Make ``link`` the device's connection; return True if a session was resumed.
 
         One connection per identity: an existing link is closed (IoT Hub logs
-        400027 ConnectionForcefullyClosedOnNewConnection).
+        400027 ConnectionForcefullyClosedOnNewConnection). ``stored_filters``: the stored
+        session as the caller already read it with the device's record (None: read it here).
         """
         session = self._sessions.setdefault(link.device_id, _Session())
         if not session.restored:
             stored: list[str] = []
-            if not clean_session and self._persistence is not None:
+            if not clean_session and self._persistence is not None and stored_filters is not None:
+                stored = stored_filters
+            elif not clean_session and self._persistence is not None:
                 # First connection since the hub started: restore the stored session.
                 stored = await self._persistence.get_subscriptions(link.device_id)
                 session = self._sessions.setdefault(link.device_id, session)

@@ -137,6 +137,12 @@ class HubStore(ABC):
     async def set_subscriptions(self, device_id: str, filters: builtins.list[str]) -> None:
         """Replace the device's persistent topic filters."""
 
+    async def get_for_connect(self, device_id: str) -> tuple[DeviceRecord | None, builtins.list[str]]:
+        """What a CONNECT reads: the device's record (None when unknown) and its stored
+        session's topic filters ([] when unknown). Backends may read both in one statement."""
+        record = await self.get(device_id)
+        return record, (await self.get_subscriptions(device_id) if record is not None else [])
+
     # ---- queries ----------------------------------------------------------------------
     @abstractmethod
     def compile_query(self, text: str) -> CompiledQuery:

@@ -43,6 +43,12 @@ __all__ = ["SqliteStore"]
 
 _JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS)
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM devices"
+_SELECT_WITH_SESSION = f"SELECT {', '.join(COLUMNS)}, mqtt_subscriptions FROM devices"
+#: ``device_id IN`` a JSON array bound as one parameter: one statement text for any number
+#: of ids. ``IN (?, ?, ...)`` made a statement per batch size, and sqlite3 keeps up to 128
+#: prepared statements per connection (a 500-id one is large): a connect burst left
+#: megabytes of them in the hub (./scripts/bench, memory per device).
+_IN_IDS = "device_id IN (SELECT value FROM json_each(?))"
 
 
 def _cas_sql(columns: tuple[str, ...]) -> str:
@@ -141,6 +147,10 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         self.session_reads: GroupCommit[str, builtins.list[str]] = GroupCommit(
             self._read_sessions, max_batch=500, max_inflight=1
         )
+        #: Group reads of what a CONNECT needs (record and stored session): one SELECT per tick.
+        self.connect_reads: GroupCommit[str, tuple[DeviceRecord | None, builtins.list[str]]] = GroupCommit(
+            self._read_connects, max_batch=500, max_inflight=1
+        )
         #: Group commit of per-connection bookkeeping (connection state, stored session).
         self.small_writes: GroupCommit[tuple[str, tuple[Any, ...]], None] = GroupCommit(
             self._write_small, max_batch=1000, max_inflight=1
@@ -229,10 +239,7 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         out: builtins.list[DeviceRecord] = []
         for start in range(0, len(device_ids), 500):
             chunk = device_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"{_SELECT} WHERE device_id IN ({marks}) ORDER BY device_id", chunk
-            ).fetchall()
+            rows = self._conn.execute(f"{_SELECT} WHERE {_IN_IDS} ORDER BY device_id", (dumps(chunk),)).fetchall()
             out.extend(_from_row(r) for r in rows)
         return out
 
@@ -304,8 +311,7 @@ class SqliteStore(SqliteQueries, SqliteJobs):
 
     async def _read_twins(self, device_ids: builtins.list[str]) -> builtins.list[DeviceRecord | None | BaseException]:
         """Records of one tick's :meth:`get` calls, read by one statement."""
-        marks = ",".join("?" * len(device_ids))
-        rows = self._conn.execute(f"{_SELECT} WHERE device_id IN ({marks})", device_ids).fetchall()
+        rows = self._conn.execute(f"{_SELECT} WHERE {_IN_IDS}", (dumps(device_ids),)).fetchall()
         found = {r[0]: r for r in rows}
         return [_from_row(found[d]) if d in found else None for d in device_ids]
 
@@ -365,11 +371,27 @@ class SqliteStore(SqliteQueries, SqliteJobs):
         row = self._conn.execute("SELECT mqtt_subscriptions FROM devices WHERE device_id = ?", (device_id,)).fetchone()
         return [s for s in row[0].split("\n") if s] if row else []
 
+    async def get_for_connect(self, device_id: str) -> tuple[DeviceRecord | None, builtins.list[str]]:
+        if not self._depth:
+            return await self.connect_reads.submit(device_id, device_id)
+        return (await self._read_connects([device_id]))[0]  # type: ignore[return-value]
+
+    async def _read_connects(
+        self, device_ids: builtins.list[str]
+    ) -> builtins.list[tuple[DeviceRecord | None, builtins.list[str]] | BaseException]:
+        """Records and stored topic filters of one tick's CONNECTs, by one SELECT."""
+        rows = self._conn.execute(f"{_SELECT_WITH_SESSION} WHERE {_IN_IDS}", (dumps(device_ids),)).fetchall()
+        found = {r[0]: r for r in rows}
+        out: builtins.list[tuple[DeviceRecord | None, builtins.list[str]] | BaseException] = []
+        for d in device_ids:
+            row = found.get(d)
+            out.append((None, []) if row is None else (_from_row(row[:-1]), [f for f in row[-1].split("\n") if f]))
+        return out
+
     async def _read_sessions(self, device_ids: builtins.list[str]) -> builtins.list[builtins.list[str] | BaseException]:
         """Stored topic filters of one tick's :meth:`get_subscriptions` calls, by one SELECT."""
-        marks = ",".join("?" * len(device_ids))
         rows = self._conn.execute(
-            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE device_id IN ({marks})", device_ids
+            f"SELECT device_id, mqtt_subscriptions FROM devices WHERE {_IN_IDS}", (dumps(device_ids),)
         ).fetchall()
         found = dict(rows)
         return [[f for f in found[d].split("\n") if f] if d in found else [] for d in device_ids]

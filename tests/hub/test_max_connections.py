@@ -35,3 +35,4 @@ def test_devices_beyond_max_connections_are_refused_and_get_in_once_one_leaves(t
                 device.client.loop_stop()
                 device.client.disconnect()
             svc.close()
+
