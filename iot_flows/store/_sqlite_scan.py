@@ -9,9 +9,9 @@ the same, so tables under :data:`ADAPTIVE_ROWS` keep the plain walk). :func:`twi
 gets the same rows in the same order by the cheaper plan:
 
 1. the plain statement, interrupted after :func:`walk_steps` SQLite VM instructions
-   (~5 % of the table; a page of common matches is done by then);
+   (~2.5 % of the table; a page of common matches is done by then);
 2. if interrupted, the primary-key walk over a prefix of the table (:func:`prefix_end`:
-   a twentieth, at least :data:`MIN_PREFIX` rows);
+   a fortieth, at least :data:`MIN_PREFIX` rows);
 3. if the page is still not full, a scan of the rest of the table (``NOT INDEXED``)
    sorting what matches.
 
@@ -62,14 +62,14 @@ def table_rows(conn: sqlite3.Connection) -> int:
 
 
 def walk_steps(rows: int) -> int:
-    """SQLite VM instructions the plain walk may run on a table of ``rows``: ~5 % of it."""
-    return max(WALK_STEPS, rows // 4)
+    """SQLite VM instructions the plain walk may run on a table of ``rows``: ~2.5 % of it."""
+    return max(WALK_STEPS, rows // 8)
 
 
 def prefix_end(conn: sqlite3.Connection, after: str, table: int) -> str | None:
     """The last device id of the walked prefix after ``after`` (None: the table ends first):
-    a twentieth of the ``table`` rows, at least :data:`MIN_PREFIX`."""
-    rows = max(MIN_PREFIX, table // 20)
+    a fortieth of the ``table`` rows, at least :data:`MIN_PREFIX`."""
+    rows = max(MIN_PREFIX, table // 40)
     row = conn.execute(
         "SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT 1 OFFSET ?", (after, rows - 1)
     ).fetchone()
