@@ -175,6 +175,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        else:  # accepted but never made (a TLS handshake that did not complete): no connection_lost follows
+            self.server._connections.discard(self)
 
     # ---- packet handling ----------------------------------------------------------
     def _write(self, packet: Any) -> None:

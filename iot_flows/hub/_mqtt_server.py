@@ -178,7 +178,12 @@ class MqttServer:
         descriptors for the REST API and the store, and a warning names the limit.
         """
         if self.max_connections is None or len(self._connections) < self.max_connections:
-            return _Connection(self)
+            # Counted from now, not from connection_made: the loop runs this factory for every
+            # socket of an accept burst before any connection_made (and a TLS handshake may
+            # never complete), so counting there let a burst past the limit.
+            conn = _Connection(self)
+            self._connections.add(conn)
+            return conn
         self.refused += 1
         now = time.monotonic()
         if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:

@@ -35,3 +35,24 @@ def test_devices_beyond_max_connections_are_refused_and_get_in_once_one_leaves(t
                 device.client.loop_stop()
                 device.client.disconnect()
             svc.close()
+
+
+def test_a_burst_of_sockets_gets_exactly_max_connections_in(tmp_path: Path) -> None:
+    """The loop runs the protocol factory for every socket of an accept burst before any
+    connection_made: counting there let 4 of 4 in past a limit of 2. Exactly the limit now."""
+    import socket
+
+    settings = HubSettings(mqtt_port=0, http_port=0, db=str(tmp_path / "hub.db"), max_connections=2)
+    with EmbeddedHub(settings) as running:
+        hub = running.hub
+        socks = [socket.socket() for _ in range(8)]
+        try:
+            for sock in socks:
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", hub.mqtt_port))  # all at once: one accept burst
+            wait_until(lambda: hub.mqtt.refused + hub.mqtt.connection_count == len(socks))
+            assert hub.mqtt.connection_count == 2 and hub.mqtt.refused == len(socks) - 2
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: hub.mqtt.connection_count == 0)
