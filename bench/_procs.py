@@ -70,13 +70,18 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 class Hub:
-    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS)."""
+    """``iot-flows hub serve`` on free ports with a temp SQLite file or ``db`` (a PostgreSQL URL; optionally TLS).
+
+    ``extra``: more ``hub serve`` options (a cluster node's ``--bus``, ``--node-id``); nodes
+    sharing one store share ``owner_key``.
+    """
 
     def __init__(self, tmp: Path, tls: tuple[Path, Path, Path] | None = None, env: dict[str, str] | None = None,
-                 src: str | None = None, db: str | None = None) -> None:
+                 src: str | None = None, db: str | None = None, extra: list[str] | None = None,
+                 owner_key: str | None = None) -> None:
         from iot_flows._sas import ConnectionString, generate_key
 
-        self.owner_key = generate_key()
+        self.owner_key = owner_key or generate_key()
         self.mqtt_port, self.http_port, self.mqtts_port = free_port(), free_port(), free_port()
         self.tls = tls
         cmd = [sys.executable, "-c", "from iot_flows.cli._main import main; main()", "hub", "serve",
@@ -84,6 +89,7 @@ class Hub:
                "--hostname", HOSTNAME, "--db", db or str(tmp / f"hub-{self.http_port}.db")]
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
+        cmd += extra or []  # e.g. a cluster node's --bus and --node-id
         full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
         if src:  # another revision's iot_flows (e.g. `git archive <rev> iot_flows | tar -x -C dir`)
             full_env["PYTHONPATH"] = src

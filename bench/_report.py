@@ -54,14 +54,78 @@ def _fmt(v: Any) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    """A Markdown table: one row per figure and size, ours next to its baseline."""
-    rows = ["| figure | devices | iot-flows hub | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+    """Markdown tables: one row per figure and size, ours next to its baseline of the same run.
+
+    The first store's one node against Mosquitto, then each further store's, then two nodes
+    per store against one node on that store (and Mosquitto).
+    """
+    rows: list[str] = []
+    stores = result.get("stores", [result.get("store", "sqlite")])
+    several = len(stores) > 1 or bool(result.get("two_nodes"))
+    if result.get("hub"):
+        if several:
+            rows.append(f"### one node, {stores[0]} (baseline: Mosquitto)\n")
+        _one_node_rows(rows, result["hub"], result.get("mosquitto", {}), stores[0])
+    for store, part in result.get("by_store", {}).items():
+        rows.append(f"\n### one node, {store} (baseline: Mosquitto)\n")
+        _one_node_rows(rows, part.get("hub", {}), part.get("mosquitto", {}), store)
+    for store, by_size in result.get("two_nodes", {}).items():
+        rows.append(f"\n### two nodes, {store}, one NATS (baselines: one node on {store}; Mosquitto)\n")
+        part = result if store == stores[0] else result.get("by_store", {}).get(store, {})
+        _two_node_rows(rows, by_size, part.get("hub", {}), part.get("mosquitto", {}))
+    _rest_rows(rows, result)
+    return "\n".join(rows)
+
+
+def _header(rows: list[str], ours: str) -> None:
+    rows += [f"| figure | devices | {ours} | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+
+
+def _row(rows: list[str], fig: str, n: Any, ours: Any, base: Any, ratio: Any = None) -> None:
+    rows.append(f"| {fig} | {_fmt(n)} | {_fmt(ours)} | {_fmt(base)} | {_fmt(ratio)} |")
+
+
+def _p(d: dict[str, Any] | None) -> str | None:
+    return f"{d['p50']} / {d['p99']}" if d else None
+
+
+def _two_node_rows(rows: list[str], by_size: dict[str, Any], one_node: dict[str, Any], mosquitto: dict[str, Any]) -> None:
+    _header(rows, "two nodes")
+    for n, t in by_size.items():
+        o, vs, job = one_node.get(n, {}), t.get("against_baselines", {}), t["method_job"]
+        rt = mosquitto.get(n, {}).get("round_trips", {})
+        kb, rss = t["hub_kb_per_device"], t["peak_rss_mb"]
+        _row(rows, "scheduleDeviceMethod job created on node a, dev/s (baseline: one node)", int(n),
+             job["devices_per_second"], _get(o, ("method_job", "devices_per_second")), vs.get("job_two_over_one_node"))
+        _row(rows, "same job, dev/s (baseline: Mosquitto round trips/s)", int(n), job["devices_per_second"], rt.get("per_second"),
+             vs.get("job_two_nodes_over_mosquitto"))
+        _row(rows, "hub CPU per device in the job, us (both nodes; one node)", int(n), job.get("hub_cpu_us_per_device"),
+             _get(o, ("method_job", "hub_cpu_us_per_device")))
+        _row(rows, "durable reported PATCH, devices on both nodes, /s (baseline: one node)", int(n),
+             t["reported_patch_per_second"], o.get("reported_patch_per_second"), vs.get("reported_patch_two_over_one_node"))
+        _row(rows, "hub CPU per reported PATCH, us (both nodes; one node)", int(n), t.get("reported_patch_hub_cpu_us"),
+             o.get("reported_patch_hub_cpu_us"))
+        _row(rows, "connects/s, both fleets at once (baseline: one node)", int(n), t["connects_per_second"],
+             o.get("connects_per_second"), vs.get("connects_two_over_one_node"))
+        _row(rows, "memory per connected device, KB, node a / node b (baseline: one node)", int(n),
+             " / ".join(str(v) for v in kb.values()), o.get("hub_kb_per_device"), vs.get("kb_per_device_two_over_one_node"))
+        _row(rows, "REST direct method via node a, device on node a, p50 / p99 ms (baseline: one node)", int(n),
+             _p(t["rest_method_same_node_ms"]), _p(o.get("rest_method_ms")), vs.get("method_p50_same_node_two_over_one_node"))
+        _row(rows, "REST direct method via node a, device on node b (NATS), p50 / p99 ms (baseline: same node)", int(n),
+             _p(t["rest_method_cross_node_ms"]), _p(t["rest_method_same_node_ms"]), vs.get("method_p50_cross_over_same_node"))
+        _row(rows, "peak RSS MB (node a / node b / fleet a / fleet b / nats; one node: hub / fleet)", int(n),
+             " / ".join(str(v) for v in rss.values()),
+             f"{o['peak_rss_mb']['hub']} / {o['peak_rss_mb']['fleet']}" if "peak_rss_mb" in o else None)
+
+
+def _one_node_rows(rows: list[str], hubs: dict[str, Any], mosquitto: dict[str, Any], store: str) -> None:
+    _header(rows, "iot-flows hub")
 
     def row(fig: str, n: Any, ours: Any, base: Any, ratio: Any = None) -> None:
-        rows.append(f"| {fig} | {_fmt(n)} | {_fmt(ours)} | {_fmt(base)} | {_fmt(ratio)} |")
+        _row(rows, fig, n, ours, base, ratio)
 
-    for n, h in result.get("hub", {}).items():
-        m = result.get("mosquitto", {}).get(n, {})
+    for n, h in hubs.items():
+        m = mosquitto.get(n, {})
         job, rt = h["method_job"], m.get("round_trips", {})
         ratio = h.get("method_job_over_mosquitto", {}).get("median")
         row("scheduleDeviceMethod job, dev/s (baseline: Mosquitto round trips/s)", int(n),
@@ -78,7 +142,7 @@ def table(result: dict[str, Any]) -> str:
         row("fleet CPU per round trip, us", int(n), job["fleet_cpu_us_per_round_trip"], rt.get("fleet_cpu_us_per_round_trip"))
         row("server CPU per round trip, us (hub in a job; mosquitto)", int(n), job.get("hub_cpu_us_per_device"),
             rt.get("mosquitto_cpu_us_per_round_trip"))
-        row(f"durable reported PATCH, /s ({result.get('store', 'sqlite')})", int(n), h["reported_patch_per_second"], None)
+        row(f"durable reported PATCH, /s ({store})", int(n), h["reported_patch_per_second"], None)
         if "reported_patch_hub_cpu_us" in h:
             row("hub CPU per reported PATCH, us", int(n), h["reported_patch_hub_cpu_us"], None)
         if "confirm_twins" in h:
@@ -88,6 +152,17 @@ def table(result: dict[str, Any]) -> str:
         row("peak RSS MB (hub / fleet; mosquitto / fleet)", int(n),
             f"{h['peak_rss_mb']['hub']} / {h['peak_rss_mb']['fleet']}",
             f"{m['peak_rss_mb']['mosquitto']} / {m['peak_rss_mb']['fleet']}" if "peak_rss_mb" in m else None)
+
+
+def _rest_rows(rows: list[str], result: dict[str, Any]) -> None:
+    """TLS, queries and slopes."""
+
+    def row(fig: str, n: Any, ours: Any, base: Any, ratio: Any = None) -> None:
+        _row(rows, fig, n, ours, base, ratio)
+
+    if result.get("tls") or result.get("queries"):
+        rows.append("")
+        _header(rows, "iot-flows hub")
     tls = result.get("tls")
     if tls:
         row("memory per connected device, TLS, KB", tls["devices"], tls["hub_kb_per_device"], tls.get("mosquitto_kb_per_device"))
@@ -106,4 +181,3 @@ def table(result: dict[str, Any]) -> str:
     if sl:
         rows += ["", "| cost | slope per 1,000 more devices |", "|---|---|"]
         rows += [f"| {k} | {_fmt(v)} |" for k, v in sl.items()]
-    return "\n".join(rows)

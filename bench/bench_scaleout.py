@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,16 +35,11 @@ from typing import Any
 import httpx
 
 from bench._lean import HubProc, LeanDevice, emit, rss_kb
-from bench.bench_cluster import _nats
+from bench._procs import cpu_seconds
+from bench._topology import Databases, Nats
 from iot_flows.mqtt import Publish, Subscribe, encode
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+__all__ = ["WriterDevice", "cpu_seconds", "project", "setup"]  # cpu_seconds: also bench.bench_changes's
 
 
 class WriterDevice(LeanDevice):
@@ -142,8 +136,7 @@ async def _writes(devices: list[WriterDevice], writes: int) -> tuple[float, int]
     return time.perf_counter() - start, retried
 
 
-async def setup(node_count: int, count: int, methods: int, writes: int, nats_url: str, db: str | None) -> dict[str, Any]:
-    db = db or f"{tempfile.mkdtemp(prefix='iotflows-scaleout-')}/hub.db"
+async def setup(node_count: int, count: int, methods: int, writes: int, nats_url: str, db: str) -> dict[str, Any]:
     nodes = [HubProc("--db", db, "--bus", nats_url, "--node-id", f"n{i}") for i in range(node_count)]
     try:
         ids = [f"s{node_count}-{i:05d}" for i in range(count)]
@@ -169,7 +162,7 @@ async def setup(node_count: int, count: int, methods: int, writes: int, nats_url
             "reported_write": {"ops": ops_writes, "ops_per_second": round(ops_writes / write_seconds, 1),
                                "cpu_ms_per_op": round((cpu2 - cpu1) * 1000 / ops_writes, 3),
                                "retried_503": retried},
-            "rss_kb_per_device": round(sum(a - b for a, b in zip(rss_after, rss_before)) / count, 2),
+            "rss_kb_per_device": round(sum(a - b for a, b in zip(rss_after, rss_before, strict=True)) / count, 2),
         }
     finally:
         for node in nodes:
@@ -188,22 +181,9 @@ def project(result: dict[str, Any], devices: int, report_interval: float, method
 
 
 async def main(args: argparse.Namespace) -> None:
-    nats, url = _nats()
-    pg = None
-    try:
-        one_db = two_db = None
-        if args.store == "postgresql":
-            from tests.pgcluster import PgCluster
-
-            pg = PgCluster().start()
-            one_db, two_db = pg.create_database("scaleout_one"), pg.create_database("scaleout_two")
-        one = await setup(1, args.count, args.methods, args.writes, url, one_db)
-        two = await setup(2, args.count, args.methods, args.writes, url, two_db)
-    finally:
-        nats.terminate()
-        nats.wait(10)
-        if pg is not None:
-            pg.stop()
+    with tempfile.TemporaryDirectory(prefix="iotflows-scaleout-") as tmp, Nats() as nats, Databases(Path(tmp)) as dbs:
+        one = await setup(1, args.count, args.methods, args.writes, nats.url, dbs.url(args.store, "scaleout_one"))
+        two = await setup(2, args.count, args.methods, args.writes, nats.url, dbs.url(args.store, "scaleout_two"))
     assumptions = {"report_interval_seconds": args.report_interval, "method_interval_seconds": args.method_interval,
                    "node": "one hub process = one core", "target_utilisation": args.target_utilisation,
                    "node_memory_gb": args.node_memory_gb}

@@ -1,6 +1,6 @@
 """Store backends side by side: PostgreSQL vs SQLite, through the hub and as raw SQL, in one run.
 
-    .venv/bin/python -m bench.bench_store [--count 100000] [--writes 500] [--repeat 5]
+    .venv/bin/python -m bench.bench_store [--count 100000] [--writes 500] [--repeat 5] [--hub-src DIR]
 
 Starts a throw-away PostgreSQL 15 cluster (``tests/pgcluster``: ``fsync`` and
 ``synchronous_commit`` on) and a SQLite file, and for each backend measures:
@@ -24,6 +24,13 @@ what sharing one COMMIT among 1,000 compare-and-set twin writes would save (the
 PostgreSQL store does it, group commit; SQLite does not). Seeding (``seed_seconds``)
 writes straight into the store's tables (``executemany`` / ``COPY``), not through REST.
 
+The hub answering the queries runs as deployed, ``hub serve`` in its own process
+(uvloop and httptools from the ``hub`` extra when installed; ``--embedded``: in a thread
+of this process, sharing the client's GIL); ``--hub-src DIR`` also times another
+revision's hub on the same database right after (``before`` in the output). SQLite's
+``unindexed_filter`` runs the plain statement as its baseline; on 250,000 twins and more
+the hub answers it with an adaptive plan (``store/_sqlite_scan.py``: same rows).
+
 REST calls are timed over one keep-alive ``http.client`` connection, reading the body
 unparsed (the raw side gets rows, not objects), and alternate with the raw statement run
 by run. Prints one JSON object (medians in milliseconds, ``*_best`` the fastest run, less
@@ -35,19 +42,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
+import os
+import random
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
-from collections.abc import Iterator
-from typing import Any, Callable
 
 import asyncpg
 
+from bench._procs import Hub as HubProc
 from bench.bench_query import FILTER, GROUP, TS
 from iot_flows.hub import HubSettings
 from iot_flows.hub._embedded import EmbeddedHub
@@ -205,81 +218,138 @@ async def sqlite_commit_sharing(path: str, devices: int = 1000) -> dict[str, flo
         await store.close()
 
 
-def queries(backend: str, db: str, repeat: int) -> dict[str, Any]:
+_STATEMENTS = """
+import asyncio, json, sys
+from iot_flows.store import open_store
+async def main():
+    store = await open_store(sys.argv[1])
+    try:
+        out = {}
+        for name, (text, size) in json.loads(sys.argv[2]).items():
+            sql, args = store.page_statement(store.compile_query(text), limit=size + 1)
+            out[name] = [sql, list(args)]
+        print(json.dumps(out))
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+def _statements(db: str, src: str | None) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """Each query's first-page statement and arguments (``page_statement``, one row more than
+    the page) as the hub of ``src`` (another revision's ``iot_flows``; None: this one) runs it."""
+    env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+    text = subprocess.run(
+        [sys.executable, "-c", _STATEMENTS, db, json.dumps(QUERIES)], env=env, cwd=src or None,
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return {name: (sql, tuple(args)) for name, (sql, args) in json.loads(text).items()}
+
+
+def queries(backend: str, db: str, repeat: int, *, hub_src: str | None = None, embedded: bool = False) -> dict[str, Any]:
     """Query latencies through ``POST /devices/query`` and, as the baseline, the very statement
     the store runs for that first page (``HubStore.page_statement``, same arguments), run
-    directly on the same database (``raw_*``; the statements are in ``sql``). The two
-    alternate run by run, so a busy machine weighs on both alike."""
-    out: dict[str, Any] = {}
-    with EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=db)) as hub:
-        store = hub.hub.store
-        svc = Service(hub.base_url, hub.connection_string())
+    directly on the same database (``raw_*``; the statements are in ``sql``). They
+    alternate run by run in a shuffled order, so a busy machine weighs on all alike.
+
+    The hub runs as deployed: ``hub serve`` in its own process (uvloop and httptools when
+    installed, the ``hub`` extra); ``embedded`` runs it in a thread of this process instead
+    (an ``EmbeddedHub``: it shares this process's GIL with the client). With ``hub_src``
+    (another revision's ``iot_flows``) that revision's hub serves the same database too,
+    timed in the same rounds (``before`` in the output, with its own statements' ``raw_*``)."""
+    out: dict[str, Any] = {"hub": "embedded" if embedded else "process"}
+    rng = random.Random(13)
+    with contextlib.ExitStack() as stack:
+        urls: dict[str, tuple[str, str]] = {}
+        if embedded:
+            embedded_hub = stack.enter_context(EmbeddedHub(HubSettings(mqtt_port=0, http_port=0, db=db)))
+            urls[""] = (embedded_hub.base_url, embedded_hub.connection_string())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for label, src in (("", None), ("before", hub_src)):
+            if (label == "" and embedded) or (label == "before" and not src):
+                continue
+            proc = HubProc(tmp, db=db, src=src)
+            stack.callback(proc.stop)
+            urls[label] = (proc.base_url, str(proc.cs))
+        statements = {label: _statements(db, hub_src if label else None) for label in urls}
         run, close = _raw_runner(backend, db)
+        stack.callback(close)
 
-        # Timed calls go over one keep-alive http.client connection and read the body
-        # without parsing it (the raw side gets rows, not objects): the hub's cost, not a
-        # client library's. The item count is checked once through the test client.
-        conn = http.client.HTTPConnection(urlsplit(hub.base_url).netloc, timeout=600)
-        token = svc.cs.token()
+        # Timed calls go over one keep-alive http.client connection per hub and read the
+        # body without parsing it (the raw side gets rows, not objects): the hub's cost,
+        # not a client library's. The item count is checked once through the test client.
+        def client(base_url: str, cs: str) -> Callable[[str, int], bytes]:
+            svc = Service(base_url, cs)
+            stack.callback(svc.close)
+            token = svc.cs.token()
+            conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=600)
+            stack.callback(conn.close)
 
-        def rest(text: str, size: int, *, retry: bool = True) -> bytes:
-            body = json.dumps({"query": text}).encode()
-            try:
-                conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
-                    "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
-                r = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionError):
-                # uvicorn closes a connection idle for 5 s (a slow raw statement in between)
-                conn.close()
-                if not retry:
-                    raise
-                return rest(text, size, retry=False)
-            data = r.read()
-            assert r.status == 200, data
-            return data
+            def rest(text: str, size: int, *, retry: bool = True) -> bytes:
+                body = json.dumps({"query": text}).encode()
+                try:
+                    conn.request("POST", "/devices/query?api-version=2021-04-12", body=body, headers={
+                        "Authorization": token, "Content-Type": "application/json", "x-ms-max-item-count": str(size)})  # fmt: skip
+                    r = conn.getresponse()
+                except (http.client.RemoteDisconnected, ConnectionError):
+                    # uvicorn closes a connection idle for 5 s (a slow raw statement in between)
+                    conn.close()
+                    if not retry:
+                        raise
+                    return rest(text, size, retry=False)
+                data = r.read()
+                assert r.status == 200, data
+                return data
 
-        def items(text: str, size: int) -> int:
-            r = svc.request("POST", "/devices/query", json_body={"query": text}, headers={"x-ms-max-item-count": str(size)})
+            r = svc.request("POST", "/devices/query", json_body={"query": FILTER}, headers={"x-ms-max-item-count": "100"})
             assert r.status_code == 200, r.text
-            return len(r.json())
+            return rest
+
+        clients = {label: client(*url) for label, url in urls.items()}
 
         def timed(fn: Callable[[], Any]) -> float:
             start = time.perf_counter()
             fn()
             return time.perf_counter() - start
 
-        out["sql"] = {}
-        try:
-            for name, (text, size) in QUERIES.items():
-                # the hub asks one row more than the page to know whether another page follows
-                sql, args = store.page_statement(store.compile_query(text), limit=size + 1)
-                out["sql"][name] = sql
-                out[f"{name}_items"] = items(text, size)  # also warms caches for both
-                out[f"raw_{name}_rows"] = len(run(sql, args))
-                rest(text, size)
-                times: dict[str, list[float]] = {name: [], f"raw_{name}": []}
-                for _ in range(repeat):
-                    times[name].append(timed(lambda: rest(text, size)))  # noqa: B023
-                    times[f"raw_{name}"].append(timed(lambda: run(sql, args)))  # noqa: B023
-                for key, values in times.items():
-                    out[key] = round(statistics.median(values) * 1000, 3)
-                    out[f"{key}_best"] = round(min(values) * 1000, 3)
-        finally:
-            close()
-            conn.close()
-            svc.close()
+        rows = {label: out if not label else out.setdefault(label, {}) for label in urls}
+        for row in rows.values():
+            row["sql"] = {}
+        for name, (text, size) in QUERIES.items():
+            work: dict[tuple[str, str], Callable[[], Any]] = {}
+            for label, rest in clients.items():
+                sql, args = statements[label][name]
+                rows[label]["sql"][name] = sql
+                rows[label][f"{name}_items"] = len(json.loads(rest(text, size)))  # also warms caches
+                rows[label][f"raw_{name}_rows"] = len(run(sql, args))
+                work[(label, name)] = lambda rest=rest: rest(text, size)  # type: ignore[misc]  # noqa: B023
+                work[(label, f"raw_{name}")] = lambda sql=sql, args=args: run(sql, args)  # type: ignore[misc]
+            times: dict[tuple[str, str], list[float]] = {key: [] for key in work}
+            for _ in range(repeat):
+                order = list(work)
+                rng.shuffle(order)
+                for key in order:
+                    times[key].append(timed(work[key]))
+            for (label, key), values in times.items():
+                rows[label][key] = round(statistics.median(values) * 1000, 3)
+                rows[label][f"{key}_best"] = round(min(values) * 1000, 3)
     return out
 
 
-def main(count: int, writes: int, repeat: int) -> None:
+def _ratios(row: dict[str, Any], suffix: str = "") -> dict[str, float]:
+    return {q: round(row[f"{q}{suffix}"] / row[f"raw_{q}{suffix}"], 2) for q in QUERIES if row.get(f"raw_{q}{suffix}")}
+
+
+def main(count: int, writes: int, repeat: int, hub_src: str | None = None, embedded: bool = False,
+         backends: tuple[str, ...] = ("sqlite", "postgresql")) -> None:
     result: dict[str, Any] = {"benchmark": "store_backends", "devices": count, "writes": writes, "repeat": repeat}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, PgCluster() as pg:
         dbs = {"sqlite": str(Path(tmp) / "hub.db"), "postgresql": pg.create_database("bench")}
         writes_db = {"sqlite": str(Path(tmp) / "writes.db"), "postgresql": pg.create_database("writes")}
-        for backend in ("sqlite", "postgresql"):
-            row = twin_writes(writes_db[backend], writes)
-            if backend == "sqlite":
+        for backend in backends:
+            row = twin_writes(writes_db[backend], writes) if writes > 0 else {}
+            if backend == "sqlite" and writes > 0:
                 row.update(asyncio.run(sqlite_commit_sharing(str(Path(tmp) / "group-commit.db"))))
             start = time.perf_counter()
             if backend == "sqlite":
@@ -288,23 +358,24 @@ def main(count: int, writes: int, repeat: int) -> None:
                 asyncio.run(_seed_pg(dbs[backend], count))
             row["seed_seconds"] = round(time.perf_counter() - start, 2)
             start = time.perf_counter()
-            row.update(queries(backend, dbs[backend], repeat))
+            row.update(queries(backend, dbs[backend], repeat, hub_src=hub_src, embedded=embedded))
             row["query_phase_seconds"] = round(time.perf_counter() - start, 2)
+            if hub_src:  # the other revision's hub on the same database, in the same rounds
+                before = row["before"]
+                before["rest_over_raw"], before["rest_over_raw_best"] = _ratios(before), _ratios(before, "_best")
             result[backend] = row
-    s, p = result["sqlite"], result["postgresql"]
-    result["postgresql_over_sqlite"] = {
-        key: round(p[key] / s[key], 2)
-        for key in ("twin_write_p50_ms", "store_update_twin_p50_ms", *QUERIES)
-        if s.get(key)
-    }
-    result["rest_over_raw"] = {
-        b: {q: round(result[b][q] / result[b][f"raw_{q}"], 2) for q in QUERIES}
-        for b in ("sqlite", "postgresql")
-    }
-    result["rest_over_raw_best"] = {
-        b: {q: round(result[b][f"{q}_best"] / result[b][f"raw_{q}_best"], 2) for q in QUERIES}
-        for b in ("sqlite", "postgresql")
-    }
+    if len(backends) == 2:
+        s, p = result["sqlite"], result["postgresql"]
+        result["postgresql_over_sqlite"] = {
+            key: round(p[key] / s[key], 2)
+            for key in ("twin_write_p50_ms", "store_update_twin_p50_ms", *QUERIES)
+            if s.get(key) and p.get(key)
+        }
+    result["rest_over_raw"] = {b: _ratios(result[b]) for b in backends}
+    result["rest_over_raw_best"] = {b: _ratios(result[b], "_best") for b in backends}
+    if hub_src:
+        result["before_rest_over_raw"] = {b: result[b]["before"]["rest_over_raw"] for b in backends}
+        result["before_rest_over_raw_best"] = {b: result[b]["before"]["rest_over_raw_best"] for b in backends}
     result["run_seconds"] = round(time.perf_counter() - began, 1)
     print(json.dumps(result, indent=2))
 
@@ -314,5 +385,10 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=100_000, help="synthetic twins for the query part")
     parser.add_argument("--writes", type=int, default=500, help="sequential twin writes per backend")
     parser.add_argument("--repeat", type=int, default=5, help="runs per query (median reported)")
+    parser.add_argument("--hub-src", help="also measure the queries with another revision's hub on the same "
+                        "database (a directory holding its iot_flows, e.g. `git archive <rev> iot_flows | tar -x -C dir`)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run the hub in a thread of this process (shares its GIL) instead of `hub serve`")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="comma list: sqlite, postgresql")
     args = parser.parse_args()
-    main(args.count, args.writes, args.repeat)
+    main(args.count, args.writes, args.repeat, args.hub_src, args.embedded, tuple(args.backends.split(",")))

@@ -5,7 +5,8 @@
 
 Starts the hub and the lean fleet like ``bench.run``, attaches ``py-spy record`` to the hub
 for the jobs only, and prints the functions with the most samples (self and inclusive),
-from py-spy's collapsed stacks. ``--phase connect`` profiles the connects instead.
+from py-spy's collapsed stacks. ``--phase connect`` profiles the connects instead,
+``--phase patch`` durable reported PATCHes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10000)
     parser.add_argument("--jobs", type=int, default=3)
-    parser.add_argument("--phase", choices=("job", "connect"), default="job")
+    parser.add_argument("--phase", choices=("job", "connect", "patch"), default="job",
+                        help="what to profile: method jobs, the connects, or durable reported PATCHes (one per device per --jobs)")
     parser.add_argument("--hub-loop", default=None)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", default="hub-profile.txt", help="collapsed stacks (py-spy raw format)")
@@ -70,6 +72,12 @@ def main() -> None:
                 time.sleep(1)
                 for i in range(args.jobs):
                     print("job", method_job(hub, args.devices, f"profile-{i}"), file=sys.stderr)
+            elif args.phase == "patch":
+                spy = subprocess.Popen([pyspy, "record", "--format", "raw", "-r", "200", "-o", args.out,
+                                        "--pid", str(hub.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+                for _ in range(args.jobs):
+                    print("patch", fleet.command("patch"), file=sys.stderr)
             assert spy is not None
             spy.send_signal(signal.SIGINT)
             spy.wait(60)

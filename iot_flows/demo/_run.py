@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from rich.console import Console
 
+from iot_flows._ephemeral import sigint_blocked_for_children
 from iot_flows.blocks import HubConnection
 from iot_flows.demo._env import DemoEnvironment, FleetLayout
 from iot_flows.demo._scenarios import Scenario, scenarios
@@ -78,26 +78,6 @@ async def _run_scenario(
     return record
 
 
-@contextlib.contextmanager
-def _sigint_blocked_for_children() -> Iterator[None]:
-    """Block SIGINT while Prefect starts its temporary server, which inherits the mask.
-
-    Ctrl-C signals the whole foreground process group. Without this, the temporary API
-    server dies at once while the flow engine still wants to record the interrupted run,
-    and every API call then retries against a dead server for a minute or more. With it,
-    the server outlives Ctrl-C and Prefect stops it at exit (SIGTERM, which stays
-    unblocked). A Ctrl-C pressed meanwhile is delivered when the block is lifted.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _hint(console: Console, api_url: str | None) -> None:
     if api_url:
         ui = PREFECT_UI_URL.value() or api_url.removesuffix("/api")
@@ -131,7 +111,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
                       f"REST {hub.base_url}")  # fmt: skip
         env.start_fleet()
         t0 = time.monotonic()
-        with _sigint_blocked_for_children():
+        with sigint_blocked_for_children():
             async with get_client() as client:  # in ephemeral mode this starts Prefect's temporary server
                 await client.hello()
             where = api_url or f"temporary server {client.api_url} (ephemeral mode)"

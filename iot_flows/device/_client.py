@@ -181,6 +181,7 @@ class DeviceClient(ConnectionMixin):
         self._token_expiry = 0
         self.reconnects = 0
         self.token_renewals = 0
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<DeviceClient {self.device_id!r} {self._lifecycle.state.value} {self._host}:{self._port}>"

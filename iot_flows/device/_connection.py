@@ -58,13 +58,14 @@ class ConnectionMixin(InboundMixin):
 
     __slots__ = (
         "_lifecycle", "_online", "_fatal", "_waiters", "_listener", "_renew_handle", "_connector", "_attempt",
-        "_retry", "_token_expiry", "reconnects", "token_renewals",
+        "_retry", "_token_expiry", "reconnects", "token_renewals", "last_error",
     )  # fmt: skip
 
     request_timeout: float
     connect_timeout: float
     reconnects: int
     token_renewals: int
+    last_error: str | None
     _cs: ConnectionString
     _host: str
     _port: int
@@ -123,6 +124,7 @@ class ConnectionMixin(InboundMixin):
         state = self._lifecycle.state
         if state is State.DISCONNECTED:  # disconnect() came first: nothing left to decide
             return state
+        self.last_error = str(exc) or type(exc).__name__
         if isinstance(exc, UnauthorizedError):
             log.warning("%s: the hub refused the credentials (%s): %s", self.device_id, state.value, exc)
             event = Event.REFUSED
@@ -197,6 +199,7 @@ class ConnectionMixin(InboundMixin):
         self._enter(Event.ESTABLISHED)
         self._schedule_renewal(expiry)
         self._attempt = 0
+        self.last_error = None
         if before is State.RECONNECTING:
             self.reconnects += 1
         elif before is State.RENEWING:

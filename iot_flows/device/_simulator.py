@@ -61,6 +61,8 @@ class FleetStats:
     failed: int
     reconnects: int
     counters: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    """Why an offline device's latest connection attempt failed (``None``: every device is online)."""
 
     def __str__(self) -> str:
         return f"{self.connected}/{self.total} connected, {self.failed} failed, {self.reconnects} reconnects"
@@ -336,6 +338,8 @@ class Fleet:
             failed=self._failed,
             reconnects=sum(device.client.reconnects for device in self.devices),
             counters=dict(self.counters),
+            last_error=next((d.client.last_error for d in self.devices if not d.connected and d.client.last_error), None)
+            if self._connected < self.count else None,
         )
 
     def device(self, device_id: str) -> SimulatedDevice:

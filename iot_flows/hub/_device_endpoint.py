@@ -16,7 +16,7 @@ from iot_flows._exceptions import BadRequestError, HubError
 from iot_flows._json import dumps, loads
 from iot_flows.hub._methods import MethodInvoker
 from iot_flows.hub._sessions import DeviceLink, SessionRegistry, Subscription
-from iot_flows.hub._topics import TopicKind, parse_device_topic, twin_response_topic
+from iot_flows.hub._topics import TopicKind, parse_device_topic, parse_method_response, twin_response_topic
 from iot_flows.hub._twins import TwinService
 from iot_flows.store import storage_unavailable
 from iot_flows.twin import TwinTooLargeError
@@ -77,6 +77,10 @@ class DeviceEndpoint:
 
         Returns False when ``topic`` is not a method response this device may publish.
         """
+        plain = parse_method_response(topic)
+        if plain is not None:
+            self._methods.resolve(link.device_id, plain[1], plain[0], payload)
+            return True
         parsed = parse_device_topic(topic, link.device_id)
         if parsed is None or parsed.kind is not TopicKind.METHOD_RESPONSE:
             return False

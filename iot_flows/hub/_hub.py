@@ -33,12 +33,12 @@ from iot_flows.hub._registry import RegistryService
 from iot_flows.hub._sessions import SessionRegistry
 from iot_flows.hub._twins import TwinService
 from iot_flows.hub.api._errors import error_response, hub_error_handler, storage_error_handler, unexpected_error_handler
+from iot_flows.hub.api._hot_routes import hot_route
 from iot_flows.hub.api._http_timeouts import guarded_http_protocol
 from iot_flows.hub.api._request_rules import RequestRules
 from iot_flows.hub.api._routes import routes
 from iot_flows.hub.api._routes_jobs import extension_routes
 from iot_flows.hub.api._routes_jobs import routes as job_routes
-from iot_flows.hub.api._throttle import Throttle
 from iot_flows.query import compile_condition
 from iot_flows.store import STORAGE_ERRORS, HubStore, open_store
 from iot_flows.twin import utc_now
@@ -189,7 +189,7 @@ class Hub:
         """The Starlette app: REST routes, request rules, throttling, and MQTT over WebSocket (``/$iothub/websocket``)."""
         app = Starlette(
             routes=[*job_routes(), *extension_routes(), *routes(), WebSocketRoute(WEBSOCKET_PATH, mqtt_over_websocket)],
-            middleware=[Middleware(RequestRules), Middleware(Throttle, quota=lambda: self.quota)],
+            middleware=[Middleware(RequestRules, quota=lambda: self.quota, hot=hot_route)],
             exception_handlers={
                 HubError: hub_error_handler,
                 HTTPException: _http_exception,

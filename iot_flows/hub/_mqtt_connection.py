@@ -61,6 +61,11 @@ _CONNACK_ACCEPTED = {present: encode(Connack(session_present=present, return_cod
                      for present in (False, True)}
 
 
+def _puback(packet_id: int) -> bytes:
+    """PUBACK of ``packet_id`` (``encode(Puback(...))`` without the dataclass)."""
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
 class _Connection(asyncio.Protocol):
     """One device socket; becomes a :class:`DeviceLink` once authenticated."""
 
@@ -79,6 +84,8 @@ class _Connection(asyncio.Protocol):
         self._inbox: deque[Any] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._held: list[bytes] | None = []
+        #: While a device publish is handled: what it sends, written with its PUBACK.
+        self._corked: list[bytes] | None = None
 
     # ---- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +94,7 @@ class _Connection(asyncio.Protocol):
         # built and kept a PseudoSocket per connection, plus a system call per connect.
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
         self.server._connections.add(self)
+        self.server._watch(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.server.clock()
@@ -167,7 +175,20 @@ class _Connection(asyncio.Protocol):
         if self._held is not None:
             self._held.append(data)  # attached but CONNACK not written yet
             return
+        if self._corked is not None:
+            # written with the PUBACK of the publish being handled, or at the next loop
+            # iteration at the latest (a method request never waits for a slow twin write)
+            if not self._corked:
+                asyncio.get_running_loop().call_soon(self._write_corked, self._corked)
+            self._corked.append(data)
+            return
         self.transport.write(data)
+
+    def _write_corked(self, corked: list[bytes]) -> None:
+        """Write what :meth:`send` held while a publish was handled, if still unwritten."""
+        if corked and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(corked))
+        corked.clear()
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -318,10 +339,17 @@ class _Connection(asyncio.Protocol):
         quota = self.server.quota()
         if quota is not None and await self._throttled(quota, packet):
             return
-        if not await self.server.endpoint.handle_publish(self, packet.topic, packet.payload):
+        # What the handler sends (a twin response) and the PUBACK leave in one socket write.
+        corked: list[bytes] = []
+        self._corked = corked
+        try:
+            allowed = await self.server.endpoint.handle_publish(self, packet.topic, packet.payload)
+        finally:
+            self._corked = None
+        if allowed and packet.qos == 1:
+            corked.append(_puback(packet.packet_id or 0))
+        self._write_corked(corked)
+        if not allowed:
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)
             self.close("forbidden topic")
-            return
-        if packet.qos == 1:
-            self._write(Puback(packet_id=packet.packet_id or 0))
 

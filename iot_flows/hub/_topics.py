@@ -16,7 +16,7 @@ import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["DeviceTopic", "TopicKind", "parse_device_topic", "twin_response_topic"]
+__all__ = ["DeviceTopic", "TopicKind", "parse_device_topic", "parse_method_response", "twin_response_topic"]
 
 
 class TopicKind(str, Enum):
@@ -48,6 +48,8 @@ def _query(topic: str, prefix: str) -> dict[str, str] | None:
     rest = topic[len(prefix) :]
     if not rest.startswith("?"):
         return None
+    if rest.startswith("?$rid=") and _QUERY_SPECIAL.isdisjoint(rest):
+        return {"$rid": rest[6:]}  # the common case, "?$rid={rid}", without a query parser
     return dict(urllib.parse.parse_qsl(rest[1:], keep_blank_values=True))
 
 
@@ -82,6 +84,20 @@ def parse_device_topic(topic: str, device_id: str) -> DeviceTopic | None:
     events = f"devices/{device_id}/messages/events/"
     if topic.startswith(events) or topic == events[:-1]:
         return DeviceTopic(TopicKind.TELEMETRY, properties=topic[len(events) :])
+    return None
+
+
+def parse_method_response(topic: str) -> tuple[int, str] | None:
+    """``(status, rid)`` of ``$iothub/methods/res/{status}/?$rid={rid}``; None when the topic is
+    not a method response, or not in that plain form (then :func:`parse_device_topic` decides).
+
+    A job's hot path: one call per device answer, without building a :class:`DeviceTopic`.
+    """
+    if not topic.startswith("$iothub/methods/res/"):
+        return None
+    status_text, _, rest = topic[20:].partition("/")
+    if rest.startswith("?$rid=") and status_text.isascii() and status_text.isdigit() and _QUERY_SPECIAL.isdisjoint(rest):
+        return int(status_text), rest[6:]
     return None
 
 

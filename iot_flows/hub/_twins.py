@@ -14,6 +14,7 @@ import asyncio
 import copy
 import functools
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -51,21 +52,46 @@ _R = TypeVar("_R")
 def _one_writer_per_twin(
     method: Callable[..., Awaitable[_R]],
 ) -> Callable[..., Awaitable[_R]]:
-    """Run read-modify-write of one twin one at a time (the store may suspend between them)."""
+    """Run read-modify-write of one twin one at a time (the store may suspend between them).
+
+    A twin nobody else is writing costs a dict entry, not an :class:`asyncio.Lock`: later
+    writers of the same twin queue a future on the entry and are handed the turn in order.
+    """
 
     @functools.wraps(method)
     async def wrapper(self: TwinService, device_id: str, *args: Any, **kwargs: Any) -> _R:
-        entry = self._locks.setdefault(device_id, [asyncio.Lock(), 0])
-        entry[1] += 1
+        locks = self._locks
+        waiters = locks.get(device_id)
+        if waiters is None:
+            waiters = locks[device_id] = deque()
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    _pass_turn(locks, device_id, waiters)  # handed the turn, then cancelled
+                elif turn in waiters:
+                    waiters.remove(turn)
+                raise
         try:
-            async with entry[0]:
-                return await method(self, device_id, *args, **kwargs)
+            return await method(self, device_id, *args, **kwargs)
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._locks.pop(device_id, None)
+            _pass_turn(locks, device_id, waiters)
 
     return wrapper
+
+
+def _pass_turn(locks: dict[str, deque[asyncio.Future[None]]], device_id: str, waiters: deque[asyncio.Future[None]]) -> None:
+    """End the current writer's turn on ``device_id``: wake the next waiter, or drop the entry."""
+    while waiters:
+        turn = waiters.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            return
+    if locks.get(device_id) is waiters:
+        del locks[device_id]
 
 
 def device_not_found(device_id: str) -> DeviceNotFoundError:
@@ -94,7 +120,7 @@ class TwinService:
         self._store = store
         self._sessions = sessions
         self._listeners: list[TwinChange] = []
-        self._locks: dict[str, list[Any]] = {}
+        self._locks: dict[str, deque[asyncio.Future[None]]] = {}
         #: Set by a cluster node: delivers desired notifications wherever the device is.
         self.desired_sender: Callable[[DeviceRecord, dict[str, Any]], Awaitable[None]] | None = None
 

@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 
 from iot_flows.store._base import DeviceOutcome, HubStore, JsonText
 from iot_flows.store._batch import GroupCommit
-from iot_flows.store._cluster import ClusterStore, open_cluster_store
+from iot_flows.store._cluster import ClusterStore, LeaseRenewer, open_cluster_store
 from iot_flows.store._errors import STORAGE_ERRORS, StorageUnavailableError, storage_unavailable
 from iot_flows.store._records import NEVER, DeviceRecord, new_etag
 
 __all__ = [
-    "NEVER", "STORAGE_ERRORS", "ClusterStore", "DeviceOutcome", "DeviceRecord", "GroupCommit", "HubStore",
+    "NEVER", "STORAGE_ERRORS", "ClusterStore", "DeviceOutcome", "DeviceRecord", "GroupCommit", "HubStore", "LeaseRenewer",
     "JsonText", "StorageUnavailableError",
     "StoreConfigError", "new_etag", "open_cluster_store", "open_store", "storage_unavailable",
 ]  # fmt: skip

@@ -6,7 +6,8 @@ started with ``--bus`` use it. Three tables:
 
 ==========================  ==================================================================
 ``cluster_nodes``           one row per node; ``expires_at`` (Unix seconds) is renewed by the
-                            node's heartbeat; a node whose lease passed is dead.
+                            node's lease keeper; a node whose lease passed is dead, and the
+                            first live node to see it so deletes its row (fencing).
 ``cluster_presence``        "which node holds device X": one row per connected device; a
                             claim counts only while its node's lease is alive.
 ``cluster_job_leases``      which node runs each job; free again once that node is dead.
@@ -15,6 +16,13 @@ started with ``--bus`` use it. Three tables:
 Times: SQLite (one machine) uses the process clock; PostgreSQL uses the database's
 clock (``clock_timestamp()``), so nodes on several machines need no clock agreement.
 Every method is one short transaction, committed on return.
+
+Fencing: a node's row is its lease. Another node takes over a dead node's devices and jobs
+only after deleting that row (``expire_dead``), in the same transaction; a renewal
+(``LeaseRenewer.renew``, on a connection of its own) extends the row only while it still
+exists. So a node whose renewal was late (busy, or the database locked) but whose row is
+still there keeps its jobs and devices: nobody took them; a renewal that finds the row
+gone tells the node it was fenced and must stop its jobs.
 """
 
 from __future__ import annotations
@@ -26,13 +34,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iot_flows.store._base import HubStore
-from iot_flows.store._batch import GroupCommit
 
-__all__ = ["ClusterStore", "open_cluster_store"]
+__all__ = ["ClusterStore", "LeaseRenewer", "open_cluster_store"]
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class LeaseRenewer(ABC):
+    """Renews one node's lease on a database connection of its own (not the store's pool
+    or writer connection) with blocking calls, from one thread at a time (the caller
+    serialises them): a pool exhausted by device traffic, or a busy event loop, does not
+    hold the renewal back."""
+
+    @abstractmethod
+    def renew(self) -> bool:
+        """Extend the node's lease; False when its row is gone: another node presumed it
+        dead and took over its devices and jobs (fenced). Raises on a database error."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (from the renewing thread)."""
 
 
 class ClusterStore(ABC):
@@ -47,8 +70,13 @@ class ClusterStore(ABC):
         """Write this node's lease; True when no *other* node is alive (the first node)."""
 
     @abstractmethod
-    async def renew(self) -> None:
-        """Extend this node's lease by ``lease_seconds`` (re-registering if it was removed)."""
+    async def renew(self) -> bool:
+        """Extend this node's lease by ``lease_seconds``; False when its row is gone (fenced:
+        another node took over its devices and jobs; ``register`` again)."""
+
+    @abstractmethod
+    def lease_renewer(self) -> LeaseRenewer:
+        """A renewer of this node's lease on a connection of its own (see :class:`LeaseRenewer`)."""
 
     @abstractmethod
     async def leave(self) -> None:
@@ -81,11 +109,12 @@ class ClusterStore(ABC):
 
     @abstractmethod
     async def expire_dead(self) -> int:
-        """Release every claim of dead nodes (their devices become Disconnected)."""
+        """Fence the nodes whose lease passed (delete their rows) and release every claim of
+        a node without a row (their devices become Disconnected); the claims released."""
 
     @abstractmethod
     async def acquire_job(self, job_id: str) -> bool:
-        """Take the lease of ``job_id`` if it is free, ours, or held by a dead node."""
+        """Take the lease of ``job_id`` if it is free, ours, or held by a fenced node (no row)."""
 
     @abstractmethod
     async def release_job(self, job_id: str) -> None:
@@ -104,14 +133,38 @@ CREATE INDEX IF NOT EXISTS ix_cluster_presence_node ON cluster_presence (node_id
 CREATE TABLE IF NOT EXISTS cluster_job_leases (job_id TEXT PRIMARY KEY, node_id TEXT NOT NULL);
 """
 _ALIVE = "SELECT node_id FROM cluster_nodes WHERE expires_at > ?"
+_FENCED = "node_id NOT IN (SELECT node_id FROM cluster_nodes)"  #: claims of a node without a row
+_RENEW = "UPDATE cluster_nodes SET expires_at = ? WHERE node_id = ?"
+
+
+class _SqliteRenewer(LeaseRenewer):
+    """Its own SQLite connection, opened in the renewing thread on first use."""
+
+    def __init__(self, path: str, node_id: str, lease_seconds: float) -> None:
+        self._path, self._node_id, self._lease = path, node_id, lease_seconds
+        self._db: sqlite3.Connection | None = None
+
+    def renew(self) -> bool:
+        if self._db is None:
+            # autocommit; wait for another process's write lock at most a third of the lease;
+            # used from one thread at a time (the caller serialises), not always the same one
+            self._db = sqlite3.connect(self._path, timeout=max(self._lease / 3, 0.05), isolation_level=None,
+                                       check_same_thread=False)
+        return self._db.execute(_RENEW, (time.time() + self._lease, self._node_id)).rowcount > 0
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 class SqliteClusterStore(ClusterStore):
     """On the SQLite store's writer connection (event-loop thread; WAL across processes)."""
 
-    def __init__(self, conn: sqlite3.Connection, node_id: str, lease_seconds: float) -> None:
+    def __init__(self, conn: sqlite3.Connection, node_id: str, lease_seconds: float, path: str = "") -> None:
         super().__init__(node_id, lease_seconds)
         self._db = conn
+        self._path = path
         self._db.executescript(_SQLITE_DDL)
 
     def _release_devices_of(self, node_where: str, params: tuple[Any, ...], now: float) -> int:
@@ -135,12 +188,11 @@ class SqliteClusterStore(ClusterStore):
         )
         return others == 0
 
-    async def renew(self) -> None:
-        cur = self._db.execute(
-            "UPDATE cluster_nodes SET expires_at = ? WHERE node_id = ?", (time.time() + self.lease_seconds, self.node_id)
-        )
-        if cur.rowcount == 0:
-            await self.register()
+    async def renew(self) -> bool:
+        return self._db.execute(_RENEW, (time.time() + self.lease_seconds, self.node_id)).rowcount > 0
+
+    def lease_renewer(self) -> LeaseRenewer:
+        return _SqliteRenewer(self._path, self.node_id, self.lease_seconds)
 
     async def leave(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -210,14 +262,23 @@ class SqliteClusterStore(ClusterStore):
 
     async def expire_dead(self) -> int:
         now = time.time()
-        return self._release_devices_of(f"node_id NOT IN ({_ALIVE})", (now,), now)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM cluster_nodes WHERE expires_at <= ?", (now,))
+            released = self._release_devices_of(_FENCED, (), now)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return released
 
     async def acquire_job(self, job_id: str) -> bool:
         cur = self._db.execute(
             "INSERT INTO cluster_job_leases (job_id, node_id) VALUES (?, ?) "
             "ON CONFLICT(job_id) DO UPDATE SET node_id = excluded.node_id "
-            f"WHERE cluster_job_leases.node_id = excluded.node_id OR cluster_job_leases.node_id NOT IN ({_ALIVE})",
-            (job_id, self.node_id, time.time()),
+            "WHERE cluster_job_leases.node_id = excluded.node_id OR cluster_job_leases.node_id NOT IN "
+            "(SELECT node_id FROM cluster_nodes)",
+            (job_id, self.node_id),
         )
         return cur.rowcount > 0
 
@@ -232,156 +293,13 @@ class SqliteClusterStore(ClusterStore):
         return row[0] if row else None
 
 
-# ---- PostgreSQL ---------------------------------------------------------------------------
-_PG_NOW = "extract(epoch from clock_timestamp())"
-_PG_ALIVE = f"SELECT node_id FROM cluster_nodes WHERE expires_at > {_PG_NOW}"
-_PG_DDL = """
-SELECT pg_advisory_xact_lock(7305066170914231);
-CREATE TABLE IF NOT EXISTS cluster_nodes (node_id text PRIMARY KEY, expires_at double precision NOT NULL, started_at double precision NOT NULL);
-CREATE TABLE IF NOT EXISTS cluster_presence (device_id text PRIMARY KEY, node_id text NOT NULL, since double precision NOT NULL);
-CREATE INDEX IF NOT EXISTS ix_cluster_presence_node ON cluster_presence (node_id);
-CREATE TABLE IF NOT EXISTS cluster_job_leases (job_id text PRIMARY KEY, node_id text NOT NULL);
-"""
-
-
-class PostgresClusterStore(ClusterStore):
-    """On the PostgreSQL store's asyncpg pool; leases measured by the database clock."""
-
-    def __init__(self, pool: Any, node_id: str, lease_seconds: float) -> None:
-        super().__init__(node_id, lease_seconds)
-        self._pool = pool
-        # Every CONNECT claims, every disconnect releases: a fleet reconnecting at once shares
-        # statements (group commit) instead of queueing one pooled connection per device,
-        # which also kept the heartbeat's renewal waiting until the node's lease lapsed.
-        self._claims: GroupCommit[str, None] = GroupCommit(self._claim_many, max_inflight=2)
-        self._releases: GroupCommit[str, bool] = GroupCommit(self._release_many, max_inflight=2)
-
-    async def create_tables(self) -> None:
-        """Create the cluster tables if missing (idempotent)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_PG_DDL)
-
-    async def _release_devices_of(self, conn: Any, node_where: str, *params: Any) -> int:
-        sub = f"SELECT device_id FROM cluster_presence WHERE {node_where}"
-        await conn.execute(
-            "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = "
-            "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-            f"WHERE connection_state <> 'Disconnected' AND device_id IN ({sub})",
-            *params,
-        )
-        status = await conn.execute(f"DELETE FROM cluster_presence WHERE {node_where}", *params)
-        return int(status.split()[-1])
-
-    async def register(self) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            others = await conn.fetchval(
-                f"SELECT COUNT(*) FROM cluster_nodes WHERE expires_at > {_PG_NOW} AND node_id <> $1", self.node_id
-            )
-            await conn.execute(
-                f"INSERT INTO cluster_nodes (node_id, expires_at, started_at) VALUES ($1, {_PG_NOW} + $2, {_PG_NOW}) "
-                "ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at, started_at = excluded.started_at",
-                self.node_id, self.lease_seconds,
-            )  # fmt: skip
-        return int(others) == 0
-
-    async def renew(self) -> None:
-        status = await self._pool.execute(
-            f"UPDATE cluster_nodes SET expires_at = {_PG_NOW} + $2 WHERE node_id = $1", self.node_id, self.lease_seconds
-        )
-        if status.endswith(" 0"):
-            await self.register()
-
-    async def leave(self) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await self._release_devices_of(conn, "node_id = $1", self.node_id)
-            await conn.execute("DELETE FROM cluster_job_leases WHERE node_id = $1", self.node_id)
-            await conn.execute("DELETE FROM cluster_nodes WHERE node_id = $1", self.node_id)
-
-    async def claim(self, device_id: str) -> None:
-        await self._claims.submit(device_id, device_id)
-
-    async def release(self, device_id: str) -> bool:
-        return await self._releases.submit(device_id, device_id)
-
-    async def _claim_many(self, device_ids: list[str]) -> list[None | BaseException]:
-        await self._pool.execute(
-            f"INSERT INTO cluster_presence (device_id, node_id, since) SELECT d, $2, {_PG_NOW} "
-            "FROM unnest($1::text[]) AS d ORDER BY d "
-            "ON CONFLICT (device_id) DO UPDATE SET node_id = excluded.node_id, since = excluded.since",
-            sorted(device_ids), self.node_id,
-        )  # fmt: skip
-        return [None] * len(device_ids)
-
-    async def _release_many(self, device_ids: list[str]) -> list[bool | BaseException]:
-        rows = await self._pool.fetch(
-            "DELETE FROM cluster_presence WHERE node_id = $2 AND device_id = ANY($1::text[]) RETURNING device_id",
-            device_ids, self.node_id,
-        )  # fmt: skip
-        released = {r[0] for r in rows}
-        return [d in released for d in device_ids]
-
-    async def holder(self, device_id: str) -> str | None:
-        return await self._pool.fetchval(  # type: ignore[no-any-return]
-            "SELECT p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.node_id = p.node_id "
-            f"WHERE p.device_id = $1 AND n.expires_at > {_PG_NOW}",
-            device_id,
-        )
-
-    async def holders(self, device_ids: list[str]) -> dict[str, str]:
-        rows = await self._pool.fetch(
-            "SELECT p.device_id, p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.node_id = p.node_id "
-            f"WHERE p.device_id = ANY($1::text[]) AND n.expires_at > {_PG_NOW}",
-            device_ids,
-        )
-        return {r[0]: r[1] for r in rows}
-
-    async def held_by_others(self, device_ids: list[str]) -> list[str]:
-        rows = await self._pool.fetch(
-            "SELECT device_id FROM cluster_presence WHERE node_id <> $1 AND device_id = ANY($2::text[]) "
-            f"AND node_id IN ({_PG_ALIVE})",
-            self.node_id, device_ids,
-        )  # fmt: skip
-        return [r[0] for r in rows]
-
-    async def reset_own(self, *, everything: bool) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if everything:
-                await conn.execute(
-                    "UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = "
-                    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-                    "WHERE connection_state <> 'Disconnected'"
-                )
-                await conn.execute("DELETE FROM cluster_presence")
-            else:
-                await self._release_devices_of(conn, "node_id = $1", self.node_id)
-
-    async def expire_dead(self) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await self._release_devices_of(conn, f"node_id NOT IN ({_PG_ALIVE})")
-
-    async def acquire_job(self, job_id: str) -> bool:
-        status = await self._pool.execute(
-            "INSERT INTO cluster_job_leases (job_id, node_id) VALUES ($1, $2) "
-            "ON CONFLICT (job_id) DO UPDATE SET node_id = excluded.node_id "
-            f"WHERE cluster_job_leases.node_id = excluded.node_id OR cluster_job_leases.node_id NOT IN ({_PG_ALIVE})",
-            job_id, self.node_id,
-        )  # fmt: skip
-        return not status.endswith(" 0")
-
-    async def release_job(self, job_id: str) -> None:
-        await self._pool.execute("DELETE FROM cluster_job_leases WHERE job_id = $1 AND node_id = $2", job_id, self.node_id)
-
-    async def job_holder(self, job_id: str) -> str | None:
-        return await self._pool.fetchval(  # type: ignore[no-any-return]
-            f"SELECT node_id FROM cluster_job_leases WHERE job_id = $1 AND node_id IN ({_PG_ALIVE})", job_id
-        )
-
-
 async def open_cluster_store(store: HubStore, node_id: str, lease_seconds: float) -> ClusterStore:
     """The cluster tables of ``store`` (created if missing), for node ``node_id``."""
     if store.dialect == "sqlite":
-        return SqliteClusterStore(store._conn, node_id, lease_seconds)  # type: ignore[attr-defined]
+        return SqliteClusterStore(store._conn, node_id, lease_seconds, store.path)  # type: ignore[attr-defined]
     if store.dialect == "postgresql":
+        from iot_flows.store._pg_cluster import PostgresClusterStore
+
         pg = PostgresClusterStore(store._pool, node_id, lease_seconds)  # type: ignore[attr-defined]
         await pg.create_tables()
         return pg

@@ -101,23 +101,26 @@ class PostgresJobs(PostgresConnections):
         )  # fmt: skip
 
     async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
-        await self._executemany(
-            "UPDATE device_jobs SET status = $3, start_time_utc = COALESCE(start_time_utc, $4), end_time_utc = $5,"
-            " outcome = $6::jsonb, error = $7::jsonb, last_updated_date_time_utc = $8"
-            " WHERE job_id = $1 AND device_id = $2",
-            [
-                (
-                    job_id,
-                    device_id,
-                    status,
-                    start,
-                    end,
-                    _json(outcome),
-                    _json(error),
-                    now,
-                )
-                for device_id, status, start, end, outcome, error in outcomes
-            ],
+        if not outcomes:
+            return
+        if len({o[0] for o in outcomes}) < len(outcomes):  # a device twice: its last record stands
+            outcomes = list({o[0]: o for o in outcomes}.values())
+        # one statement over arrays (``unnest``), not one per record
+        await self._execute(
+            "UPDATE device_jobs AS j SET status = v.status, start_time_utc = COALESCE(j.start_time_utc, v.start),"
+            " end_time_utc = v.finish, outcome = v.outcome::jsonb, error = v.error::jsonb,"
+            " last_updated_date_time_utc = $2"
+            " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+            " AS v(device_id, status, start, finish, outcome, error)"
+            " WHERE j.job_id = $1 AND j.device_id = v.device_id",
+            job_id,
+            now,
+            [o[0] for o in outcomes],
+            [o[1] for o in outcomes],
+            [o[2] for o in outcomes],
+            [o[3] for o in outcomes],
+            [_json(o[4]) for o in outcomes],
+            [_json(o[5]) for o in outcomes],
         )
 
     async def set_device_jobs_status_where(

@@ -25,6 +25,7 @@ from iot_flows.query import POSTGRES, CompiledQuery, compile_query, row_to_item
 from iot_flows.store._batch import GroupCommit
 from iot_flows.store._pg_jobs import PostgresJobs
 from iot_flows.store._pg_pool import _LOST, _one_line, _rowcount, describe
+from iot_flows.store._pg_query import TWIN_DOC
 from iot_flows.store._pg_sessions import PostgresSessions
 from iot_flows.store._pgschema import PG_MIGRATIONS
 from iot_flows.store._records import DeviceRecord
@@ -37,7 +38,6 @@ from iot_flows.store._rows import (
     device_job_item,
     dumps,
     loads_column,
-    twin_json_text,
 )
 
 __all__ = ["PostgresStore"]
@@ -335,14 +335,17 @@ class PostgresStore(PostgresJobs, PostgresSessions):
     ) -> tuple[str, tuple[Any, ...]]:
         n = len(compiled.params)
         if compiled.item_type == "twin":
-            sql = f"{_SELECT} WHERE ({compiled.where_sql}) AND device_id > ${n + 1} ORDER BY device_id LIMIT ${n + 2}"
+            sql = (
+                f"SELECT device_id, {TWIN_DOC} FROM devices WHERE ({compiled.where_sql}) AND device_id > ${n + 1}"
+                f" ORDER BY device_id LIMIT ${n + 2}"
+            )
             return sql, (*compiled.params, after, limit)
         return f"{compiled.sql} LIMIT ${n + 1} OFFSET ${n + 2}", (*compiled.params, limit, offset)
 
     async def query_twins(self, compiled: CompiledQuery, *, after: str, limit: int) -> builtins.list[tuple[str, str]]:
         sql, args = self.page_statement(compiled, after=after, limit=limit)
         rows = await self._fetch(sql, *args)
-        return [(r[0], twin_json_text(r)) for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     async def query_device_jobs(
         self, compiled: CompiledQuery, *, after: tuple[str, str], limit: int

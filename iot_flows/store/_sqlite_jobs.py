@@ -8,6 +8,7 @@ is on :class:`~iot_flows.store.HubStore`.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -29,6 +30,27 @@ def _json(value: Any) -> str | None:
     if value is None:
         return None
     return value if value.__class__ is JsonText else dumps(value)
+
+#: Device ids per ``IN (...)`` list, records per ``VALUES`` list (SQLite allows 32,766 parameters).
+_IN_CHUNK = 500
+_VALUES_CHUNK = 200
+
+
+@functools.lru_cache(maxsize=64)
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@functools.lru_cache(maxsize=64)
+def _record_sql(n: int) -> str:
+    """``UPDATE device_jobs`` from ``n`` rows of (device, status, start, end, outcome, error)."""
+    values = ",".join(["(?,?,?,?,?,?)"] * n)
+    return (
+        "UPDATE device_jobs SET status = v.column2, start_time_utc = COALESCE(start_time_utc, v.column3),"
+        " end_time_utc = v.column4, outcome = v.column5, error = v.column6, last_updated_date_time_utc = ?"
+        f" FROM (VALUES {values}) AS v WHERE device_jobs.job_id = ? AND device_jobs.device_id = v.column1"
+    )
+
 
 class SqliteJobs(HubStore):
     """Job documents and per-device job rows (``jobs``, ``device_jobs``) in SQLite."""
@@ -93,30 +115,26 @@ class SqliteJobs(HubStore):
         )
 
     async def mark_device_jobs_running(self, job_id: str, device_ids: builtins.list[str], now: str) -> None:
-        self._conn.executemany(
-            "UPDATE device_jobs SET status = 'running', start_time_utc = ?, last_updated_date_time_utc = ?"
-            " WHERE job_id = ? AND device_id = ?",
-            ((now, now, job_id, d) for d in device_ids),
-        )
+        # one statement per _IN_CHUNK devices (``IN (...)``), not one per device
+        for start in range(0, len(device_ids), _IN_CHUNK):
+            chunk = device_ids[start : start + _IN_CHUNK]
+            self._conn.execute(
+                "UPDATE device_jobs SET status = 'running', start_time_utc = ?, last_updated_date_time_utc = ?"
+                f" WHERE job_id = ? AND device_id IN ({_marks(len(chunk))})",
+                (now, now, job_id, *chunk),
+            )
 
     async def record_device_outcomes(self, job_id: str, outcomes: builtins.list[DeviceOutcome], now: str) -> None:
-        self._conn.executemany(
-            "UPDATE device_jobs SET status = ?, start_time_utc = COALESCE(start_time_utc, ?), end_time_utc = ?,"
-            " outcome = ?, error = ?, last_updated_date_time_utc = ? WHERE job_id = ? AND device_id = ?",
-            (
-                (
-                    status,
-                    start,
-                    end,
-                    _json(outcome),
-                    _json(error),
-                    now,
-                    job_id,
-                    device_id,
-                )
-                for device_id, status, start, end, outcome, error in outcomes
-            ),
-        )
+        # one ``UPDATE ... FROM (VALUES ...)`` per _VALUES_CHUNK records, not one statement per record
+        if len({o[0] for o in outcomes}) < len(outcomes):  # a device twice: its last record stands
+            outcomes = list({o[0]: o for o in outcomes}.values())
+        for start in range(0, len(outcomes), _VALUES_CHUNK):
+            chunk = outcomes[start : start + _VALUES_CHUNK]
+            params: builtins.list[Any] = [now]
+            for device_id, status, begun, end, outcome, error in chunk:
+                params += (device_id, status, begun, end, _json(outcome), _json(error))
+            params.append(job_id)
+            self._conn.execute(_record_sql(len(chunk)), params)
 
     async def set_device_jobs_status_where(
         self, job_id: str, from_states: Iterable[str], to: str, now: str, error: Any = None

@@ -29,7 +29,8 @@ def test_tiny_bench_run_writes_json_and_table_with_baselines(tmp_path: Path) -> 
     _mosquitto()
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--devices", "8,12", "--tls-devices", "4", "--twins", "500",
+        [sys.executable, "-m", "bench.run", "--devices", "8,12", "--store", "sqlite", "--nodes", "1",
+         "--tls-devices", "4", "--twins", "500",
          "--repeat", "1", "--calls", "10", "--rounds", "2", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
@@ -57,6 +58,44 @@ def test_tiny_bench_run_writes_json_and_table_with_baselines(tmp_path: Path) -> 
     assert "scheduleDeviceMethod job" in table and "| 12 |" in table
 
 
+@pytest.mark.timeout(300)
+def test_tiny_bench_run_on_both_stores_and_two_nodes_with_their_baselines(tmp_path: Path) -> None:
+    """``--store sqlite,postgresql --nodes 1,2``: every store runs one node (with Mosquitto)
+    and two nodes (one NATS, devices half on each), each two-node figure next to one node."""
+    _mosquitto()
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--devices", "6", "--store", "sqlite,postgresql", "--nodes", "1,2",
+         "--tls-devices", "0", "--twins", "0", "--calls", "4", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["stores"] == ["sqlite", "postgresql"] and result["nodes"] == [1, 2]
+    assert result["hub"]["6"]["method_job"]["statistics"]["succeededCount"] == 6  # one node, sqlite
+    one_nodes = {"sqlite": result["hub"]["6"], "postgresql": result["by_store"]["postgresql"]["hub"]["6"]}
+    assert result["by_store"]["postgresql"]["mosquitto"]["6"]["round_trips"]["per_second"] > 0
+    for store in ("sqlite", "postgresql"):
+        assert one_nodes[store]["method_job"]["statistics"]["succeededCount"] == 6
+        two = result["two_nodes"][store]["6"]
+        assert two["devices_per_node"] == {"a": 3, "b": 3}
+        assert two["method_job"]["statistics"]["succeededCount"] == 6  # calls to node b's devices crossed NATS
+        assert two["rest_method_same_node_ms"]["n"] == 4 and two["rest_method_cross_node_ms"]["n"] == 4
+        assert two["reported_patch_per_second"] > 0 and two["connects_per_second"] > 0
+        assert set(two["hub_kb_per_device"]) == {"a", "b"}
+        assert set(two["peak_rss_mb"]) == {"hub_a", "hub_b", "fleet_a", "fleet_b", "nats"}
+        assert all(v > 0 for v in two["peak_rss_mb"].values())
+        vs = two["against_baselines"]
+        assert vs["job_two_over_one_node"] == round(
+            two["method_job"]["devices_per_second"] / one_nodes[store]["method_job"]["devices_per_second"], 3)
+        assert vs["job_two_nodes_over_mosquitto"] and vs["reported_patch_two_over_one_node"]
+        assert vs["method_p50_cross_over_same_node"] and vs["connects_two_over_one_node"]
+    table = out.with_suffix(".md").read_text()
+    for heading in ("### one node, sqlite", "### one node, postgresql", "### two nodes, sqlite", "### two nodes, postgresql"):
+        assert heading in table
+    assert "device on node b (NATS)" in table
+
+
 def test_refuses_a_fleet_beyond_the_open_files_limit(tmp_path: Path) -> None:
     import resource
 
@@ -70,3 +109,14 @@ def test_refuses_a_fleet_beyond_the_open_files_limit(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "open files" in done.stderr and "fewer devices" in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_refuses_an_unknown_store_or_topology_before_starting(tmp_path: Path) -> None:
+    for option, value in (("--store", "sqlite,mysql"), ("--nodes", "1,3")):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--devices", "4", option, value, "--out", str(tmp_path / "x.json")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode != 0
+        assert f"bench: {option} takes a comma-separated list of" in done.stderr, done.stderr
+        assert not (tmp_path / "x.json").exists()

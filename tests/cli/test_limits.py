@@ -134,3 +134,28 @@ def test_hub_at_its_open_files_limit_refuses_mqtt_sockets_and_keeps_serving_rest
         hub.send_signal(signal.SIGINT)
         out, _ = hub.communicate(timeout=30)
     assert re.search(r"refusing MQTT connections: \d+ open, the most this hub accepts \(the open-files limit less 256", out), out
+
+
+def test_a_piped_fleet_that_cannot_connect_says_so_while_it_retries(tmp_path: Path, embedded_hub: EmbeddedHub) -> None:
+    # Found by a newcomer: piped (no terminal) the fleet's live bar drew nothing, so a fleet
+    # whose devices could not get in (a full hub, a wrong MQTT port) printed nothing at all.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = closed.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_FLOWS_")}
+    proc = subprocess.Popen([*CLI, "fleet", "simulate", "--count", "3", "--prefix", "piped",
+                             "--hub", embedded_hub.connection_string(), "--hub-url", embedded_hub.base_url,
+                             "--mqtt-port", str(nowhere)], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("connected 0/3: 0 failed") and f"retrying: cannot connect to 127.0.0.1:{nowhere}" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    assert any(f"retrying: cannot connect to 127.0.0.1:{nowhere}" in line for line in seen), seen + [rest]
+    assert "stopped: 0/3 connected" in rest

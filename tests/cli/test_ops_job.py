@@ -86,3 +86,17 @@ def test_job_bad_input_and_unknown_job(ops_hub: OpsHub) -> None:
     assert {j["jobId"] for j in ops_hub.json("job", "list")} == before  # nothing created
     missing = ops_hub.cli("job", "show", "no-such-job")
     assert missing.returncode == 1 and missing.stderr.startswith("error: JobNotFound (404002)")
+
+
+def test_job_list_table_shows_whole_job_ids_and_values_as_typed(ops_hub: OpsHub) -> None:
+    # Found by a newcomer: the table cut long job ids ("nightly-firmware-…"), the one cell an
+    # operator copies into `job show`; and a value like "[red]x" was read as console markup.
+    job_id = "nightly-firmware-rollout-wave-3-2026-11-30-eu-west-canary"
+    ops_hub.json("job", "create-method", "reboot", "--job-id", job_id, "--start-time", "2099-01-01T00:00:00",
+                 "-q", "deviceId = '[red]not-markup'")  # fmt: skip
+    table = ops_hub.cli("job", "list", "-o", "table", env={"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    assert job_id in table.stdout
+    shown = ops_hub.cli("job", "show", job_id, "-o", "table")
+    assert shown.returncode == 0 and "deviceId = '[red]not-markup'" in shown.stdout, shown.stdout
+    ops_hub.json("job", "cancel", job_id)

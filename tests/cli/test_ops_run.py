@@ -78,6 +78,9 @@ def test_run_bad_input_is_one_line_and_runs_nothing(ops_hub: OpsHub) -> None:
         (["run", "fleet-report", "--param", "query_condition"], "expected name=value"),
         (["run", "reboot-devices", "-p", "max_failure_ratio=7"], "max_failure_ratio: Input should be less than or equal to 1"),
         (["run", "run-method-job"], "method_name: Field required"),
+        # checked by Prefect (a flat parameter): it logged two ERROR lines before ours
+        (["run", "fleet-report", "-p", "min_devices=abc"],
+         "invalid parameters: min_devices: Input should be a valid integer, unable to parse string as an integer"),
     ]:
         done = ops_hub.cli(*args, env=env)
         assert done.returncode == 2, (args, done.stderr)
@@ -184,3 +187,32 @@ def test_run_against_an_unreachable_hub_or_a_wrong_key_starts_no_flow(ops_hub: O
     denied = ops_hub.cli("run", "fleet-report", "--hub", wrong, "--hub-url", ops_hub.url, env=env)
     assert denied.returncode == 1 and denied.stderr.startswith("error: IotHubUnauthorizedAccess (401")
     assert "flow run" not in denied.stderr
+
+
+def test_ctrl_c_during_a_run_in_ephemeral_mode_ends_it_cleanly(ops_hub: OpsHub) -> None:
+    """No PREFECT_API_URL: Prefect's temporary server. Found by a newcomer: Ctrl-C (sent by the
+    terminal to the whole process group) killed that server at once, so the engine's record of
+    the interrupted run failed ("Error logging to API", a hang of up to a minute); and offline,
+    every run logged Prefect's "Failed to send telemetry" ERROR."""
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "iot_flows.cli", "run", "forward-hub-events", "-p", "duration_seconds=120"],
+                            cwd=ops_hub.folder, env={**ops_hub.env, "PREFECT_LOGGING_LEVEL": "INFO"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "started" in line and "flow run" in line:
+            break
+    else:
+        raise AssertionError("".join(seen))
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err
+    assert "Error logging to API" not in err and "All connection attempts failed" not in err, err
+    assert "Failed to send telemetry" not in err, err
+    assert "Traceback" not in err, err

@@ -62,8 +62,52 @@ async def test_dead_node_loses_claims_and_jobs(store: HubStore) -> None:
     assert (await store.get("d1")).connection_state == "Disconnected"  # type: ignore[union-attr]
     assert await b.acquire_job("job-1") is True
     assert await b.job_holder("job-1") == "b"
-    await a.renew()  # a comes back: the job stays with b
+    assert await a.renew() is False  # a comes back: fenced (its row is gone), the job stays with b
     assert await a.acquire_job("job-1") is False
+
+
+async def test_a_late_renewal_keeps_what_nobody_took(store: HubStore) -> None:
+    """Fencing by the lease row, not the wall clock: a node late to renew (busy, starved)
+    whose row nobody deleted keeps its devices and jobs, and no node takes them meanwhile."""
+    a, b = await _nodes(store)
+    await a.register()
+    await b.register()
+    await a.claim("d1")
+    assert await a.acquire_job("job-1") is True
+    await asyncio.sleep(LEASE + 0.1)  # a is late; b has not fenced it yet
+    await b.renew()
+    assert await b.acquire_job("job-1") is False  # a's row is still there: the job is a's
+    assert await a.renew() is True  # late, but still its own
+    assert await b.expire_dead() == 0
+    assert await b.holder("d1") == "a" and await b.job_holder("job-1") == "a"
+    assert await a.acquire_job("job-1") is True
+
+
+async def test_lease_renewer_on_its_own_connection_and_fenced_once_taken_over(store: HubStore) -> None:
+    """The renewer (a thread's own connection) renews while the store's pool is exhausted,
+    and answers False once another node fenced the node."""
+    a, b = await _nodes(store)
+    await a.register()
+    await b.register()
+    renewer = a.lease_renewer()
+    held = []
+    pool = getattr(store, "_pool", None)
+    try:
+        if pool is not None:  # PostgreSQL: every pooled connection taken by "device traffic"
+            held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        await asyncio.sleep(LEASE + 0.1)
+        assert await asyncio.wait_for(asyncio.to_thread(renewer.renew), 5) is True
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert await b.expire_dead() == 0 and await b.holder("d1") is None
+    await a.claim("d1")
+    assert await b.holder("d1") == "a"  # renewed by the renewer: alive
+    await asyncio.sleep(LEASE + 0.1)
+    await b.renew()
+    await b.expire_dead()  # b fences a
+    assert await asyncio.to_thread(renewer.renew) is False
+    await asyncio.to_thread(renewer.close)
 
 
 async def test_leave_releases_everything_at_once(store: HubStore) -> None:

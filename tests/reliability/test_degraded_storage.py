@@ -241,3 +241,33 @@ def test_postgresql_connections_refused_then_back_is_503_and_resumes(pg_setup: S
             s, lambda: admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true'), "pg-refused")
     finally:
         admin.close()
+
+
+def test_a_method_reaches_a_device_whose_reported_patch_waits_on_a_row_lock(pg_setup: Setup) -> None:
+    """What the hub sends a device while that device's own publish is being handled is held
+    to leave in one write with the PUBACK, but never longer than one loop iteration: a
+    direct method request must reach the device while its twin write is stuck on a lock
+    (up to ``lock_timeout``), not after the twin response."""
+    s = pg_setup
+    rid = s.device.next_rid()
+    seen_at_request: list[list[str]] = []
+
+    def answer(name: str, payload: Any) -> tuple[int, Any]:
+        seen_at_request.append([m.topic for m in list(s.device.messages.queue) if f"$rid={rid}" in m.topic])
+        return 200, {"method": name}
+
+    s.device.serve_methods(answer)
+    other = PgSession(s.db)
+    try:
+        other.execute("BEGIN")
+        other.execute(f"SELECT 1 FROM devices WHERE device_id = '{s.device.device_id}' FOR UPDATE")
+        s.device.client.publish(f"$iothub/twin/PATCH/properties/reported/?$rid={rid}", b'{"stuck": true}', qos=1)
+        time.sleep(0.5)  # the hub is now inside that publish, its UPDATE waiting on the row lock
+        r = s.service.request("POST", f"/twins/{s.device.device_id}/methods?{API}",
+                              json_body={"methodName": "ping", "payload": {}, "responseTimeoutInSeconds": 20})  # fmt: skip
+        assert r.status_code == 200 and r.json()["payload"] == {"method": "ping"}, r.text
+        assert seen_at_request == [[]], f"the method request waited for the twin write: {seen_at_request}"
+        other.execute("COMMIT")
+        s.device.wait_message(lambda m: m.topic.startswith("$iothub/twin/res/") and f"$rid={rid}" in m.topic)
+    finally:
+        other.close()

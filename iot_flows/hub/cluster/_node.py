@@ -16,8 +16,12 @@ and one NATS. A :class:`ClusterNode` hooks into a started hub's seams:
   dead one (the engine's restart rules apply: in-flight method calls become
   failed/HubRestarted, nothing is invoked twice).
 
-A heartbeat renews the node's lease every ``lease_seconds / 3``; a node killed with
-``kill -9`` loses its claims and its jobs once its lease passes.
+A :class:`~iot_flows.hub.cluster._lease.LeaseKeeper` renews the node's lease every
+``lease_seconds / 3`` from its own thread on its own database connection; a node killed
+with ``kill -9`` loses its claims and its jobs once its lease passes and a live node
+fenced it (deleted its lease row). A node whose renewal came late but whose row is still
+its own keeps its devices and jobs; one that was fenced stops its jobs, closes its device
+connections (they reconnect and are claimed again) and registers again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import json
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,7 @@ from iot_flows._tasks import BackgroundTasks
 from iot_flows.hub import Subscription
 from iot_flows.hub.cluster._batching import JobCallBatcher, PresenceLookup
 from iot_flows.hub.cluster._bus import Bus, NodeIdInUseError, NoResponderError
+from iot_flows.hub.cluster._lease import LeaseKeeper
 from iot_flows.hub.cluster._routing import DesiredRelay, MethodRouter
 from iot_flows.store import ClusterStore, open_cluster_store
 from iot_flows.twin import utc_now
@@ -79,7 +83,7 @@ class ClusterNode:
         self.presence: PresenceLookup
         self.job_calls: JobCallBatcher
         self._heartbeat: asyncio.Task[None] | None = None
-        self._lease_expires = 0.0
+        self.lease_keeper: LeaseKeeper | None = None
         self._background = BackgroundTasks(f"node {self.node_id}")
         self._outbox: list[dict[str, Any]] = []  #: local changes not yet published
 
@@ -100,7 +104,7 @@ class ClusterNode:
         self.desired = DesiredRelay(self._hub, self.store, self.bus)
         self.job_calls = JobCallBatcher(self._hub, self.store, self.bus, self.methods)
         alone = await self.store.register()
-        self._lease_expires = time.time() + self.settings.lease_seconds
+        self.lease_keeper = LeaseKeeper(self.store.lease_renewer(), self.node_id, self.settings.lease_seconds)
         await self.store.reset_own(everything=alone)
         await self.store.expire_dead()
 
@@ -118,6 +122,8 @@ class ClusterNode:
         hub.jobs.lease = self
         hub.jobs.held_elsewhere = self.held_elsewhere
         hub.jobs.wait_online = self.wait_online
+        assert self.lease_keeper is not None  # set by connect()
+        self.lease_keeper.start()
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"node-{self.node_id}")
 
     async def stop_heartbeat(self) -> None:
@@ -129,6 +135,8 @@ class ClusterNode:
             except asyncio.CancelledError:
                 pass
             self._heartbeat = None
+        if self.lease_keeper is not None:
+            await asyncio.to_thread(self.lease_keeper.stop)
 
     async def stop(self) -> None:
         """Last step of a shutdown (after :meth:`leave`): close the bus."""
@@ -144,23 +152,41 @@ class ClusterNode:
             log.exception("node %s could not release its claims", self.node_id)
 
     async def _beat(self) -> None:
+        """Every ``lease_seconds / 3`` on the event loop: act on what the lease keeper found,
+        fence dead nodes and adopt the jobs no live node runs."""
         interval = max(self.settings.lease_seconds / 3, 0.05)
+        lease = self.lease_keeper
+        assert lease is not None  # set by connect()
         while True:
             await asyncio.sleep(interval)
             try:
-                now = time.time()
-                if now > self._lease_expires:
-                    # We were silent longer than our lease: others may have adopted our jobs.
+                if lease.fenced.is_set():
+                    await self._rejoin()
+                elif not lease.valid():
+                    # No renewal for a whole lease (the database unreachable): another node may
+                    # fence us any moment, so stop the jobs; they resume once a renewal finds our row.
                     log.warning("node %s missed its lease; stopping its jobs before adopting again", self.node_id)
                     await self._hub.jobs.stop()
-                await self.store.renew()
-                self._lease_expires = now + self.settings.lease_seconds
+                    if not await asyncio.to_thread(lease.renew_now):
+                        continue
                 await self.store.expire_dead()
                 await self._hub.jobs.resume()  # adopt active jobs no live node runs
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("node %s heartbeat failed", self.node_id)
+
+    async def _rejoin(self) -> None:
+        """Another node fenced this one (deleted its lease row, took its devices and jobs):
+        stop the jobs, close the device connections (they reconnect and are claimed again)
+        and register again."""
+        assert self.lease_keeper is not None
+        log.warning("node %s was taken over by another node; stopping its jobs and devices, joining again", self.node_id)
+        await self._hub.jobs.stop()
+        for device_id in self._hub.sessions.connected_ids():
+            self._hub.sessions.release(device_id, "node lease taken over by another node")
+        await self.store.register()
+        self.lease_keeper.registered()
 
     async def _on_ping(self, msg: Msg) -> None:
         await self.bus.respond(msg, {"node": self.node_id})
@@ -267,6 +293,7 @@ class ClusterNode:
         await self.store.release_job(job_id)
 
     def valid(self) -> bool:
-        """True while this node's last renewal is younger than its lease (no I/O: checked
-        before every job write and call, so a node resumed after a pause stops at once)."""
-        return time.time() < self._lease_expires
+        """True while this node's last renewal is younger than its lease and it was not
+        fenced (no I/O: checked before every job write and call, so a node resumed after a
+        pause stops at once)."""
+        return self.lease_keeper is not None and self.lease_keeper.valid()
