@@ -189,6 +189,7 @@ class MqttServer:
             # never complete), so counting there let a burst past the limit.
             conn = _Connection(self)
             self._connections.add(conn)
+            self._watch(conn)  # the CONNECT timeout also ends a TLS handshake that never completes
             return conn
         self.refused += 1
         now = time.monotonic()
@@ -214,9 +215,8 @@ class MqttServer:
             pin_mmap_threshold()
         if not self._explicit_limit:
             self.max_connections = default_max_connections()
-        server = await loop.create_server(
-            self._accept, host, port, ssl=ssl_context, backlog=4096, reuse_address=True
-        )
+        tls: dict[str, Any] = {"ssl": ssl_context, "ssl_handshake_timeout": self.connect_timeout} if ssl_context else {}
+        server = await loop.create_server(self._accept, host, port, backlog=4096, reuse_address=True, **tls)
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="mqtt-keepalive-sweeper")
