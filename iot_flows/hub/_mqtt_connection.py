@@ -93,8 +93,9 @@ class _Connection(asyncio.Protocol):
         # (tests/hub/test_connection_memory.py checks), and asking uvloop for the socket
         # built and kept a PseudoSocket per connection, plus a system call per connect.
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
-        self.server._connections.add(self)
-        self.server._watch(self)
+        if self not in self.server._connections:  # not admitted by MqttServer._accept (e.g. WebSocket)
+            self.server._connections.add(self)
+            self.server._watch(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.server.clock()
@@ -196,6 +197,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        else:  # accepted but never made (a TLS handshake that did not complete): no connection_lost follows
+            self.server._connections.discard(self)
 
     # ---- packet handling ----------------------------------------------------------
     def _write(self, packet: Any) -> None:

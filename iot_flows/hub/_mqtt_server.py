@@ -184,7 +184,13 @@ class MqttServer:
         descriptors for the REST API and the store, and a warning names the limit.
         """
         if self.max_connections is None or len(self._connections) < self.max_connections:
-            return _Connection(self)
+            # Counted from now, not from connection_made: the loop runs this factory for every
+            # socket of an accept burst before any connection_made (and a TLS handshake may
+            # never complete), so counting there let a burst past the limit.
+            conn = _Connection(self)
+            self._connections.add(conn)
+            self._watch(conn)  # the CONNECT timeout also ends a TLS handshake that never completes
+            return conn
         self.refused += 1
         now = time.monotonic()
         if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
@@ -209,9 +215,8 @@ class MqttServer:
             pin_mmap_threshold()
         if not self._explicit_limit:
             self.max_connections = default_max_connections()
-        server = await loop.create_server(
-            self._accept, host, port, ssl=ssl_context, backlog=4096, reuse_address=True
-        )
+        tls: dict[str, Any] = {"ssl": ssl_context, "ssl_handshake_timeout": self.connect_timeout} if ssl_context else {}
+        server = await loop.create_server(self._accept, host, port, backlog=4096, reuse_address=True, **tls)
         self._servers.append(server)
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="mqtt-keepalive-sweeper")
