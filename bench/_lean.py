@@ -43,6 +43,7 @@ class HubProc:
             [sys.executable, "-m", "iot_flows.cli", "hub", "serve", "--db", f"{self.dir}/hub.db",
              "--mqtt-port", str(self.mqtt_port), "--http-port", str(self.http_port), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "IOT_FLOWS_HUB_PROFILE": f"{self.dir}/hub.json"},  # not the user's ./.iot-flows
         )
         for line in self.proc.stdout:  # type: ignore[union-attr]
             if line.startswith("HostName="):

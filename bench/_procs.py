@@ -90,7 +90,10 @@ class Hub:
         if tls is not None:
             cmd += ["--mqtts-port", str(self.mqtts_port), "--tls-cert", str(tls[1]), "--tls-key", str(tls[2])]
         cmd += extra or []  # e.g. a cluster node's --bus and --node-id
-        full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key, **(env or {})}
+        # The profile goes next to the run's files: with a PostgreSQL URL as --db it would be
+        # ./.iot-flows/hub.json, the profile of the user's own hub in that folder.
+        full_env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": self.owner_key,
+                    "IOT_FLOWS_HUB_PROFILE": str(tmp / f"hub-{self.http_port}.json"), **(env or {})}  # fmt: skip
         if src:  # another revision's iot_flows (e.g. `git archive <rev> iot_flows | tar -x -C dir`)
             full_env["PYTHONPATH"] = src
         self.log = tmp / f"hub-{self.http_port}.log"

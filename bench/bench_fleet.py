@@ -95,7 +95,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 def start_hub(tmp: str, owner_key: str, tls: tuple[Path, Path, Path] | None) -> tuple[subprocess.Popen[bytes], int, str]:
     """Start ``iot-flows hub serve``; return (process, device port, REST base URL)."""
     mqtt_port, http_port, mqtts_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": owner_key}
+    env = {**os.environ, "IOT_FLOWS_HUB_OWNER_KEY": owner_key, "IOT_FLOWS_HUB_PROFILE": f"{tmp}/hub.json"}
     cmd = [
         sys.executable, "-c", "from iot_flows.cli._main import main; main()", "hub", "serve",
         "--mqtt-port", str(mqtt_port), "--http-port", str(http_port), "--db", f"{tmp}/hub.db",

@@ -77,7 +77,7 @@ def next_commands(profile: HubProfile, profile_path: Path) -> list[str]:
 
 async def _serve_until_signal(settings: HubSettings) -> None:
     from iot_flows._exceptions import HubError
-    from iot_flows.hub import Hub
+    from iot_flows.hub import Hub, ListenError
     from iot_flows.store import StoreConfigError
 
     hub = Hub(settings)
@@ -89,7 +89,7 @@ async def _serve_until_signal(settings: HubSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await hub.start()
-    except (StoreConfigError, HubError) as exc:  # bad --db, unreachable PostgreSQL: one line
+    except (StoreConfigError, HubError, ListenError) as exc:  # bad --db, unreachable PostgreSQL, port in use: one line
         typer.echo(f"iot-flows hub: {exc}", err=True)
         raise typer.Exit(2) from None
     tune_for_serving()  # this process is the hub: fewer collector passes (iot_flows._gc)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from iot_flows._exceptions import HubError, error_for_status
+from iot_flows._exceptions import HubError, IoTFlowsError, error_for_status
 from iot_flows._sas import ConnectionString
 from iot_flows._settings import HubSettings
 from iot_flows.hub._auth import ServiceAuthenticator
@@ -46,9 +46,29 @@ from iot_flows.twin import utc_now
 if TYPE_CHECKING:
     from iot_flows.hub.cluster import ClusterNode
 
-__all__ = ["Hub", "HubSettings"]
+__all__ = ["Hub", "HubSettings", "ListenError"]
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(IoTFlowsError):
+    """A listener could not open its port (in use, not allowed, or no such address): the
+    message names the listener, the address, the reason and the option that sets the port."""
+
+
+_PORT_OPTIONS = {"MQTT": "--mqtt-port", "MQTT over TLS": "--mqtts-port", "REST": "--http-port"}
+
+
+def _listen_error(what: str, host: str, port: int, exc: OSError) -> ListenError:
+    reason = exc.strerror or str(exc)
+    if "error while attempting to bind" in str(exc):  # asyncio's wording: keep the OS reason only
+        reason = str(exc).rsplit(": ", 1)[-1]
+    hint = f"choose another port with {_PORT_OPTIONS[what]}"
+    if exc.errno == 98:  # EADDRINUSE
+        hint = f"another hub or server listens there; stop it or {hint}"
+    elif exc.errno == 99:  # EADDRNOTAVAIL
+        hint = "no network interface here has that address; choose another with --host"
+    return ListenError(f"cannot listen for {what} on {host}:{port}: {reason.lower()} ({hint})")
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -209,11 +229,20 @@ class Hub:
         self._build_services()
         if s.bus is not None:
             await self._join_cluster()
-        self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
+        try:
+            self.mqtt_port = await self.mqtt.listen(s.host, s.mqtt_port)
+        except OSError as exc:
+            raise _listen_error("MQTT", s.host, s.mqtt_port, exc) from None
         tls = self._tls_context()
         if tls is not None:
-            self.mqtts_port = await self.mqtt.listen(s.host, s.mqtts_port, ssl_context=tls)
-        self._http_socket = _bind(s.host, s.http_port)
+            try:
+                self.mqtts_port = await self.mqtt.listen(s.host, s.mqtts_port, ssl_context=tls)
+            except OSError as exc:
+                raise _listen_error("MQTT over TLS", s.host, s.mqtts_port, exc) from None
+        try:
+            self._http_socket = _bind(s.host, s.http_port)
+        except OSError as exc:
+            raise _listen_error("REST", s.host, s.http_port, exc) from None
         self.http_port = int(self._http_socket.getsockname()[1])
         config = uvicorn.Config(
             self.build_app(),

@@ -54,8 +54,14 @@ async def open_store(url_or_path: str, *, pool_size: int = 20, acquire_timeout: 
 
         if not path:
             raise StoreConfigError(f"--db {url_or_path!r}: no SQLite file path given")
+        folder = Path(path).parent
+        if not folder.exists():  # a typo would start an empty registry somewhere new
+            raise StoreConfigError(
+                f"--db {url_or_path!r}: the folder {str(folder)!r} does not exist (create it first: mkdir -p {folder})"
+            )
+        if not folder.is_dir():
+            raise StoreConfigError(f"--db {url_or_path!r}: {str(folder)!r} is a file, not a folder")
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
             return SqliteStore(path)
         except (OSError, sqlite3.Error) as exc:  # a file where a folder should be, no permission, not a database
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -64,12 +64,15 @@ def test_tiny_bench_run_on_both_stores_and_two_nodes_with_their_baselines(tmp_pa
     and two nodes (one NATS, devices half on each), each two-node figure next to one node."""
     _mosquitto()
     out = tmp_path / "bench.json"
+    profile = ROOT / ".iot-flows" / "hub.json"  # a user's own hub in this folder (found by a newcomer:
+    before = profile.read_bytes() if profile.exists() else None  # the PostgreSQL hubs overwrote it)
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--devices", "6", "--store", "sqlite,postgresql", "--nodes", "1,2",
          "--tls-devices", "0", "--twins", "0", "--calls", "4", "--rounds", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (profile.read_bytes() if profile.exists() else None) == before, "the bench replaced ./.iot-flows/hub.json"
     result = json.loads(out.read_text())
     assert result["stores"] == ["sqlite", "postgresql"] and result["nodes"] == [1, 2]
     assert result["hub"]["6"]["method_job"]["statistics"]["succeededCount"] == 6  # one node, sqlite

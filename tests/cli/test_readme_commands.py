@@ -136,6 +136,8 @@ def test_hub_serve_flag_beats_environment_beats_default(tmp_path: Path, reader_e
             assert hub.interrupt() == 0, hub.output
         return ConnectionString.parse(cs).host_name
 
+    for folder in "abc":  # one database each; --db does not create folders
+        (tmp_path / folder).mkdir()
     assert hostname(".venv/bin/iot-flows hub serve --db a/hub.db", reader_env) == DEFAULT_HOSTNAME
     env = {**reader_env, "IOT_FLOWS_HUB_HOSTNAME": "from-env.example"}
     assert hostname(".venv/bin/iot-flows hub serve --db b/hub.db", env) == "from-env.example"

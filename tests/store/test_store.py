@@ -50,11 +50,34 @@ def test_sqlite_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Any)
     (tmp_path / "afile").write_text("x")
     not_a_db = tmp_path / "not-a-db.db"
     not_a_db.write_bytes(b"this is not a SQLite database" * 100)
-    for db, why in ((tmp_path / "afile" / "hub.db", "File exists"), (not_a_db, "not a database")):
+    # and a folder that does not exist was created, whole (a typo started an empty registry)
+    missing = tmp_path / "no" / "such" / "hub.db"
+    for db, why in ((tmp_path / "afile" / "hub.db", "is a file, not a folder"), (not_a_db, "not a database"),
+                    (missing, f"the folder '{missing.parent}' does not exist (create it first: mkdir -p")):  # fmt: skip
         result = _serve(str(db))
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and f"--db '{db}'" in lines[0] and why in lines[0], result.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2() -> None:
+    # Found by a newcomer: `hub serve` with 1883 taken printed a ~100-line traceback.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for option, what in (("--mqtt-port", "MQTT"), ("--http-port", "REST")):
+            ports = {"--mqtt-port": "0", "--http-port": "0", option: str(port)}
+            result = subprocess.run([*CLI, "hub", "serve", "--db", ":memory:", *(x for kv in ports.items() for x in kv)],
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert f"cannot listen for {what} on 127.0.0.1:{port}: address already in use" in lines[0], lines
+            assert f"choose another port with {option}" in lines[0], lines
 
 
 async def test_open_store_picks_the_backend(tmp_path: Any, make_db: Any, backend: str) -> None:
