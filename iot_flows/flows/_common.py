@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from iot_flows._exceptions import ConfirmationTimeoutError
 from iot_flows.blocks import HubConnection
 from iot_flows.flows._events import emit_job_event
-from iot_flows.flows._ui import outcome_line
+from iot_flows.flows._ui import n_devices, outcome_line
 from iot_flows.jobs import TERMINAL_JOB_STATES
 from iot_flows.tasks import get_job, get_twins, query_device_jobs
 
@@ -109,7 +109,7 @@ async def follow_job(
         line = (job["status"], done, total)
         if line != last:
             logger.info("job %s %s: %s", job_id, job["status"], outcome_line(done, ok, bad, canceled=canceled)
-                        + (f" of {total} devices" if job["status"] not in TERMINAL_JOB_STATES else ""))  # fmt: skip
+                        + (f" of {n_devices(total)}" if job["status"] not in TERMINAL_JOB_STATES else ""))  # fmt: skip
             last = line
         if job["status"] in TERMINAL_JOB_STATES:
             emit_job_event(job)
@@ -161,12 +161,12 @@ async def summarize_job(
     counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
                           canceled=summary.canceled)  # fmt: skip
     await acreate_table_artifact(
-        rows, key=key, description=f"{what}: {summary.device_count} devices, {counts} (job {summary.job_id}, {summary.status})"
+        rows, key=key, description=f"{what}: {n_devices(summary.device_count)}, {counts} (job {summary.job_id}, {summary.status})"
     )
     if failures:
         await acreate_table_artifact(
             [f.model_dump() for f in failures[:500]], key=f"{key}-failures" if key else None,
-            description=f"{what}: the {summary.failed} devices that failed (job {summary.job_id})",
+            description=f"{what}: the {n_devices(summary.failed)} that failed (job {summary.job_id})",
         )  # fmt: skip
     return summary
 

@@ -53,6 +53,11 @@ def artifact_key(*parts: object) -> str:
     return re.sub(r"-{2,}", "-", _NOT_KEY.sub("-", text.lower())).strip("-")[:200] or "iot-flows"
 
 
+def n_devices(count: int) -> str:
+    """``"1 device"``, ``"2 devices"``: a count of devices for messages and descriptions."""
+    return f"{count} device" if count == 1 else f"{count} devices"
+
+
 def outcome_line(done: int, succeeded: int, failed: int, **others: int) -> str:
     """``"10 done: 0 succeeded, 10 failed"`` (plus any non-zero ``others``, e.g. ``timed_out=2``)."""
     extra = "".join(f", {n} {name.replace('_', ' ')}" for name, n in others.items() if n)
@@ -75,7 +80,7 @@ def check_matched(count: int, condition: str, min_devices: int, what: str) -> st
         get_run_logger().warning("0 devices matched %s: %s did nothing", condition, what)
     if count < min_devices:
         raise TooFewDevicesError(
-            f"{count} devices matched {condition}; {what} needs at least {min_devices} (parameter min_devices)"
+            f"{n_devices(count)} matched {condition}; {what} needs at least {min_devices} (parameter min_devices)"
         )
     return f"0 devices matched {condition}" if count == 0 else None
 

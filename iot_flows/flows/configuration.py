@@ -17,7 +17,16 @@ from pydantic import BaseModel, Field
 from iot_flows._exceptions import ConfirmationTimeoutError, JobFailedError
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._ui import apply_overrides, artifact_key, completed, outcome_line, param, report_outcome, run_name
+from iot_flows.flows._ui import (
+    apply_overrides,
+    artifact_key,
+    completed,
+    n_devices,
+    outcome_line,
+    param,
+    report_outcome,
+    run_name,
+)
 from iot_flows.flows.jobs import TwinUpdateJobRequest, precheck, run_twin_update_job
 from iot_flows.tasks import get_twins, query_twins
 
@@ -94,13 +103,13 @@ async def _write_and_confirm(
         title, job.device_count, request.query_condition, min_devices, counts,
         [{"property": request.name, "devices": job.device_count, "confirmed": len(result.confirmed),
           "failed": len(result.failed), "not confirmed": len(result.not_confirmed)}],
-        key=key, description=f"{title} on {job.device_count} devices ({request.query_condition}): {counts}",
-        message=f"{title} on {job.device_count} devices: {counts}",
+        key=key, description=f"{title} on {n_devices(job.device_count)} ({request.query_condition}): {counts}",
+        message=f"{title} on {n_devices(job.device_count)}: {counts}",
     )  # fmt: skip
     if result.failed:
-        raise JobFailedError(f"{len(result.failed)} devices failed to apply {request.name}", summary=result)
+        raise JobFailedError(f"{n_devices(len(result.failed))} failed to apply {request.name}", summary=result)
     if result.not_confirmed:
-        raise ConfirmationTimeoutError(f"{len(result.not_confirmed)} devices did not confirm {request.name}", summary=result)
+        raise ConfirmationTimeoutError(f"{n_devices(len(result.not_confirmed))} did not confirm {request.name}", summary=result)
     return completed(result, message)
 
 
@@ -175,7 +184,7 @@ async def read_device_property(
     twins = await get_twins(conn, ids)
     values = {d: reported_value(twins.get(d), request.path) for d in ids}
     reported = sum(v is not None for v in values.values())
-    counts = f"{len(ids)} devices: {reported} reported {request.path}, {len(ids) - reported} did not"
+    counts = f"{n_devices(len(ids))}: {reported} reported {request.path}, {len(ids) - reported} did not"
     message = await report_outcome(
         f"read {request.path}", len(ids), request.query_condition, min_devices, counts,
         [{"device": d, request.path: v} for d, v in list(values.items())[:1000]] or [{"device": "-", request.path: None}],

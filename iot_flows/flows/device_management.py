@@ -21,7 +21,16 @@ from iot_flows.client import quote_string
 from iot_flows.flows._common import JobSummary, confirm_reported, reported_value
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.flows._firmware import installed_version
-from iot_flows.flows._ui import apply_overrides, artifact_key, completed, outcome_line, param, report_outcome, run_name
+from iot_flows.flows._ui import (
+    apply_overrides,
+    artifact_key,
+    completed,
+    n_devices,
+    outcome_line,
+    param,
+    report_outcome,
+    run_name,
+)
 from iot_flows.flows.jobs import MethodJobRequest, precheck, run_method_job
 from iot_flows.tasks import query_device_jobs
 
@@ -95,12 +104,12 @@ async def _method_then_confirm(
         [{"devices": job.device_count, "accepted": len(accepted), "confirmed": len(confirmed),
           "not confirmed": len(missing), "method failed": len(failed)}],
         key=artifact_key(what),
-        description=f"{what} of {job.device_count} devices on {request.query_condition}: {counts} "
+        description=f"{what} of {n_devices(job.device_count)} on {request.query_condition}: {counts} "
                     f"({path} newer than {started.isoformat()})",
-        message=f"{what} of {job.device_count} devices: {counts}",
+        message=f"{what} of {n_devices(job.device_count)}: {counts}",
     )  # fmt: skip
     if missing:
-        raise ConfirmationTimeoutError(f"{len(missing)} devices did not confirm {what} in time", summary=result)
+        raise ConfirmationTimeoutError(f"{n_devices(len(missing))} did not confirm {what} in time", summary=result)
     if job.device_count and len(failed) / job.device_count > request.max_failure_ratio:
         raise JobFailedError(f"{len(failed)}/{job.device_count} devices refused {method}", summary=result)
     return completed(result, message)
@@ -216,7 +225,7 @@ async def update_firmware(
     accepted = await _accepted_devices(conn, job, set(refused))
     steps: dict[str, list[str]] = {d: [] for d in accepted}
     progress = await acreate_progress_artifact(
-        0.0, description=f"firmware {request.version} on {len(accepted)} devices: share that reached applyComplete"
+        0.0, description=f"firmware {request.version} on {n_devices(len(accepted))}: share that reached applyComplete"
     )
 
     def check(twin: dict[str, Any] | None) -> bool | None:
@@ -254,12 +263,12 @@ async def update_firmware(
         [{"device": d, "steps": " → ".join(s), "result": "updated" if d in updated else failed.get(d, "timed out")}
          for d, s in sorted(steps.items())][:1000] or [{"device": "-", "steps": "-", "result": "no device accepted"}],
         key=artifact_key("firmware", request.version),
-        description=f"Firmware {request.version} on {job.device_count} devices ({_condition(request)}): {counts}",
-        message=f"{what} on {job.device_count} devices: {counts}",
+        description=f"Firmware {request.version} on {n_devices(job.device_count)} ({_condition(request)}): {counts}",
+        message=f"{what} on {n_devices(job.device_count)}: {counts}",
     )  # fmt: skip
     total = job.device_count or 1
     if len(failed) / total > request.max_failure_ratio:
         raise FirmwareUpdateFailedError(f"{len(failed)}/{job.device_count} devices failed the update", summary=result)
     if missing:
-        raise ConfirmationTimeoutError(f"{len(missing)} devices did not finish the update in time", summary=result)
+        raise ConfirmationTimeoutError(f"{n_devices(len(missing))} did not finish the update in time", summary=result)
     return completed(result, message)  # type: ignore[return-value]

@@ -13,7 +13,16 @@ from pydantic import BaseModel, Field
 from iot_flows._exceptions import JobFailedError
 from iot_flows.flows._common import JobSummary, follow_job, new_job_id, summarize_job
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows._ui import (
+    apply_overrides,
+    artifact_key,
+    check_matched,
+    completed,
+    n_devices,
+    outcome_line,
+    param,
+    run_name,
+)
 from iot_flows.tasks import create_method_job, create_twin_update_job, query_twins
 
 __all__ = ["MethodJobRequest", "TwinUpdateJobRequest", "count_matching", "precheck", "run_method_job", "run_twin_update_job"]
@@ -90,7 +99,7 @@ def _done(summary: JobSummary, condition: str, min_devices: int, what: str) -> A
     zero = check_matched(summary.device_count, condition, min_devices, what)
     counts = outcome_line(summary.succeeded + summary.failed + summary.canceled, summary.succeeded, summary.failed,
                           canceled=summary.canceled)  # fmt: skip
-    return completed(summary, zero or f"{what} on {summary.device_count} devices: {counts}")
+    return completed(summary, zero or f"{what} on {n_devices(summary.device_count)}: {counts}")
 
 
 def _check(summary: JobSummary, max_failure_ratio: float) -> JobSummary:

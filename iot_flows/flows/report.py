@@ -9,7 +9,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from pydantic import BaseModel, Field
 
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, param, run_name
+from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, n_devices, param, run_name
 from iot_flows.tasks import query_twins
 
 __all__ = ["FleetReport", "FleetReportRequest", "fleet_report"]
@@ -64,11 +64,11 @@ async def fleet_report(
             [{"value": k, "devices": v, "share": f"{v / total:.1%}" if total else "-"} for k, v in groups[path].items()]
             or [{"value": "-", "devices": 0, "share": "-"}],
             key=artifact_key("fleet-by", path.removeprefix("properties.reported.")),
-            description=f"{total} devices by {path}" + (f" ({request.query_condition})" if where else ""),
+            description=f"{n_devices(total)} by {path}" + (f" ({request.query_condition})" if where else ""),
         )
         lines.append(f"\n## {path}\n" + "\n".join(f"- `{k}`: {v}" for k, v in groups[path].items()))
     await acreate_markdown_artifact(
-        "\n".join(lines), key="fleet-report", description=zero or f"Fleet report: {total} devices by {len(groups)} paths"
+        "\n".join(lines), key="fleet-report", description=zero or f"Fleet report: {n_devices(total)} by {len(groups)} paths"
     )
     return completed(FleetReport(total_devices=total, groups=groups),  # type: ignore[return-value]
-                     zero or f"{total} devices by {', '.join(request.group_by)}")  # fmt: skip
+                     zero or f"{n_devices(total)} by {', '.join(request.group_by)}")  # fmt: skip

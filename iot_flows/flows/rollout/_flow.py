@@ -19,7 +19,16 @@ from iot_flows._exceptions import OperationFailedError
 from iot_flows.blocks import HubConnection
 from iot_flows.client import device_id_conditions, quote_string
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
-from iot_flows.flows._ui import apply_overrides, artifact_key, check_matched, completed, outcome_line, param, run_name
+from iot_flows.flows._ui import (
+    apply_overrides,
+    artifact_key,
+    check_matched,
+    completed,
+    n_devices,
+    outcome_line,
+    param,
+    run_name,
+)
 from iot_flows.flows.rollout._lease import RolloutInProgressError, RolloutLease
 from iot_flows.flows.rollout._mechanisms import Mechanism, mechanism_for
 from iot_flows.flows.rollout._models import RolloutPlan, RolloutRequest, RolloutResult, WavePlan
@@ -161,7 +170,7 @@ async def roll_out_firmware(
     targets = sum(len(t) for t in todo)
     result = RolloutResult(version=request.version, status="completed", targets=targets, already_current=len(current),
                            rollout_id=request.key)  # fmt: skip
-    board = Board(request, plan, todo, f"{mech.label()} rollout to {len(rows)} devices ({request.target_condition})")
+    board = Board(request, plan, todo, f"{mech.label()} rollout to {n_devices(len(rows))} ({request.target_condition})")
     if request.dry_run:
         result.status, result.plan = "planned", _plan(request, mech, policies, plan, todo, current)
         await publish_plan(request, result.plan)
@@ -252,6 +261,6 @@ async def _run(conn: HubConnection, request: RolloutRequest, mech: Mechanism, po
     emit_rollout_event(request, result.status, {"reason": result.reason, "targets": targets, "summary": done})
     if result.status == "aborted":
         raise RolloutAbortedError(f"rollout of {request.version} aborted: {result.reason}", summary=result)
-    return completed(result, zero or f"{mech.label()} on {len(rows)} devices: {done}, "  # type: ignore[return-value]
+    return completed(result, zero or f"{mech.label()} on {n_devices(len(rows))}: {done}, "  # type: ignore[return-value]
                              f"{len(current)} already current")
 
