@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 
 from iot_flows.flows._connection import ConnectionRef, resolve_connection
 from iot_flows.flows._events import emit_change_event
+from iot_flows.flows._ui import param, run_name
 from iot_flows.hub import HubSettings
 
 __all__ = ["HubServeRequest", "forward_hub_events", "run_hub", "serve_hub"]
@@ -78,13 +79,16 @@ async def run_hub(request: BaseModel) -> dict[str, object]:
     return {"served_seconds": round(time.monotonic() - started, 1), "devices_connected_at_stop": devices}
 
 
-@flow(name="Serve the hub", log_prints=True)
+@flow(name="Serve the hub", log_prints=True,
+      flow_run_name=run_name(lambda p: f"hub · MQTT {param(p, 'mqtt_port', 1883)}, REST {param(p, 'http_port', 8080)}"))  # fmt: skip
 async def serve_hub(request: HubServeRequest | None = None) -> dict[str, object]:  # type: ignore[valid-type]
     """Run the bundled IoT Hub-compatible hub as a (long-running) Prefect flow run."""
     return await run_hub(request or HubServeRequest())
 
 
-@flow(name="Forward hub events to Prefect", log_prints=True)
+@flow(name="Forward hub events to Prefect", log_prints=True,
+      flow_run_name=run_name(lambda p: f"hub events · {float(p.get('duration_seconds', 60.0)):g} s"
+                             + (" with connections" if p.get("include_connection_events") else "")))  # fmt: skip
 async def forward_hub_events(
     connection: ConnectionRef = None,
     duration_seconds: float = 60.0,

@@ -98,3 +98,18 @@ async def test_flow_over_1000_devices_creates_a_bounded_number_of_task_runs(flow
         assert 2 <= len(task_runs) <= 20, len(task_runs)  # create + a few polls + summary; never per device
     finally:
         await big.stop()
+
+
+async def test_every_library_flow_names_its_runs_from_their_parameters(connection):
+    # Found by a newcomer: the scheduled forward-hub-events run kept a random name
+    # ("ultramarine-bloodhound") while the README says every run is named from its parameters.
+    import iot_flows.flows as library
+    from prefect import Flow
+    from prefect.client.orchestration import get_client
+
+    flows = [getattr(library, name) for name in library.__all__ if isinstance(getattr(library, name), Flow)]
+    assert flows and all(f.flow_run_name is not None for f in flows), [f.name for f in flows if f.flow_run_name is None]
+    state = await forward_hub_events(connection, duration_seconds=0.2, return_state=True)
+    async with get_client() as client:
+        run = await client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name == "hub events · 0.2 s"
