@@ -38,6 +38,10 @@ job_app = typer.Typer(no_args_is_help=True, help="Jobs over many devices: create
 
 COLUMNS = ["jobId", "type", "status", "queryCondition", "deviceJobStatistics.deviceCount",
            "deviceJobStatistics.succeededCount", "deviceJobStatistics.failedCount", "createdTime"]  # fmt: skip
+#: the table's headers (JSON output keeps IoT Hub's names): the statistics' paths cut to
+#: "deviceJo…" three times on a 120-column terminal
+HEADERS = {"deviceJobStatistics.deviceCount": "devices", "deviceJobStatistics.succeededCount": "succeeded",
+           "deviceJobStatistics.failedCount": "failed", "queryCondition": "query"}  # fmt: skip
 
 JobId = Annotated[str, typer.Argument(help="Job id.", show_default=False)]
 NewJobId = Annotated[str | None, typer.Option("--job-id", help="Job id (default: a new one).")]
@@ -190,4 +194,4 @@ def list_jobs(
 ) -> None:  # fmt: skip
     """List jobs (GET /jobs/v2/query), newest state of each."""
     jobs = run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.query_jobs(job_type=job_type, job_status=job_status))
-    emit(jobs, output, columns=COLUMNS)
+    emit(jobs, output, columns=COLUMNS, headers=HEADERS)

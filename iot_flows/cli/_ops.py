@@ -282,9 +282,11 @@ def _pick(item: dict[str, Any], column: str) -> Any:
     return value
 
 
-def emit(result: Any, output: Output | None, *, columns: list[str] | None = None, title: str | None = None) -> None:
+def emit(result: Any, output: Output | None, *, columns: list[str] | None = None, title: str | None = None,
+         headers: dict[str, str] | None = None) -> None:  # fmt: skip
     """Print ``result``: JSON as is, or a table (a list: one row per item, ``columns`` dotted
-    paths, default every key of the first item; an object: one row per flattened key)."""
+    paths, default every key of the first item, headed by ``headers[path]`` or the path; an
+    object: one row per flattened key)."""
     if _mode(output) is Output.json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
@@ -304,10 +306,11 @@ def emit(result: Any, output: Output | None, *, columns: list[str] | None = None
             rows = [[_cell(_pick(item, c)) for c in cols] for item in dicts]
             # The first column is the identifier (deviceId, jobId) an operator copies into the
             # next command: never cut it; the other columns give way when the table is too wide.
-            key_width = max([len(cols[0]), *(len(row[0]) for row in rows)])
-            table.add_column(cols[0], no_wrap=True, min_width=key_width)
-            for col in cols[1:]:
-                table.add_column(col)
+            names = [(headers or {}).get(c, c) for c in cols]
+            key_width = max([len(names[0]), *(len(row[0]) for row in rows)])
+            table.add_column(names[0], no_wrap=True, min_width=key_width)
+            for name in names[1:]:  # short headers stay whole; long values wrap, never cut
+                table.add_column(name, min_width=len(name) if len(name) <= 10 else None, overflow="fold")
             for row in rows:
                 table.add_row(*map(Text, row))
     elif isinstance(result, dict):

@@ -97,6 +97,10 @@ def test_job_list_table_shows_whole_job_ids_and_values_as_typed(ops_hub: OpsHub)
     table = ops_hub.cli("job", "list", "-o", "table", env={"COLUMNS": "80"})
     assert table.returncode == 0, table.stderr
     assert job_id in table.stdout
+    lines = table.stdout.splitlines()
+    header = "\n".join(lines[: next(i for i, line in enumerate(lines) if line.startswith("┡"))])
+    # the statistics' headers were all "deviceJo…"
+    assert all(name in header for name in ("devices", "succeeded", "failed")) and "deviceJo" not in header, header
     shown = ops_hub.cli("job", "show", job_id, "-o", "table")
     assert shown.returncode == 0 and "deviceId = '[red]not-markup'" in shown.stdout, shown.stdout
     ops_hub.json("job", "cancel", job_id)
