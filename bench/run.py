@@ -240,6 +240,7 @@ def _topologies(tmp: Path, n: int, args: argparse.Namespace, dbs: Databases, res
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
+        prog="./scripts/bench",
         description=__doc__.splitlines()[0] + " Per fleet size and --store: one hub node next to Mosquitto "
         "(same lean fleet), then two hub nodes (one store, one NATS, devices half on each, the job created on "
         "node a) next to that one node. The defaults finish within 15 minutes on 2 cores (7-9 here, shared).",
