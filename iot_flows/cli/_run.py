@@ -159,6 +159,13 @@ def build_parameters(spec: FlowSpec, params: list[str]) -> dict[str, Any]:
         flows_log.removeFilter(quiet)
 
 
+class _DropAnnounceHookLog(logging.Filter):
+    """Prefect logs every hook it runs (twice, at INFO); ``_announce`` is this command's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'_announce'" not in record.getMessage()
+
+
 class _DropParameterValidationLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Parameter validation failed")
@@ -259,6 +266,8 @@ def run(
         run_hub_command(hub, hub_url, profile, ca_file, lambda c: c.query_page("SELECT deviceId FROM devices", page_size=1))
         parameters["connection"] = asyncio.run(_connection(hub, hub_url, profile, ca_file))
     flow = spec.flow.with_options(on_running=[*spec.flow.on_running_hooks, _announce])
+    logging.getLogger("prefect.engine").addFilter(_DropAnnounceHookLog())
+    logging.getLogger("prefect.flow_runs").addFilter(_DropAnnounceHookLog())
     try:
         _start_prefect_api()
         state = flow(**parameters, return_state=True)
