@@ -95,6 +95,7 @@ def test_fleet_simulate_with_the_printed_connection_string_and_the_printed_comma
     tmp_path: Path, reader_env: dict[str, str]
 ) -> None:
     """Issue 16 item 12: ``--hub "<the string hub serve printed>"`` reached https://localhost:443."""
+    (tmp_path / "data").mkdir()  # --db does not create folders
     hub = Running(".venv/bin/iot-flows hub serve --db data/hub.db", tmp_path, reader_env)
     try:
         cs = hub.wait_for(r"(?m)^(HostName=\S+)$").group(1)
