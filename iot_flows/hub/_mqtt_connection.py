@@ -43,6 +43,7 @@ from iot_flows.mqtt import (
     Unsuback,
     Unsubscribe,
     encode,
+    encode_puback,
     encode_publish,
 )
 from iot_flows.store import storage_unavailable
@@ -60,10 +61,6 @@ _PINGRESP = encode(Pingresp())
 _CONNACK_ACCEPTED = {present: encode(Connack(session_present=present, return_code=CONNACK_ACCEPTED))
                      for present in (False, True)}
 
-
-def _puback(packet_id: int) -> bytes:
-    """PUBACK of ``packet_id`` (``encode(Puback(...))`` without the dataclass)."""
-    return b"\x40\x02" + packet_id.to_bytes(2, "big")
 
 
 class _Connection(asyncio.Protocol):
@@ -348,7 +345,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._corked = None
         if allowed and packet.qos == 1:
-            corked.append(_puback(packet.packet_id or 0))
+            corked.append(encode_puback(packet.packet_id or 0))
         self._write_corked(corked)
         if not allowed:
             log.info("closing %s: publish to forbidden topic %r", self.device_id, packet.topic)

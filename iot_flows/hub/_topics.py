@@ -48,9 +48,17 @@ def _query(topic: str, prefix: str) -> dict[str, str] | None:
     rest = topic[len(prefix) :]
     if not rest.startswith("?"):
         return None
-    if rest.startswith("?$rid=") and _QUERY_SPECIAL.isdisjoint(rest):
-        return {"$rid": rest[6:]}  # the common case, "?$rid={rid}", without a query parser
+    rid = _plain_rid(rest)
+    if rid is not None:
+        return {"$rid": rid}  # the common case, "?$rid={rid}", without a query parser
     return dict(urllib.parse.parse_qsl(rest[1:], keep_blank_values=True))
+
+
+def _plain_rid(query: str) -> str | None:
+    """``{rid}`` of a query that is exactly ``?$rid={rid}`` with nothing to decode, else None."""
+    if query.startswith("?$rid=") and _QUERY_SPECIAL.isdisjoint(query):
+        return query[6:]
+    return None
 
 
 def parse_device_topic(topic: str, device_id: str) -> DeviceTopic | None:
@@ -96,8 +104,9 @@ def parse_method_response(topic: str) -> tuple[int, str] | None:
     if not topic.startswith("$iothub/methods/res/"):
         return None
     status_text, _, rest = topic[20:].partition("/")
-    if rest.startswith("?$rid=") and status_text.isascii() and status_text.isdigit() and _QUERY_SPECIAL.isdisjoint(rest):
-        return int(status_text), rest[6:]
+    rid = _plain_rid(rest)
+    if rid is not None and status_text.isascii() and status_text.isdigit():
+        return int(status_text), rid
     return None
 
 

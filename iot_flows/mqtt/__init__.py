@@ -4,7 +4,15 @@ See :mod:`iot_flows.mqtt._codec` for the wire rules and :mod:`iot_flows.mqtt._pa
 for the packet values.
 """
 
-from ._codec import DEFAULT_MAX_PACKET_SIZE, MqttCodecError, PacketReader, decode_one, encode, encode_publish
+from ._codec import (
+    DEFAULT_MAX_PACKET_SIZE,
+    MqttCodecError,
+    PacketReader,
+    decode_one,
+    encode,
+    encode_puback,
+    encode_publish,
+)
 from ._packets import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_CREDENTIALS,
@@ -58,5 +66,6 @@ __all__ = [
     "Unsubscribe",
     "decode_one",
     "encode",
+    "encode_puback",
     "encode_publish",
 ]

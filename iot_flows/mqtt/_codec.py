@@ -23,7 +23,7 @@ one public face.
 from __future__ import annotations
 
 from ._decoder import PacketReader, decode_one
-from ._encoder import encode, encode_publish
+from ._encoder import encode, encode_puback, encode_publish
 from ._wire import DEFAULT_MAX_PACKET_SIZE, MqttCodecError
 
-__all__ = ["DEFAULT_MAX_PACKET_SIZE", "MqttCodecError", "PacketReader", "decode_one", "encode", "encode_publish"]
+__all__ = ["DEFAULT_MAX_PACKET_SIZE", "MqttCodecError", "PacketReader", "decode_one", "encode", "encode_puback", "encode_publish"]

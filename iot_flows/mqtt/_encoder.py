@@ -168,6 +168,12 @@ def encode_publish(topic: str, payload: bytes) -> bytes:
     return b"".join((b"\x30", _encode_remaining_length(len(variable) + len(payload)), variable, payload))
 
 
+def encode_puback(packet_id: int) -> bytes:
+    """``encode(Puback(packet_id))`` without building the packet (the hub answers every
+    QoS 1 publish with one); same rules and bytes."""
+    return b"\x40\x02" + _enc_id(packet_id)
+
+
 def encode(packet: Packet) -> bytes:
     """Serialize ``packet``; raises :class:`MqttCodecError` if it breaks a protocol rule."""
     try:

@@ -33,7 +33,7 @@ from iot_flows.mqtt import (
     decode_one,
     encode,
 )
-from iot_flows.mqtt import encode_publish
+from iot_flows.mqtt import encode_puback, encode_publish
 from iot_flows.mqtt._wire import _decode_remaining_length, _encode_remaining_length
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -561,3 +561,16 @@ def test_encode_publish_refuses_what_encode_refuses(topic: str) -> None:
         encode(Publish(topic=topic, payload=b"x"))
     with pytest.raises(MqttCodecError):
         encode_publish(topic, b"x")
+
+
+@given(st.integers(min_value=1, max_value=0xFFFF))
+def test_encode_puback_is_encode_of_a_puback(packet_id: int) -> None:
+    assert encode_puback(packet_id) == encode(Puback(packet_id))
+
+
+@pytest.mark.parametrize("packet_id", [0, 0x10000])
+def test_encode_puback_refuses_what_encode_refuses(packet_id: int) -> None:
+    with pytest.raises(MqttCodecError):
+        encode(Puback(packet_id))
+    with pytest.raises(MqttCodecError):
+        encode_puback(packet_id)
