@@ -9,7 +9,7 @@ hard limit is too low, say so in one line with the fix.
 
 from __future__ import annotations
 
-__all__ = ["BASE_DESCRIPTORS", "check_open_files", "raise_open_files_limit"]
+__all__ = ["BASE_DESCRIPTORS", "check_open_files", "open_files_limit", "raise_open_files_limit"]
 
 #: Descriptors a command uses besides its devices (Python, SQLite, listeners, Prefect's client).
 BASE_DESCRIPTORS = 256
@@ -43,6 +43,16 @@ def check_open_files(needed: int, what: str) -> str | None:
         f"(`ulimit -n`; hard limit {hard:,}): raise it (e.g. `ulimit -n {needed}` as root, "
         "or in /etc/security/limits.conf) or use fewer devices"
     )
+
+
+def open_files_limit() -> int | None:
+    """The soft ``RLIMIT_NOFILE`` in force; None where it is unlimited or the platform has none."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def raise_open_files_limit() -> int | None:

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from iot_flows._limits import BASE_DESCRIPTORS
+from iot_flows._limits import BASE_DESCRIPTORS, open_files_limit
 from iot_flows.hub._device_endpoint import DeviceEndpoint
 from iot_flows.hub._mqtt_connection import _Connection
 from iot_flows.hub._quota import Quota
@@ -102,14 +102,8 @@ def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
 def default_max_connections() -> int | None:
     """The open-files limit less :data:`~iot_flows._limits.BASE_DESCRIPTORS` (REST clients,
     the store's connections, NATS, listeners); None where the platform has no such limit."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    return max(1, int(soft) - BASE_DESCRIPTORS)
+    soft = open_files_limit()
+    return None if soft is None else max(1, soft - BASE_DESCRIPTORS)
 
 
 class _Refused(asyncio.Protocol):
